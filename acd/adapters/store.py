@@ -1,0 +1,202 @@
+"""Shared state in Redis: skill queues, calls and agents, with every claim one atomic Lua script.
+
+Keys (all under the configured prefix P):
+    P:q:SKILL      sorted set of waiting call uids, score = enqueue time - head start (lower first)
+    P:call:UID     hash describing one call (skill, channel, node, state, agent...), expires after a day
+    P:calls:NODE   set of the call uids an Asterisk node holds (for resync after a reconnect)
+    P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since)
+    P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
+Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from acd.config import Agent
+from acd.errors import StoreUnavailable
+
+CALL_TTL_SECONDS = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Claim:
+    uid: str
+    agent_id: str
+    skill: str
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    uid: str
+    fields: Mapping[str, str]
+
+    @property
+    def state(self) -> str:
+        return self.fields.get("state", "")
+
+    @property
+    def channel(self) -> str:
+        return self.fields.get("channel", "")
+
+    @property
+    def agent(self) -> str:
+        return self.fields.get("agent", "")
+
+
+def _script(name: str) -> str:
+    return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
+
+
+class RedisStore:
+    """The controller's view of Redis. Every method is one or two round trips."""
+
+    def __init__(self, url: str, prefix: str) -> None:
+        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=2.0,
+            socket_timeout=5.0,
+            health_check_interval=10,
+        )
+        self.prefix = prefix
+        self._enqueue = self._redis.register_script(_script("enqueue"))
+        self._claim = self._redis.register_script(_script("claim"))
+        self._release = self._redis.register_script(_script("release_agent"))
+        self._requeue = self._redis.register_script(_script("requeue"))
+        self._end_call = self._redis.register_script(_script("end_call"))
+
+    def key(self, *parts: str) -> str:
+        return ":".join((self.prefix, *parts))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._redis.ping())
+        except (RedisError, OSError):
+            return False
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
+        try:
+            return await script(keys=keys, args=args)
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def register_agents(self, agents: Iterable[Agent], now: float) -> list[str]:
+        """Add configured agents that Redis does not know yet, available; keep the state of others."""
+        added = []
+        for agent in agents:
+            skills = ",".join(f"{s}:{lvl}" for s, lvl in sorted(agent.skills.items()))
+            key = self.key("agent", agent.id)
+            try:
+                created = await self._redis.hsetnx(key, "state", "logged_out")
+                await self._redis.hset(
+                    key, mapping={"id": agent.id, "endpoint": agent.endpoint, "skills": skills}
+                )
+                await self._redis.sadd(self.key("agents"), agent.id)
+            except (RedisError, OSError) as exc:
+                raise StoreUnavailable(f"redis: {exc}") from exc
+            if created:
+                await self.login_agent(agent.id, now)
+                added.append(agent.id)
+        return added
+
+    async def login_agent(self, agent_id: str, now: float) -> bool:
+        try:
+            await self._redis.hset(
+                self.key("agent", agent_id), mapping={"state": "ready", "call": ""}
+            )
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return await self.release_agent(agent_id, "", now)
+
+    async def enqueue(
+        self, *, uid: str, skill: str, score: float, node: str, fields: Mapping[str, str]
+    ) -> None:
+        args: list[Any] = [uid, repr(score), CALL_TTL_SECONDS]
+        for k, v in {**fields, "uid": uid, "skill": skill, "node": node}.items():
+            args += [k, v]
+        await self._run(
+            self._enqueue,
+            [self.key("call", uid), self.key("q", skill), self.key("calls", node)],
+            args,
+        )
+
+    async def claim_for_skill(self, skill: str) -> Claim | None:
+        return self._claim_result(await self._run(self._claim, [], [self.prefix, "skill", skill]))
+
+    async def claim_for_agent(self, agent_id: str) -> Claim | None:
+        return self._claim_result(
+            await self._run(self._claim, [], [self.prefix, "agent", agent_id])
+        )
+
+    @staticmethod
+    def _claim_result(result: Any) -> Claim | None:
+        if not result:
+            return None
+        uid, agent_id, skill = result
+        return Claim(uid=str(uid), agent_id=str(agent_id), skill=str(skill))
+
+    async def release_agent(self, agent_id: str, uid: str, now: float) -> bool:
+        return bool(await self._run(self._release, [], [self.prefix, agent_id, uid, repr(now)]))
+
+    async def requeue(self, uid: str) -> bool:
+        return bool(await self._run(self._requeue, [], [self.prefix, uid]))
+
+    async def end_call(self, uid: str, now: float) -> str:
+        """Forget a call; returns the id of the agent it freed, or ''."""
+        return str(await self._run(self._end_call, [], [self.prefix, uid, repr(now)]) or "")
+
+    async def mark_connected(self, uid: str, agent_id: str) -> None:
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key("call", uid), "state", "connected")
+                pipe.hset(self.key("agent", agent_id), "state", "on_call")
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def call(self, uid: str) -> CallRecord | None:
+        try:
+            fields = await self._redis.hgetall(self.key("call", uid))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return CallRecord(uid, fields) if fields else None
+
+    async def calls_of_node(self, node: str) -> set[str]:
+        try:
+            return set(await self._redis.smembers(self.key("calls", node)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def agent(self, agent_id: str) -> dict[str, str]:
+        try:
+            return dict(await self._redis.hgetall(self.key("agent", agent_id)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def agent_ids(self) -> list[str]:
+        try:
+            return sorted(await self._redis.smembers(self.key("agents")))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def queue_depth(self, skill: str) -> int:
+        try:
+            return int(await self._redis.zcard(self.key("q", skill)))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def waiting(self, skill: str) -> list[str]:
+        try:
+            return list(await self._redis.zrange(self.key("q", skill), 0, -1))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc

@@ -1,0 +1,258 @@
+"""The deployment configuration: one YAML file loaded into typed, frozen settings.
+
+`load_settings(path)` validates everything at start and raises `ConfigError` whose message names the
+file, the key (as a dotted path such as `agents[2].skills.presale`) and what is wrong. Relative paths
+in the file are resolved against the file's own directory, so the sample works from any cwd.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from acd.errors import ConfigError
+
+DEFAULT_ASTERISK_ROOT = "/var/cache/acd/asterisk-root"
+
+# Names that end up inside Asterisk configuration and dialplan strings: a conservative charset so no
+# value can break out of a config line or a dialplan argument.
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
+EndpointName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
+AgentId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
+Number = Annotated[str, StringConstraints(pattern=r"^[0-9]{2,20}$")]
+Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+SkillLevel = Annotated[int, Field(ge=1, le=10)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+
+class Address(_Frozen):
+    host: Host = "127.0.0.1"
+    port: Port
+
+
+class AmiSettings(_Frozen):
+    host: Host = "127.0.0.1"
+    port: Port = 5038
+    username: Name = "acd"
+    secret_file: Path = Path(".state/ami.secret")
+    ping_interval: Annotated[float, Field(gt=0, le=60)] = 5.0
+    ping_timeout: Annotated[float, Field(gt=0, le=60)] = 3.0
+
+
+class AsteriskSettings(_Frozen):
+    """One Asterisk node: where its SIP, AMI and our FastAGI listener are, and dialplan timings."""
+
+    node: Name = "node-a"
+    root: Path = Path(os.environ.get("ACD_ASTERISK_ROOT", DEFAULT_ASTERISK_ROOT))
+    config_dir: Path = Path("asterisk-config")
+    sounds_dir: Path = Path(".state/sounds")
+    sip: Address = Address(port=5060)
+    ami: AmiSettings = AmiSettings()
+    hold_period: Annotated[int, Field(ge=5, le=600)] = 30
+    hold_limit: Annotated[int, Field(ge=30, le=7200)] = 1800
+    ring_timeout: Annotated[int, Field(ge=5, le=120)] = 15
+
+
+class AgiSettings(_Frozen):
+    """Where the controller's FastAGI server listens (and so where Asterisk connects)."""
+
+    host: Host = "127.0.0.1"
+    port: Port = 4573
+    command_timeout: Annotated[float, Field(gt=0, le=600)] = 60.0
+
+
+class RedisSettings(_Frozen):
+    url: Annotated[str, StringConstraints(pattern=r"^rediss?://")] = "redis://127.0.0.1:6379/0"
+    prefix: Name = "acd"
+
+
+class AdminSettings(_Frozen):
+    host: Host = "127.0.0.1"
+    port: Port = 8088
+    token_file: Path = Path(".state/admin.token")
+
+
+class Entry(_Frozen):
+    """A number customers dial, and the flow that answers it."""
+
+    number: Number
+    flow: Name
+
+
+class Skill(_Frozen):
+    name: Name
+    description: str = ""
+
+
+class Agent(_Frozen):
+    id: AgentId
+    endpoint: EndpointName
+    skills: dict[Name, SkillLevel]
+    contact: Address | None = None
+
+
+class Trunk(_Frozen):
+    """A carrier trunk. Inbound traffic is recognised by source address (`match`)."""
+
+    name: EndpointName
+    match: list[Host] = Field(default_factory=list)
+    address: Address | None = None
+    role: Literal["primary", "standby"] = "primary"
+    capacity: Annotated[int, Field(ge=1, le=10000)] = 30
+
+
+class Settings(_Frozen):
+    """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
+
+    source: Path = Path("acd.yaml")
+    state_dir: Path = Path(".state")
+    flows_dir: Path = Path("ivr_flows")
+    asterisk: AsteriskSettings = AsteriskSettings()
+    agi: AgiSettings = AgiSettings()
+    redis: RedisSettings = RedisSettings()
+    admin: AdminSettings = AdminSettings()
+    agent_contact: Address = Address(port=5070)
+    entries: Annotated[list[Entry], Field(min_length=1)]
+    skills: Annotated[list[Skill], Field(min_length=1)]
+    agents: list[Agent] = Field(default_factory=list)
+    trunks: list[Trunk] = Field(default_factory=list)
+
+    @field_validator("entries")
+    @classmethod
+    def _unique_numbers(cls, entries: list[Entry]) -> list[Entry]:
+        _no_duplicates([e.number for e in entries], "number")
+        return entries
+
+    @field_validator("skills")
+    @classmethod
+    def _unique_skills(cls, skills: list[Skill]) -> list[Skill]:
+        _no_duplicates([s.name for s in skills], "name")
+        return skills
+
+    @field_validator("trunks")
+    @classmethod
+    def _unique_trunks(cls, trunks: list[Trunk]) -> list[Trunk]:
+        _no_duplicates([t.name for t in trunks], "name")
+        return trunks
+
+    @model_validator(mode="after")
+    def _references(self) -> Self:
+        known = {s.name for s in self.skills}
+        _no_duplicates([a.id for a in self.agents], "id", where="agents")
+        endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
+        _no_duplicates(endpoints, "endpoint", where="agents/trunks")
+        for i, agent in enumerate(self.agents):
+            if not agent.skills:
+                raise ValueError(f"agents[{i}].skills: agent {agent.id} has no skill")
+            for skill in agent.skills:
+                if skill not in known:
+                    raise ValueError(
+                        f"agents[{i}].skills.{skill}: unknown skill (known: {', '.join(sorted(known))})"
+                    )
+        return self
+
+    def agent_contact_for(self, agent: Agent) -> Address:
+        return agent.contact or self.agent_contact
+
+    def resolve(self, path: Path) -> Path:
+        """A path from the file, made absolute against the file's directory."""
+        return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    def skill_names(self) -> list[str]:
+        return [s.name for s in self.skills]
+
+
+def _no_duplicates(values: list[str], what: str, where: str = "") -> None:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            prefix = f"{where}: " if where else ""
+            raise ValueError(f"{prefix}duplicate {what} {value!r}")
+        seen.add(value)
+
+
+def load_settings(path: str | Path, overrides: Mapping[str, Any] | None = None) -> Settings:
+    """Read and validate the deployment file; every problem becomes a `ConfigError`."""
+    source = Path(path).resolve()
+    try:
+        text = source.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from exc
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{source}{where}: not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of settings")
+    raw = {**raw, **(overrides or {})}
+    raw["source"] = source
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(_describe(source, exc)) from exc
+
+
+def _describe(source: Path, exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        key = _dotted(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown key"
+        elif error["type"] == "string_pattern_mismatch":
+            message = f"{error['input']!r} is not allowed here ({message})"
+        lines.append(f"{source}: {key}: {message}" if key else f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def _dotted(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+_ENV_REF = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+
+
+def read_secret(settings: Settings, path: Path, env: str) -> str:
+    """A generated secret: from the environment variable `env` if set, else from its file."""
+    if not _ENV_REF.match(env):
+        raise ValueError(env)
+    value = os.environ.get(env)
+    if value:
+        return value
+    file = settings.resolve(path)
+    try:
+        secret = file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{settings.source}: secret file {file} cannot be read ({exc.strerror}); "
+            f"run `make setup` or set {env}"
+        ) from exc
+    if not secret:
+        raise ConfigError(f"{settings.source}: secret file {file} is empty; run `make setup`")
+    return secret

@@ -1,0 +1,1 @@
+"""domain layer of acd (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""runtime layer of acd (see DESIGN.md)."""

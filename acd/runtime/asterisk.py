@@ -1,0 +1,251 @@
+"""Running an Asterisk node from the cached Debian root, with the project's configuration.
+
+asterisk-config/ is the static configuration. What depends on the deployment (addresses, ports, the
+AMI secret, the agents' endpoints, the entry numbers) is rendered from acd.yaml into a per-node
+instance directory. Asterisk runs chrooted in the root, in a private mount namespace where:
+
+    asterisk-config/           -> /etc/asterisk
+    STATE/asterisk/NODE/etc    -> /etc/asterisk/instance
+    STATE/asterisk/NODE/var    -> /srv/acd          (run, log, db, spool of this node)
+    sounds directory           -> /usr/share/asterisk/sounds/en_US_f_Allison/acd
+
+so several nodes (and a test run beside a developer's stack) share one root without sharing state.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from acd.config import Settings
+from acd.errors import ConfigError
+
+ROOT_MARKER = ".acd-root"
+SOUNDS_MOUNT = "usr/share/asterisk/sounds/en_US_f_Allison/acd"
+VAR_MOUNT = "srv/acd"
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    root: Path
+    config: Path
+    etc: Path
+    var: Path
+    sounds: Path
+
+    @property
+    def control_socket(self) -> Path:
+        return self.var / "run" / "asterisk.ctl"
+
+    @property
+    def console_log(self) -> Path:
+        return self.var / "log" / "console.out"
+
+
+def node_paths(settings: Settings) -> NodePaths:
+    node_dir = settings.resolve(settings.state_dir) / "asterisk" / settings.asterisk.node
+    return NodePaths(
+        root=settings.asterisk.root,
+        config=settings.resolve(settings.asterisk.config_dir),
+        etc=node_dir / "etc",
+        var=node_dir / "var",
+        sounds=settings.resolve(settings.asterisk.sounds_dir),
+    )
+
+
+def asterisk_ids(root: Path) -> tuple[int, int]:
+    """uid and gid of the `asterisk` user inside the root (they differ from the host's)."""
+    for line in (root / "etc" / "passwd").read_text().splitlines():
+        fields = line.split(":")
+        if fields[0] == "asterisk":
+            return int(fields[2]), int(fields[3])
+    raise ConfigError(f"{root}: no asterisk user in the Asterisk root; run `make setup`")
+
+
+def check_root(root: Path) -> None:
+    if not (root / ROOT_MARKER).exists() or not (root / "usr" / "sbin" / "asterisk").exists():
+        raise ConfigError(
+            f"Asterisk root {root} is missing or incomplete; run `make setup` "
+            "(or set ACD_ASTERISK_ROOT)"
+        )
+
+
+def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> None:
+    """Write the per-node configuration files and create the node's state directories."""
+    uid, gid = asterisk_ids(paths.root)
+    paths.etc.mkdir(parents=True, exist_ok=True)
+    for sub in ("run", "log", "db", "spool", "log/cdr-csv"):
+        d = paths.var / sub
+        d.mkdir(parents=True, exist_ok=True)
+        os.chown(d, uid, gid)
+    os.chown(paths.var, uid, gid)
+    files = {
+        "asterisk.conf": _asterisk_conf(),
+        "pjsip.conf": _pjsip_conf(settings),
+        "manager.conf": _manager_conf(settings, ami_secret),
+        "globals.conf": _globals_conf(settings),
+        "extensions.conf": _entries_conf(settings),
+        "queues.conf": _queues_conf(settings),
+    }
+    for name, text in files.items():
+        target = paths.etc / name
+        tmp = target.with_suffix(".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.chown(tmp, 0, gid)
+        tmp.chmod(0o640)
+        tmp.replace(target)
+
+
+def _asterisk_conf() -> str:
+    return """[directories]
+astetcdir => /etc/asterisk
+astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
+astvarlibdir => /var/lib/asterisk
+astdbdir => /srv/acd/db
+astkeydir => /var/lib/asterisk
+astdatadir => /usr/share/asterisk
+astagidir => /usr/share/asterisk/agi-bin
+astspooldir => /srv/acd/spool
+astrundir => /srv/acd/run
+astlogdir => /srv/acd/log
+astsbindir => /usr/sbin
+
+[options]
+verbose = 0
+debug = 0
+documentation_language = en_US
+transmit_silence = yes
+hideconnect = yes
+defaultlanguage = en
+"""
+
+
+def _pjsip_conf(settings: Settings) -> str:
+    sip = settings.asterisk.sip
+    out = [
+        "[transport-udp]",
+        "type = transport",
+        "protocol = udp",
+        f"bind = {sip.host}:{sip.port}",
+        "",
+    ]
+    for agent in settings.agents:
+        contact = settings.agent_contact_for(agent)
+        out += [
+            f"[{agent.endpoint}](agent-endpoint)",
+            f"aors = {agent.endpoint}",
+            f"callerid = Agent {agent.id} <{agent.id}>",
+            "",
+            f"[{agent.endpoint}]",
+            "type = aor",
+            f"contact = sip:{agent.endpoint}@{contact.host}:{contact.port}",
+            "max_contacts = 1",
+            "",
+        ]
+    for trunk in settings.trunks:
+        out += [f"[{trunk.name}](trunk-endpoint)"]
+        if trunk.address is not None:
+            out += [f"aors = {trunk.name}"]
+        out += [""]
+        if trunk.address is not None:
+            out += [
+                f"[{trunk.name}]",
+                "type = aor",
+                f"contact = sip:{trunk.address.host}:{trunk.address.port}",
+                "",
+            ]
+        if trunk.match:
+            out += [
+                f"[{trunk.name}-identify]",
+                "type = identify",
+                f"endpoint = {trunk.name}",
+                *(f"match = {m}" for m in trunk.match),
+                "",
+            ]
+    return "\n".join(out)
+
+
+def _manager_conf(settings: Settings, secret: str) -> str:
+    ami = settings.asterisk.ami
+    if any(c in secret for c in "\r\n;"):
+        raise ConfigError("the AMI secret must not contain newlines or ';'")
+    return f"""bindaddr = {ami.host}
+port = {ami.port}
+
+[{ami.username}]
+secret = {secret}
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.0/255.0.0.0
+read = system,call,agent,user,dialplan,reporting
+write = system,call,agent,user,originate,reporting
+writetimeout = 1000
+"""
+
+
+def _globals_conf(settings: Settings) -> str:
+    a = settings.asterisk
+    return f"""ACD_AGI = agi://{settings.agi.host}:{settings.agi.port}
+ACD_NODE = {a.node}
+ACD_HOLD_PERIOD = {a.hold_period}
+ACD_HOLD_LIMIT = {a.hold_limit}
+ACD_RING_TIMEOUT = {a.ring_timeout}
+"""
+
+
+def _entries_conf(settings: Settings) -> str:
+    out = ["[acd-entries]"]
+    for entry in settings.entries:
+        out += [
+            f"exten => {entry.number},1,Set(ACD_ENTRY={entry.number})",
+            " same => n,Goto(acd-entry,s,1)",
+        ]
+    return "\n".join(out) + "\n"
+
+
+def _queues_conf(settings: Settings) -> str:
+    out = ["[acd-fallback](acd-fallback-template)"]
+    out += [f"member => PJSIP/{agent.endpoint}" for agent in settings.agents]
+    return "\n".join(out) + "\n"
+
+
+def launch_command(paths: NodePaths) -> list[str]:
+    """The command that runs Asterisk in the foreground in its own mount namespace."""
+    root = paths.root
+    q = shlex.quote
+    script = " && ".join(
+        [
+            f"mount --bind {q(str(paths.config))} {q(str(root / 'etc/asterisk'))}",
+            f"mount --bind {q(str(paths.etc))} {q(str(root / 'etc/asterisk/instance'))}",
+            f"mount --bind {q(str(paths.var))} {q(str(root / VAR_MOUNT))}",
+            f"mount --bind {q(str(paths.sounds))} {q(str(root / SOUNDS_MOUNT))}",
+            f"exec chroot {q(str(root))} /usr/sbin/asterisk -f -C "
+            "/etc/asterisk/instance/asterisk.conf -U asterisk -G asterisk",
+        ]
+    )
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script]
+
+
+def cli_command(paths: NodePaths, command: str) -> list[str]:
+    """`asterisk -rx COMMAND` against this node's control socket, run in the root."""
+    q = shlex.quote
+    root = paths.root
+    script = " && ".join(
+        [
+            f"mount --bind {q(str(paths.config))} {q(str(root / 'etc/asterisk'))}",
+            f"mount --bind {q(str(paths.etc))} {q(str(root / 'etc/asterisk/instance'))}",
+            f"mount --bind {q(str(paths.var))} {q(str(root / VAR_MOUNT))}",
+            f"exec chroot {q(str(root))} /usr/sbin/asterisk -C "
+            f"/etc/asterisk/instance/asterisk.conf -rx {q(command)}",
+        ]
+    )
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script]
+
+
+def run_cli(paths: NodePaths, command: str, timeout: float = 10.0) -> str:
+    result = subprocess.run(
+        cli_command(paths, command), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    return result.stdout + result.stderr

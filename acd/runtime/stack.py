@@ -1,0 +1,223 @@
+"""`acd up` / `acd down`: Redis (only if none answers), Asterisk and the controller, together.
+
+In the foreground, `acd up` runs the controller in this process and Asterisk (and Redis, if we
+started it) as children, and stops them on exit. `acd up --detach` starts that same foreground
+process in the background, records its pid in STATE/acd.pid and returns once the controller is
+ready; `acd down` signals it and waits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import structlog
+
+from acd.config import Settings, read_secret
+from acd.domain.flow import Flow, load_flows
+from acd.errors import AcdError, ConfigError
+from acd.runtime import asterisk
+from acd.runtime.controller import Controller
+
+log = structlog.get_logger(__name__)
+
+REDIS_CONF = Path(__file__).resolve().parents[2] / "redis" / "redis.conf"
+
+
+def _port_open(host: str, port: int, timeout: float = 0.3) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _redis_address(settings: Settings) -> tuple[str, int]:
+    url = urlparse(settings.redis.url)
+    return url.hostname or "127.0.0.1", url.port or 6379
+
+
+def _wait_for(check: object, what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if callable(check) and check():
+            return
+        time.sleep(0.1)
+    raise AcdError(f"{what} did not come up within {timeout:.0f} s")
+
+
+def state_dir(settings: Settings) -> Path:
+    path = settings.resolve(settings.state_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@contextlib.contextmanager
+def redis_server(settings: Settings) -> Iterator[subprocess.Popen[bytes] | None]:
+    """Start redis-server on the configured address unless one already answers there."""
+    host, port = _redis_address(settings)
+    if _port_open(host, port):
+        log.info("stack.redis_found", host=host, port=port)
+        yield None
+        return
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        raise ConfigError(f"{settings.source}: redis.url: nothing answers on {host}:{port}")
+    data = state_dir(settings) / "redis"
+    data.mkdir(exist_ok=True)
+    out = (data / "redis.log").open("ab")
+    proc = subprocess.Popen(
+        ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data)],
+        stdout=out, stderr=subprocess.STDOUT,
+    )
+    try:
+        _wait_for(lambda: _port_open(host, port) or proc.poll() is not None, "redis-server", 10)
+        if proc.poll() is not None:
+            raise AcdError(f"redis-server exited with {proc.returncode}; see {data / 'redis.log'}")
+        log.info("stack.redis_started", port=port, pid=proc.pid)
+        yield proc
+    finally:
+        _stop(proc, "redis-server")
+        out.close()
+
+
+@contextlib.contextmanager
+def asterisk_node(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+    paths = asterisk.node_paths(settings)
+    asterisk.check_root(paths.root)
+    secret = read_secret(settings, settings.asterisk.ami.secret_file, "ACD_AMI_SECRET")
+    asterisk.render_instance(settings, paths, secret)
+    ami = settings.asterisk.ami
+    if _port_open(ami.host, ami.port):
+        raise AcdError(f"something already listens on AMI {ami.host}:{ami.port}; `acd down` first?")
+    out = paths.console_log.open("ab")
+    proc = subprocess.Popen(asterisk.launch_command(paths), stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL)
+    try:
+        _wait_for(lambda: _port_open(ami.host, ami.port) or proc.poll() is not None,
+                  "Asterisk", 60)
+        if proc.poll() is not None:
+            raise AcdError(f"Asterisk exited with {proc.returncode}; see {paths.console_log}")
+        log.info("stack.asterisk_started", node=settings.asterisk.node, pid=proc.pid)
+        yield proc
+    finally:
+        _stop(proc, "asterisk")
+        out.close()
+
+
+def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        log.warning("stack.kill", process=name)
+        proc.kill()
+        proc.wait()
+
+
+def load_checked_flows(settings: Settings) -> dict[str, Flow]:
+    flows = load_flows(settings.resolve(settings.flows_dir), frozenset(settings.skill_names()))
+    for entry in settings.entries:
+        if entry.flow not in flows:
+            raise ConfigError(
+                f"{settings.source}: entries: number {entry.number} uses flow {entry.flow!r}, "
+                f"which is not in {settings.resolve(settings.flows_dir)}"
+            )
+    return flows
+
+
+def up_foreground(settings: Settings, *, with_asterisk: bool = True) -> None:
+    flows = load_checked_flows(settings)
+    pidfile = state_dir(settings) / "acd.pid"
+    pidfile.write_text(str(os.getpid()))
+    try:
+        with redis_server(settings), contextlib.ExitStack() as stack:
+            if with_asterisk:
+                stack.enter_context(asterisk_node(settings))
+            asyncio.run(_run_controller(settings, flows))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            if pidfile.read_text() == str(os.getpid()):
+                pidfile.unlink()
+
+
+async def _run_controller(settings: Settings, flows: dict[str, Flow]) -> None:
+    controller = Controller(settings, flows)
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    assert task is not None
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    ready_file = state_dir(settings) / "acd.ready"
+
+    async def mark_ready() -> None:
+        await controller.ready.wait()
+        ready_file.write_text(str(os.getpid()))
+        log.info("stack.ready")
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(controller.run())
+            tg.create_task(mark_ready())
+    except asyncio.CancelledError:
+        log.info("stack.stopping")
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            ready_file.unlink()
+
+
+def up_detached(config: Path, settings: Settings, timeout: float = 90.0) -> int:
+    state = state_dir(settings)
+    pidfile = state / "acd.pid"
+    if pidfile.exists() and _alive(int(pidfile.read_text() or 0)):
+        raise AcdError(f"acd is already running (pid {pidfile.read_text()}); `acd down` first")
+    ready_file = state / "acd.ready"
+    with contextlib.suppress(FileNotFoundError):
+        ready_file.unlink()
+    log_path = state / "acd.log"
+    with log_path.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acd", "--config", str(config), "up"],
+            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    _wait_for(lambda: ready_file.exists() or proc.poll() is not None, "acd", timeout)
+    if proc.poll() is not None:
+        raise AcdError(f"acd up exited with {proc.returncode}; see {log_path}")
+    return proc.pid
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def down(settings: Settings, timeout: float = 30.0) -> bool:
+    """Stop a detached `acd up`; False when none was running."""
+    pidfile = state_dir(settings) / "acd.pid"
+    try:
+        pid = int(pidfile.read_text())
+    except (FileNotFoundError, ValueError):
+        return False
+    if not _alive(pid):
+        pidfile.unlink(missing_ok=True)
+        return False
+    os.kill(pid, signal.SIGTERM)
+    _wait_for(lambda: not _alive(pid), "acd shutdown", timeout)
+    pidfile.unlink(missing_ok=True)
+    return True
