@@ -179,7 +179,7 @@ port = {ami.port}
 secret = {secret}
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/255.0.0.0
-read = system,call,agent,user,dialplan,reporting
+read = system,call,agent,user,dialplan,reporting,agi
 write = system,call,agent,user,originate,reporting
 writetimeout = 1000
 """

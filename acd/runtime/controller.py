@@ -57,10 +57,11 @@ class Controller:
         await self.dispatcher.resync()
         self.resyncs += 1
         log.info("controller.ami_resynced", resyncs=self.resyncs)
+        self._component_ready("ami")
 
     def _component_ready(self, name: str) -> None:
         self._listening.add(name)
-        if {"agi", "admin"} <= self._listening:
+        if {"agi", "admin", "ami"} <= self._listening:
             self.ready.set()
 
     async def status(self) -> dict[str, Any]:
@@ -78,6 +79,7 @@ class Controller:
                         "resyncs": self.resyncs},
                 "redis": {"ok": await self.store.ping()},
                 "agi": {"listening": "agi" in self._listening},
+                "admin": {"listening": "admin" in self._listening},
             },
             "queues": queues,
             "agents": agents,

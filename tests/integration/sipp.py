@@ -64,8 +64,9 @@ def start_caller(
         "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
         "-trace_err", "-error_file", str(workdir / f"sipp-caller-{port}.err"),
     ]
-    out = log.open("wb")
-    return SippRun(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir), log)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    return SippRun(proc, log)
 
 
 def start_agents_uas(port: int, media_port: int, workdir: Path, timeout_s: int = 600) -> SippRun:
@@ -75,5 +76,6 @@ def start_agents_uas(port: int, media_port: int, workdir: Path, timeout_s: int =
         "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", str(media_port),
         "-timeout", f"{timeout_s}s", "-nostdin",
     ]
-    out = log.open("wb")
-    return SippRun(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir), log)
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    return SippRun(proc, log)

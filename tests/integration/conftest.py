@@ -1,0 +1,198 @@
+"""The real stack for integration tests: `acd up --detach` on test ports, SIPp agents, an AMI observer.
+
+The stack runs with its own state directory, node name and ports, so it never meets a developer's
+`acd up` on the default ports. Nothing here is mocked: Asterisk 22 from the cached root, a real
+redis-server started by `acd up`, SIPp callers and a SIPp UAS answering for every agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import yaml
+
+from acd.adapters.ami import AmiClient
+from acd.config import Settings, load_settings
+from acd.protocol.ami import AmiMessage
+from acd.runtime.asterisk import node_paths, run_cli
+from tests.integration import sipp
+
+REPO = Path(__file__).resolve().parents[2]
+
+PORTS = {
+    "sip": 5160,
+    "ami": 5138,
+    "agi": 4673,
+    "redis": 6479,
+    "admin": 8188,
+    "agents": 5170,
+}
+
+
+def test_config(state: Path) -> dict[str, Any]:
+    """The sample deployment (acd.yaml) moved onto the test ports and a private state directory."""
+    config = yaml.safe_load((REPO / "acd.yaml").read_text())
+    config["state_dir"] = str(state)
+    config["flows_dir"] = str(REPO / "ivr_flows")
+    ast = config["asterisk"]
+    ast["node"] = "test-a"
+    ast["config_dir"] = str(REPO / "asterisk-config")
+    ast["sounds_dir"] = str(REPO / ".state" / "sounds")
+    ast["sip"] = {"host": "127.0.0.1", "port": PORTS["sip"]}
+    ast["ami"] = {"host": "127.0.0.1", "port": PORTS["ami"], "username": "acd",
+                  "secret_file": str(state / "ami.secret"), "ping_interval": 1.0,
+                  "ping_timeout": 1.0}
+    ast["hold_period"] = 10
+    ast["ring_timeout"] = 8
+    config["agi"] = {"host": "127.0.0.1", "port": PORTS["agi"]}
+    config["redis"] = {"url": f"redis://127.0.0.1:{PORTS['redis']}/0", "prefix": "acdtest"}
+    config["admin"] = {"host": "127.0.0.1", "port": PORTS["admin"],
+                       "token_file": str(state / "admin.token")}
+    config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
+    return config
+
+
+@dataclass
+class Stack:
+    config_path: Path
+    settings: Settings
+    state: Path
+    workdir: Path
+    ami_secret: str
+    admin_token: str
+    redis: redis.Redis
+    _ports: Iterator[int] = field(default_factory=lambda: itertools.count(5300, 2))
+
+    def acd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "acd", "--config", str(self.config_path), *args],
+            capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
+        )
+
+    def asterisk_cli(self, command: str) -> str:
+        return run_cli(node_paths(self.settings), command)
+
+    def status(self) -> dict[str, Any]:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{PORTS['admin']}/status",
+            headers={"Authorization": f"Bearer {self.admin_token}"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return dict(json.load(response))
+
+    def call(self, steps: list[str], caller_id: str, number: str = "1000") -> sipp.SippRun:
+        """Start one SIPp customer calling `number` and doing `steps`."""
+        port = next(self._ports)
+        scenario = sipp.caller_scenario(self.workdir / f"caller-{caller_id}.xml", steps, caller_id)
+        return sipp.start_caller(scenario, f"127.0.0.1:{PORTS['sip']}", number, port,
+                                 media_port=20000 + (port - 5300) * 8, workdir=self.workdir)
+
+    def key(self, *parts: str) -> str:
+        return ":".join(("acdtest", *parts))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("state")
+    workdir = tmp_path_factory.mktemp("sipp")
+    for name in ("ami.secret", "admin.token"):
+        (state / name).write_text(secrets.token_urlsafe(24))
+        os.chmod(state / name, 0o600)
+    config_path = state / "acd-test.yaml"
+    config_path.write_text(yaml.safe_dump(test_config(state)))
+    settings = load_settings(config_path)
+    client = redis.Redis(port=PORTS["redis"], decode_responses=True)
+    st = Stack(config_path, settings, state, workdir, (state / "ami.secret").read_text(),
+               (state / "admin.token").read_text(), client)
+    result = st.acd("up", "--detach")
+    if result.returncode != 0:
+        log = (state / "acd.log").read_text() if (state / "acd.log").exists() else ""
+        pytest.fail(f"acd up failed: {result.stderr}\n{log[-4000:]}")
+    uas = sipp.start_agents_uas(PORTS["agents"], 19000, workdir, timeout_s=1800)
+    try:
+        yield st
+    finally:
+        uas.stop()
+        down = st.acd("down")
+        client.close()
+        assert down.returncode == 0, down.stderr
+
+
+class EventLog:
+    """Every AMI event seen by the observer, with a way to wait for one that matches."""
+
+    def __init__(self) -> None:
+        self.client: AmiClient | None = None
+        self.events: list[AmiMessage] = []
+        self._changed = asyncio.Event()
+
+    def __call__(self, event: AmiMessage) -> None:
+        self.events.append(event)
+        self._changed.set()
+
+    def matching(self, predicate: Callable[[AmiMessage], bool]) -> list[AmiMessage]:
+        return [e for e in self.events if predicate(e)]
+
+    async def wait_for(
+        self, predicate: Callable[[AmiMessage], bool], timeout: float = 30.0, count: int = 1
+    ) -> list[AmiMessage]:
+        deadline = time.monotonic() + timeout
+        while True:
+            found = self.matching(predicate)
+            if len(found) >= count:
+                return found
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                names = sorted({e.event or "" for e in self.events})
+                raise AssertionError(
+                    f"no {count} matching AMI events within {timeout} s (saw {len(self.events)} "
+                    f"events: {names})"
+                )
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                continue
+
+
+@pytest.fixture
+async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
+    """An AMI session of our own that records what Asterisk reports during the test."""
+    log = EventLog()
+    client = AmiClient(host="127.0.0.1", port=PORTS["ami"], username="acd",
+                       secret=stack.ami_secret, ping_interval=5.0)
+    client.add_listener(log)
+    log.client = client
+    # Fixture setup and teardown may run in different tasks, so no TaskGroup can span them: the
+    # task is owned by this fixture, cancelled and awaited in its teardown.
+    task = asyncio.ensure_future(client.run())
+    try:
+        await client.wait_connected(timeout=15)
+        yield log
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await client.close()
+
+
+def uid_of_caller(events: EventLog, caller_id: str) -> str | None:
+    for e in events.events:
+        if e.event == "Newchannel" and e.get("CallerIDNum") == caller_id:
+            return e.get("Uniqueid")
+    return None
