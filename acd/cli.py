@@ -19,14 +19,21 @@ DEFAULT_CONFIG = os.environ.get("ACD_CONFIG", "acd.yaml")
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acd", description=__doc__)
-    parser.add_argument("--config", "-c", default=DEFAULT_CONFIG,
-                        help="deployment file (default: $ACD_CONFIG or ./acd.yaml)")
+    parser.add_argument(
+        "--config",
+        "-c",
+        default=DEFAULT_CONFIG,
+        help="deployment file (default: $ACD_CONFIG or ./acd.yaml)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("ACD_LOG_LEVEL", "info"))
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start Redis (if needed), Asterisk and the controller")
     up.add_argument("--detach", "-d", action="store_true", help="run in the background")
-    up.add_argument("--no-asterisk", action="store_true",
-                    help="only the controller (and Redis): Asterisk runs elsewhere")
+    up.add_argument(
+        "--no-asterisk",
+        action="store_true",
+        help="only the controller (and Redis): Asterisk runs elsewhere",
+    )
     sub.add_parser("down", help="stop a detached `acd up`")
     sub.add_parser("render", help="render the Asterisk instance configuration and exit")
     flows = sub.add_parser("flows", help="IVR flows")
@@ -92,13 +99,17 @@ def _status(settings: Settings, *, as_json: bool) -> int:
         with urllib.request.urlopen(request, timeout=5) as response:
             body = json.load(response)
     except urllib.error.URLError as exc:
-        raise AcdError(f"the controller's admin API at {url} does not answer: {exc.reason}") from exc
+        raise AcdError(
+            f"the controller's admin API at {url} does not answer: {exc.reason}"
+        ) from exc
     if as_json:
         print(json.dumps(body, indent=2))
         return 0
     comps = body["components"]
-    print(f"node {body['node']}: AMI {'up' if comps['ami']['connected'] else 'DOWN'}, "
-          f"Redis {'up' if comps['redis']['ok'] else 'DOWN'}")
+    print(
+        f"node {body['node']}: AMI {'up' if comps['ami']['connected'] else 'DOWN'}, "
+        f"Redis {'up' if comps['redis']['ok'] else 'DOWN'}"
+    )
     for name, queue in body["queues"].items():
         print(f"  queue {name:<12} waiting {queue['waiting']}")
     for agent_id, agent in body["agents"].items():

@@ -1,8 +1,8 @@
 """The deployment configuration: one YAML file loaded into typed, frozen settings.
 
 `load_settings(path)` validates everything at start and raises `ConfigError` whose message names the
-file, the key (as a dotted path such as `agents[2].skills.presale`) and what is wrong. Relative paths
-in the file are resolved against the file's own directory, so the sample works from any cwd.
+file, the key (as a dotted path such as `agents[2].skills.presale`) and what is wrong. Relative
+paths in the file are resolved against the file's own directory, so the sample works from any cwd.
 """
 
 from __future__ import annotations
@@ -165,7 +165,8 @@ class Settings(_Frozen):
             for skill in agent.skills:
                 if skill not in known:
                     raise ValueError(
-                        f"agents[{i}].skills.{skill}: unknown skill (known: {', '.join(sorted(known))})"
+                        f"agents[{i}].skills.{skill}: unknown skill "
+                        f"(known: {', '.join(sorted(known))})"
                     )
         return self
 

@@ -2,7 +2,8 @@
 
 Every error the controller raises on purpose is an `AcdError`. `retriable` is a class attribute: a
 caller that catches an error can ask whether trying again may help without knowing every subclass.
-Foreign errors (OSError, redis errors, YAML errors) are translated into these at the adapter boundary.
+Foreign errors (OSError, redis errors, YAML errors) are translated into these at the adapter
+boundary.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ class AcdError(Exception):
 
 
 class ConfigError(AcdError):
-    """The deployment configuration or a flow is invalid; the message names file, key and problem."""
+    """The deployment or a flow is invalid; the message names file, key and problem."""
 
 
 class ProtocolError(AcdError):

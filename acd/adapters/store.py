@@ -2,7 +2,7 @@
 
 Keys (all under the configured prefix P):
     P:q:SKILL      sorted set of waiting call uids, score = enqueue time - head start (lower first)
-    P:call:UID     hash describing one call (skill, channel, node, state, agent...), expires after a day
+    P:call:UID     hash describing one call (skill, channel, node, state, agent...); 1 day TTL
     P:calls:NODE   set of the call uids an Asterisk node holds (for resync after a reconnect)
     P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since)
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
@@ -91,7 +91,7 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def register_agents(self, agents: Iterable[Agent], now: float) -> list[str]:
-        """Add configured agents that Redis does not know yet, available; keep the state of others."""
+        """Add configured agents Redis does not know yet, as available; keep the state of others."""
         added = []
         for agent in agents:
             skills = ",".join(f"{s}:{lvl}" for s, lvl in sorted(agent.skills.items()))
@@ -166,26 +166,29 @@ class RedisStore:
 
     async def call(self, uid: str) -> CallRecord | None:
         try:
-            fields = await self._redis.hgetall(self.key("call", uid))
+            raw = await self._redis.hgetall(self.key("call", uid))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+        fields = {str(k): str(v) for k, v in raw.items()}
         return CallRecord(uid, fields) if fields else None
 
     async def calls_of_node(self, node: str) -> set[str]:
         try:
-            return set(await self._redis.smembers(self.key("calls", node)))
+            return {str(m) for m in await self._redis.smembers(self.key("calls", node))}
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def agent(self, agent_id: str) -> dict[str, str]:
         try:
-            return dict(await self._redis.hgetall(self.key("agent", agent_id)))
+            raw = await self._redis.hgetall(self.key("agent", agent_id))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
+        return {str(k): str(v) for k, v in raw.items()}
+
     async def agent_ids(self) -> list[str]:
         try:
-            return sorted(await self._redis.smembers(self.key("agents")))
+            return sorted(str(m) for m in await self._redis.smembers(self.key("agents")))
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
@@ -197,6 +200,6 @@ class RedisStore:
 
     async def waiting(self, skill: str) -> list[str]:
         try:
-            return list(await self._redis.zrange(self.key("q", skill), 0, -1))
+            return [str(m) for m in await self._redis.zrange(self.key("q", skill), 0, -1)]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc

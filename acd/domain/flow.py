@@ -95,7 +95,7 @@ class FlowRun:
         """The caller pressed `digits` ("" when the menu timed out)."""
         node = self.flow.nodes[self.node]
         if not isinstance(node, MenuNode):
-            raise RuntimeError(f"flow {self.flow.name}: node {self.node} does not take digits")
+            raise TypeError(f"flow {self.flow.name}: node {self.node} does not take digits")
         target = node.options.get(digits) if digits else None
         if target is not None:
             return self._enter(target)
@@ -130,7 +130,7 @@ class FlowProblems(ConfigError):
 
 
 def compile_flow(raw: Any, source: str, skills: frozenset[str]) -> Flow:
-    """Validate a parsed flow document and build its graph; raise FlowProblems listing all issues."""
+    """Validate a parsed flow and build its graph; raise FlowProblems listing every issue."""
     problems: list[str] = []
 
     def problem(where: str, what: str) -> None:
@@ -172,11 +172,15 @@ def compile_flow(raw: Any, source: str, skills: frozenset[str]) -> Flow:
                 problem(f"{where}.skill", f"unknown skill {skill!r}")
             priority = spec.get("priority", 0)
             if not isinstance(priority, int) or not 0 <= priority <= 3600:
-                problem(f"{where}.priority", "must be an integer from 0 to 3600 (seconds of head start)")
+                problem(
+                    f"{where}.priority", "must be an integer from 0 to 3600 (seconds of head start)"
+                )
             extra = set(spec) - {"kind", "skill", "priority"}
             for key in sorted(extra):
                 problem(f"{where}.{key}", "unknown key")
-            nodes[node_name] = QueueNode(node_name, str(skill), int(priority) if isinstance(priority, int) else 0)
+            nodes[node_name] = QueueNode(
+                node_name, str(skill), int(priority) if isinstance(priority, int) else 0
+            )
         else:
             problem(f"{where}.kind", f"unknown node kind {kind!r} (known: menu, queue)")
 
@@ -190,14 +194,26 @@ def compile_flow(raw: Any, source: str, skills: frozenset[str]) -> Flow:
     return Flow(name=name, start=str(start), nodes=nodes)
 
 
-def _menu(name: str, spec: dict[str, Any], all_nodes: dict[str, Any], problem: Any) -> MenuNode | None:
+def _menu(
+    name: str, spec: dict[str, Any], all_nodes: dict[str, Any], problem: Any
+) -> MenuNode | None:
     where = f"nodes.{name}"
-    allowed = {"kind", "prompt", "options", "timeout", "retries", "invalid_prompt",
-               "timeout_prompt", "on_failure"}
+    allowed = {
+        "kind",
+        "prompt",
+        "options",
+        "timeout",
+        "retries",
+        "invalid_prompt",
+        "timeout_prompt",
+        "on_failure",
+    }
     for key in sorted(set(spec) - allowed):
         problem(f"{where}.{key}", "unknown key")
     prompt = spec.get("prompt")
-    prompts = (prompt,) if isinstance(prompt, str) else tuple(prompt) if isinstance(prompt, list) else ()
+    prompts = (
+        (prompt,) if isinstance(prompt, str) else tuple(prompt) if isinstance(prompt, list) else ()
+    )
     if not prompts:
         problem(f"{where}.prompt", "a menu needs at least one prompt")
     for p in prompts:

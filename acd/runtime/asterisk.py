@@ -74,8 +74,13 @@ def check_root(root: Path) -> None:
 
 
 def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> None:
-    """Write the per-node configuration files and create the node's state directories."""
-    uid, gid = asterisk_ids(paths.root)
+    """Write the per-node configuration files and create the node's state directories.
+
+    Files are readable by the root's `asterisk` group only. Without a local root (Asterisk runs in
+    a container, see docker/), ownership is left to the container and files are world-readable.
+    """
+    has_root = (paths.root / "etc" / "passwd").exists()
+    uid, gid = asterisk_ids(paths.root) if has_root else (os.getuid(), os.getgid())
     paths.etc.mkdir(parents=True, exist_ok=True)
     for sub in ("run", "log", "db", "spool", "log/cdr-csv"):
         d = paths.var / sub
@@ -94,8 +99,8 @@ def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> No
         target = paths.etc / name
         tmp = target.with_suffix(".tmp")
         tmp.write_text(text, encoding="utf-8")
-        os.chown(tmp, 0, gid)
-        tmp.chmod(0o640)
+        os.chown(tmp, os.getuid(), gid)
+        tmp.chmod(0o640 if has_root else 0o644)
         tmp.replace(target)
 
 

@@ -75,8 +75,11 @@ class Controller:
         return {
             "node": self.settings.asterisk.node,
             "components": {
-                "ami": {"connected": self.ami.connected, "reconnects": self.ami.reconnects,
-                        "resyncs": self.resyncs},
+                "ami": {
+                    "connected": self.ami.connected,
+                    "reconnects": self.ami.reconnects,
+                    "resyncs": self.resyncs,
+                },
                 "redis": {"ok": await self.store.ping()},
                 "agi": {"listening": "agi" in self._listening},
                 "admin": {"listening": "admin" in self._listening},
@@ -101,8 +104,9 @@ class Controller:
                     self.agi.serve(ready=lambda _port: self._component_ready("agi")), name="agi"
                 )
                 tg.create_task(
-                    admin_api.serve(app, admin.host, admin.port,
-                                    lambda: self._component_ready("admin")),
+                    admin_api.serve(
+                        app, admin.host, admin.port, lambda: self._component_ready("admin")
+                    ),
                     name="admin",
                 )
                 log.info("controller.started", node=self.settings.asterisk.node)

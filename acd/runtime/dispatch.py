@@ -85,7 +85,9 @@ class Dispatcher:
             try:
                 await self._handle(work)
             except StoreUnavailable as exc:
-                log.error("dispatch.store_unavailable", error=str(exc), work=type(work).__name__)
+                log.error(  # noqa: TRY400 - a Redis outage is expected; its message is enough
+                    "dispatch.store_unavailable", error=str(exc), work=type(work).__name__
+                )
                 self._settle(work, exc)
             except AmiError as exc:
                 # The AMI link dropped mid-way; the resync after reconnect puts things right.
@@ -136,13 +138,20 @@ class Dispatcher:
                 )
                 await self._ami.send_action(
                     "Setvar",
-                    {"Channel": record.channel, "Variable": "ACD_AGENT_DIAL",
-                     "Value": f"PJSIP/{endpoint}"},
+                    {
+                        "Channel": record.channel,
+                        "Variable": "ACD_AGENT_DIAL",
+                        "Value": f"PJSIP/{endpoint}",
+                    },
                 )
                 await self._ami.send_action(
                     "Redirect",
-                    {"Channel": record.channel, "Context": "acd-connect", "Exten": "s",
-                     "Priority": "1"},
+                    {
+                        "Channel": record.channel,
+                        "Context": "acd-connect",
+                        "Exten": "s",
+                        "Priority": "1",
+                    },
                 )
             except AmiActionFailed as exc:
                 # The channel is gone (it hung up between the claim and now).
@@ -220,9 +229,9 @@ class Dispatcher:
                     await self._store.release_agent(agent, uid, now)
                 requeued += 1
         for agent_id in await self._store.agent_ids():
-            agent = await self._store.agent(agent_id)
-            call = agent.get("call", "")
-            if agent.get("state") in ("reserved", "on_call") and (
+            fields = await self._store.agent(agent_id)
+            call = fields.get("call", "")
+            if fields.get("state") in ("reserved", "on_call") and (
                 not call or await self._store.call(call) is None
             ):
                 await self._store.release_agent(agent_id, call, now)

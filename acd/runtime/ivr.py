@@ -2,8 +2,8 @@
 
 The session is short: prompts and digits, then channel variables that tell the dialplan what comes
 next (ACD_RESULT=queued sends the caller to the hold context). Waiting happens in the dialplan, not
-here, so a controller restart drops nobody. Any failure leaves ACD_RESULT unset or `error`, which the
-dialplan answers with the static fallback path.
+here, so a controller restart drops nobody. Any failure leaves ACD_RESULT unset or `error`, which
+the dialplan answers with the static fallback path.
 """
 
 from __future__ import annotations
@@ -24,13 +24,18 @@ log = structlog.get_logger(__name__)
 _ENTRY = re.compile(r"^[0-9]{2,20}$")
 
 
+_CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
+
+
 def clean_caller_id(raw: str) -> str:
     """Caller ID as data: digits and a leading '+', at most 32 characters; '' when unusable."""
     raw = raw.strip()
-    if raw.startswith("+"):
-        digits = re.sub(r"[^0-9]", "", raw[1:])
-        return ("+" + digits)[:32] if digits else ""
-    return re.sub(r"[^0-9]", "", raw)[:32] if re.fullmatch(r"[0-9 ()-]{1,40}", raw) else ""
+    if not _CALLER_ID.match(raw):
+        return ""
+    digits = re.sub(r"[^0-9]", "", raw)[:32]
+    if not digits:
+        return ""
+    return "+" + digits if raw.startswith("+") else digits
 
 
 class IvrService:
@@ -50,7 +55,7 @@ class IvrService:
         self._clock = clock
 
     def replace_flows(self, flows: Mapping[str, Flow]) -> None:
-        """Swap in freshly validated flows; calls already running keep the flow they started with."""
+        """Swap in freshly validated flows; running calls keep the flow they started with."""
         self._flows = dict(flows)
 
     async def inbound(self, channel: AgiChannel) -> None:

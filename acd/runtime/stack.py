@@ -76,7 +76,8 @@ def redis_server(settings: Settings) -> Iterator[subprocess.Popen[bytes] | None]
     out = (data / "redis.log").open("ab")
     proc = subprocess.Popen(
         ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data)],
-        stdout=out, stderr=subprocess.STDOUT,
+        stdout=out,
+        stderr=subprocess.STDOUT,
     )
     try:
         _wait_for(lambda: _port_open(host, port) or proc.poll() is not None, "redis-server", 10)
@@ -99,11 +100,14 @@ def asterisk_node(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
     if _port_open(ami.host, ami.port):
         raise AcdError(f"something already listens on AMI {ami.host}:{ami.port}; `acd down` first?")
     out = paths.console_log.open("ab")
-    proc = subprocess.Popen(asterisk.launch_command(paths), stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        asterisk.launch_command(paths),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
-        _wait_for(lambda: _port_open(ami.host, ami.port) or proc.poll() is not None,
-                  "Asterisk", 60)
+        _wait_for(lambda: _port_open(ami.host, ami.port) or proc.poll() is not None, "Asterisk", 60)
         if proc.poll() is not None:
             raise AcdError(f"Asterisk exited with {proc.returncode}; see {paths.console_log}")
         log.info("stack.asterisk_started", node=settings.asterisk.node, pid=proc.pid)
@@ -188,7 +192,9 @@ def up_detached(config: Path, settings: Settings, timeout: float = 90.0) -> int:
     with log_path.open("ab") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "acd", "--config", str(config), "up"],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
     _wait_for(lambda: ready_file.exists() or proc.poll() is not None, "acd", timeout)

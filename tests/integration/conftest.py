@@ -1,4 +1,4 @@
-"""The real stack for integration tests: `acd up --detach` on test ports, SIPp agents, an AMI observer.
+"""The real stack for integration tests: `acd up --detach` on test ports, SIPp, an AMI observer.
 
 The stack runs with its own state directory, node name and ports, so it never meets a developer's
 `acd up` on the default ports. Nothing here is mocked: Asterisk 22 from the cached root, a real
@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import yaml
 
+import redis
 from acd.adapters.ami import AmiClient
 from acd.config import Settings, load_settings
 from acd.protocol.ami import AmiMessage
@@ -54,15 +54,23 @@ def test_config(state: Path) -> dict[str, Any]:
     ast["config_dir"] = str(REPO / "asterisk-config")
     ast["sounds_dir"] = str(REPO / ".state" / "sounds")
     ast["sip"] = {"host": "127.0.0.1", "port": PORTS["sip"]}
-    ast["ami"] = {"host": "127.0.0.1", "port": PORTS["ami"], "username": "acd",
-                  "secret_file": str(state / "ami.secret"), "ping_interval": 1.0,
-                  "ping_timeout": 1.0}
+    ast["ami"] = {
+        "host": "127.0.0.1",
+        "port": PORTS["ami"],
+        "username": "acd",
+        "secret_file": str(state / "ami.secret"),
+        "ping_interval": 1.0,
+        "ping_timeout": 1.0,
+    }
     ast["hold_period"] = 10
     ast["ring_timeout"] = 8
     config["agi"] = {"host": "127.0.0.1", "port": PORTS["agi"]}
     config["redis"] = {"url": f"redis://127.0.0.1:{PORTS['redis']}/0", "prefix": "acdtest"}
-    config["admin"] = {"host": "127.0.0.1", "port": PORTS["admin"],
-                       "token_file": str(state / "admin.token")}
+    config["admin"] = {
+        "host": "127.0.0.1",
+        "port": PORTS["admin"],
+        "token_file": str(state / "admin.token"),
+    }
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
     return config
 
@@ -81,7 +89,11 @@ class Stack:
     def acd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "acd", "--config", str(self.config_path), *args],
-            capture_output=True, text=True, timeout=timeout, check=False, cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            cwd=REPO,
         )
 
     def asterisk_cli(self, command: str) -> str:
@@ -99,8 +111,14 @@ class Stack:
         """Start one SIPp customer calling `number` and doing `steps`."""
         port = next(self._ports)
         scenario = sipp.caller_scenario(self.workdir / f"caller-{caller_id}.xml", steps, caller_id)
-        return sipp.start_caller(scenario, f"127.0.0.1:{PORTS['sip']}", number, port,
-                                 media_port=20000 + (port - 5300) * 8, workdir=self.workdir)
+        return sipp.start_caller(
+            scenario,
+            f"127.0.0.1:{PORTS['sip']}",
+            number,
+            port,
+            media_port=20000 + (port - 5300) * 8,
+            workdir=self.workdir,
+        )
 
     def key(self, *parts: str) -> str:
         return ":".join(("acdtest", *parts))
@@ -117,8 +135,15 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config_path.write_text(yaml.safe_dump(test_config(state)))
     settings = load_settings(config_path)
     client = redis.Redis(port=PORTS["redis"], decode_responses=True)
-    st = Stack(config_path, settings, state, workdir, (state / "ami.secret").read_text(),
-               (state / "admin.token").read_text(), client)
+    st = Stack(
+        config_path,
+        settings,
+        state,
+        workdir,
+        (state / "ami.secret").read_text(),
+        (state / "admin.token").read_text(),
+        client,
+    )
     result = st.acd("up", "--detach")
     if result.returncode != 0:
         log = (state / "acd.log").read_text() if (state / "acd.log").exists() else ""
@@ -174,8 +199,13 @@ class EventLog:
 async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
     """An AMI session of our own that records what Asterisk reports during the test."""
     log = EventLog()
-    client = AmiClient(host="127.0.0.1", port=PORTS["ami"], username="acd",
-                       secret=stack.ami_secret, ping_interval=5.0)
+    client = AmiClient(
+        host="127.0.0.1",
+        port=PORTS["ami"],
+        username="acd",
+        secret=stack.ami_secret,
+        ping_interval=5.0,
+    )
     client.add_listener(log)
     log.client = client
     # Fixture setup and teardown may run in different tasks, so no TaskGroup can span them: the

@@ -54,15 +54,41 @@ class SippRun:
 
 
 def start_caller(
-    scenario: Path, target: str, number: str, port: int, media_port: int, workdir: Path,
-    calls: int = 1, rate: float = 1.0, timeout_s: int = 120,
+    scenario: Path,
+    target: str,
+    number: str,
+    port: int,
+    media_port: int,
+    workdir: Path,
+    calls: int = 1,
+    rate: float = 1.0,
+    timeout_s: int = 120,
 ) -> SippRun:
     log = workdir / f"sipp-caller-{port}.log"
     cmd = [
-        "sipp", target, "-sf", str(scenario), "-s", number, "-i", "127.0.0.1",
-        "-p", str(port), "-mp", str(media_port), "-m", str(calls), "-r", str(rate),
-        "-timeout", f"{timeout_s}s", "-timeout_error", "-nostdin",
-        "-trace_err", "-error_file", str(workdir / f"sipp-caller-{port}.err"),
+        "sipp",
+        target,
+        "-sf",
+        str(scenario),
+        "-s",
+        number,
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mp",
+        str(media_port),
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-timeout",
+        f"{timeout_s}s",
+        "-timeout_error",
+        "-nostdin",
+        "-trace_err",
+        "-error_file",
+        str(workdir / f"sipp-caller-{port}.err"),
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
@@ -73,8 +99,18 @@ def start_agents_uas(port: int, media_port: int, workdir: Path, timeout_s: int =
     """One SIPp UAS that answers for every agent (their contacts all point at it)."""
     log = workdir / f"sipp-uas-{port}.log"
     cmd = [
-        "sipp", "-sn", "uas", "-i", "127.0.0.1", "-p", str(port), "-mp", str(media_port),
-        "-timeout", f"{timeout_s}s", "-nostdin",
+        "sipp",
+        "-sn",
+        "uas",
+        "-i",
+        "127.0.0.1",
+        "-p",
+        str(port),
+        "-mp",
+        str(media_port),
+        "-timeout",
+        f"{timeout_s}s",
+        "-nostdin",
     ]
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)

@@ -38,9 +38,11 @@ async def _bridge_partner(events: EventLog, uid: str, timeout: float = 40) -> Am
     )
     bridge = enter.get("BridgeUniqueid")
     (agent_enter,) = await events.wait_for(
-        lambda e: e.event == "BridgeEnter"
-        and e.get("BridgeUniqueid") == bridge
-        and (e.get("Channel") or "").startswith("PJSIP/agent-"),
+        lambda e: (
+            e.event == "BridgeEnter"
+            and e.get("BridgeUniqueid") == bridge
+            and (e.get("Channel") or "").startswith("PJSIP/agent-")
+        ),
         timeout=10,
     )
     return agent_enter
@@ -64,8 +66,11 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
         assert stack.redis.hget(stack.key("agent", agent), "state") in {"reserved", "on_call"}
         # The menu prompts were played by the AGI session (Asterisk reports the AGI commands).
         played = ami_events.matching(
-            lambda e: e.event == "AGIExecStart" and e.get("Uniqueid") == uid
-            and "STREAM FILE" in (e.get("Command") or "").upper()
+            lambda e: (
+                e.event == "AGIExecStart"
+                and e.get("Uniqueid") == uid
+                and "STREAM FILE" in (e.get("Command") or "").upper()
+            )
         )
         assert any("promo-welcome" in (e.get("Command") or "") for e in played)
         assert caller.wait(30) == 0
@@ -93,13 +98,17 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
         agent2 = _agent_of_channel((await _bridge_partner(ami_events, uid2)).get("Channel") or "")
         assert {agent1, agent2} == PRESALE_AGENTS
 
-        third = stack.call([sipp.pause(2500), sipp.dtmf("1"), sipp.pause(15000)],
-                           caller_id="5550203")
+        third = stack.call(
+            [sipp.pause(2500), sipp.dtmf("1"), sipp.pause(15000)], caller_id="5550203"
+        )
         try:
             uid3 = await _uid(ami_events, "5550203")
             await ami_events.wait_for(
-                lambda e: e.event == "MusicOnHoldStart" and e.get("Uniqueid") == uid3
-                and e.get("Context") == "acd-hold",
+                lambda e: (
+                    e.event == "MusicOnHoldStart"
+                    and e.get("Uniqueid") == uid3
+                    and e.get("Context") == "acd-hold"
+                ),
                 timeout=20,
             )
             assert stack.redis.zrange(stack.key("q", "presale"), 0, -1) == [uid3]
