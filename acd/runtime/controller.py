@@ -19,7 +19,8 @@ from acd.adapters.fastagi import FastAgiServer
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
 from acd.domain.flow import Flow
-from acd.runtime.dispatch import Dispatcher
+from acd.errors import AmiActionFailed
+from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.ivr import IvrService
 
 log = structlog.get_logger(__name__)
@@ -54,10 +55,25 @@ class Controller:
         self.ready = asyncio.Event()
 
     async def _on_ami_connected(self) -> None:
+        await self._filter_events()
         await self.dispatcher.resync()
         self.resyncs += 1
         log.info("controller.ami_resynced", resyncs=self.resyncs)
         self._component_ready("ami")
+
+    async def _filter_events(self) -> None:
+        """Ask Asterisk to send this session only the events we act on (hash-based name filters of
+        Asterisk 22), so a busy node does not flood the controller. Per session: redone after every
+        reconnect. Other AMI users (supervisors, tests) still see everything."""
+        for name in sorted(EVENTS):
+            try:
+                await self.ami.send_action(
+                    "Filter",
+                    {"Operation": "Add", "MatchCriteria": f"action(include),name({name})"},
+                )
+            except AmiActionFailed as exc:
+                log.warning("controller.ami_filter_refused", ami_event=name, error=exc.message)
+                return
 
     def _component_ready(self, name: str) -> None:
         self._listening.add(name)

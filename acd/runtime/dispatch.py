@@ -46,7 +46,8 @@ class ResyncWork:
 
 Work = SkillWork | AgentWork | EventWork | ResyncWork
 
-_EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter"})
+# The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
+EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter"})
 
 
 class Dispatcher:
@@ -70,7 +71,7 @@ class Dispatcher:
         self._work.put_nowait(SkillWork(skill))
 
     def on_ami_event(self, event: AmiMessage) -> None:
-        if event.event in _EVENTS:
+        if event.event in EVENTS:
             self._work.put_nowait(EventWork(event))
 
     async def resync(self) -> None:
