@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
         help="only the controller (and Redis): Asterisk runs elsewhere",
     )
     sub.add_parser("down", help="stop a detached `acd up`")
+    sub.add_parser("run", help="the controller alone, in the foreground (as `acd up` runs it)")
     sub.add_parser("render", help="render the Asterisk instance configuration and exit")
     flows = sub.add_parser("flows", help="IVR flows")
     flows_sub = flows.add_subparsers(dest="flows_command", required=True)
@@ -68,7 +69,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             pid = stack.up_detached(Path(args.config).resolve(), settings)
             print(f"acd is up (pid {pid}); logs in {stack.state_dir(settings) / 'acd.log'}")
             return 0
-        stack.up_foreground(settings, with_asterisk=not args.no_asterisk)
+        stack.up_foreground(
+            settings, Path(args.config).resolve(), with_asterisk=not args.no_asterisk
+        )
+        return 0
+    if args.command == "run":
+        stack.run_controller(settings)
         return 0
     if args.command == "down":
         print("acd stopped" if stack.down(settings) else "acd was not running")

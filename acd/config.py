@@ -91,10 +91,20 @@ class AdminSettings(_Frozen):
 
 
 class Entry(_Frozen):
-    """A number customers dial, and the flow that answers it."""
+    """A number customers dial, the flow that answers it, and the simplified flow that takes over
+    under overload or when a supervisor switches the menu to fallback."""
 
     number: Number
     flow: Name
+    fallback_flow: Name | None = None
+
+
+class LookupService(_Frozen):
+    """An HTTP service a flow can query (e.g. order status). `url` holds `{param}` placeholders,
+    filled with URL-quoted, validated caller input."""
+
+    url: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")]
+    timeout: Annotated[float, Field(gt=0, le=10)] = 2.0
 
 
 class Skill(_Frozen):
@@ -134,6 +144,7 @@ class Settings(_Frozen):
     skills: Annotated[list[Skill], Field(min_length=1)]
     agents: list[Agent] = Field(default_factory=list)
     trunks: list[Trunk] = Field(default_factory=list)
+    lookups: dict[Name, LookupService] = Field(default_factory=dict)
 
     @field_validator("entries")
     @classmethod

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -140,19 +140,63 @@ def load_checked_flows(settings: Settings) -> dict[str, Flow]:
     return flows
 
 
-def up_foreground(settings: Settings, *, with_asterisk: bool = True) -> None:
-    flows = load_checked_flows(settings)
+def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = True) -> None:
+    """Redis (if none answers), Asterisk and a supervised controller process, until signalled.
+
+    The controller runs as a child (`acd run`) and is restarted when it dies: callers keep
+    waiting in Asterisk meanwhile, and the restarted controller resyncs from AMI and Redis.
+    """
+    load_checked_flows(settings)  # refuse to start on a broken flow, before starting anything
     pidfile = state_dir(settings) / "acd.pid"
     pidfile.write_text(str(os.getpid()))
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with redis_server(settings), contextlib.ExitStack() as stack:
             if with_asterisk:
                 stack.enter_context(asterisk_node(settings))
-            asyncio.run(_run_controller(settings, flows))
+            _supervise_controller(config, lambda: stopping)
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         with contextlib.suppress(FileNotFoundError):
             if pidfile.read_text() == str(os.getpid()):
                 pidfile.unlink()
+
+
+def _supervise_controller(config: Path, stopping: Callable[[], bool]) -> None:
+    backoff = 0.5
+    while not stopping():
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "acd", "--config", str(config), "run"],
+            stdin=subprocess.DEVNULL,
+        )
+        log.info("stack.controller_started", pid=proc.pid)
+        while proc.poll() is None and not stopping():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(0.2)
+        if proc.poll() is None:
+            _stop(proc, "controller")
+            return
+        log.error("stack.controller_exited", pid=proc.pid, returncode=proc.returncode)
+        if time.monotonic() - started > 60:
+            backoff = 0.5
+        deadline = time.monotonic() + backoff
+        while time.monotonic() < deadline and not stopping():
+            time.sleep(0.05)
+        backoff = min(backoff * 2, 10.0)
+
+
+def run_controller(settings: Settings) -> None:
+    """`acd run`: the controller alone, in the foreground (Redis and Asterisk run elsewhere)."""
+    flows = load_checked_flows(settings)
+    asyncio.run(_run_controller(settings, flows))
 
 
 async def _run_controller(settings: Settings, flows: dict[str, Flow]) -> None:
@@ -163,6 +207,8 @@ async def _run_controller(settings: Settings, flows: dict[str, Flow]) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, task.cancel)
     ready_file = state_dir(settings) / "acd.ready"
+    pid_file = state_dir(settings) / "controller.pid"
+    pid_file.write_text(str(os.getpid()))
 
     async def mark_ready() -> None:
         await controller.ready.wait()
@@ -176,8 +222,10 @@ async def _run_controller(settings: Settings, flows: dict[str, Flow]) -> None:
     except asyncio.CancelledError:
         log.info("stack.stopping")
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            ready_file.unlink()
+        for path in (ready_file, pid_file):
+            with contextlib.suppress(FileNotFoundError):
+                if path.read_text() == str(os.getpid()):
+                    path.unlink()
 
 
 def up_detached(config: Path, settings: Settings, timeout: float = 90.0) -> int:
