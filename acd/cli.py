@@ -1,14 +1,17 @@
-"""The `acd` command: start and stop the stack, check flows, ask the controller for its status."""
+"""The `acd` command: start and stop the stack, check flows, and steer a running controller
+through its admin API (menu modes, overload level, flow reload, status)."""
 
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from acd import logs
 from acd.config import Settings, load_settings, read_secret
@@ -37,10 +40,21 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("down", help="stop a detached `acd up`")
     sub.add_parser("run", help="the controller alone, in the foreground (as `acd up` runs it)")
     sub.add_parser("render", help="render the Asterisk instance configuration and exit")
+
     flows = sub.add_parser("flows", help="IVR flows")
     flows_sub = flows.add_subparsers(dest="flows_command", required=True)
-    flows_sub.add_parser("check", help="validate every flow; exit 1 on any problem")
-    status = sub.add_parser("status", help="the controller's status (via the admin API)")
+    check = flows_sub.add_parser("check", help="validate flows; every problem with file and line")
+    check.add_argument("paths", nargs="*", type=Path, help="files or directories (default: all)")
+    flows_sub.add_parser("reload", help="make the running controller reload its flows")
+
+    menu = sub.add_parser("menu", help="menu mode of an entry number (all entries by default)")
+    menu.add_argument("mode", choices=["normal", "fallback", "auto"])
+    menu.add_argument("number", nargs="?")
+
+    level = sub.add_parser("level", help="pin the overload level, or give it back to the governor")
+    level.add_argument("level", choices=["auto", "0", "1", "2", "3", "4"])
+
+    status = sub.add_parser("status", help="the controller's status")
     status.add_argument("--json", action="store_true")
     return parser
 
@@ -52,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
         return _dispatch(args, settings)
     except ConfigError as exc:
-        print(f"acd: configuration error:\n{exc}", file=sys.stderr)
+        print(f"acd: {exc}", file=sys.stderr)
         return 2
     except AcdError as exc:
         print(f"acd: {exc}", file=sys.stderr)
@@ -63,23 +77,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from acd.runtime import stack
+    from acd.runtime.flows import load_checked_flows
 
-    if args.command == "up":
+    command = args.command
+    if command == "up":
+        config = Path(args.config).resolve()
         if args.detach:
-            pid = stack.up_detached(Path(args.config).resolve(), settings)
+            pid = stack.up_detached(config, settings)
             print(f"acd is up (pid {pid}); logs in {stack.state_dir(settings) / 'acd.log'}")
             return 0
-        stack.up_foreground(
-            settings, Path(args.config).resolve(), with_asterisk=not args.no_asterisk
-        )
+        stack.up_foreground(settings, config, with_asterisk=not args.no_asterisk)
         return 0
-    if args.command == "run":
-        stack.run_controller(settings)
-        return 0
-    if args.command == "down":
+    if command == "down":
         print("acd stopped" if stack.down(settings) else "acd was not running")
         return 0
-    if args.command == "render":
+    if command == "run":
+        stack.run_controller(settings)
+        return 0
+    if command == "render":
         from acd.runtime import asterisk
 
         paths = asterisk.node_paths(settings)
@@ -87,35 +102,87 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         asterisk.render_instance(settings, paths, secret)
         print(paths.etc)
         return 0
-    if args.command == "flows":
-        flows = stack.load_checked_flows(settings)
+    if command == "flows" and args.flows_command == "check":
+        flows = load_checked_flows(settings, [p.resolve() for p in args.paths] or None)
         for name in sorted(flows):
-            print(f"ok: flow {name} ({len(flows[name].nodes)} nodes)")
+            print(f"ok: flow {name} ({len(flows[name].nodes)} nodes) in {flows[name].source}")
         return 0
-    if args.command == "status":
+    if command == "flows":
+        body = _api(settings, "POST", "/flows/reload")
+        print("reloaded: " + ", ".join(body["flows"]))
+        return 0
+    if command == "menu":
+        path = f"/menu/{args.number}" if args.number else "/menu"
+        body = _api(settings, "PUT", path, {"mode": args.mode})
+        for number, mode in body["modes"].items():
+            print(f"entry {number}: menu {mode}")
+        return 0
+    if command == "level":
+        level: str | int = args.level if args.level == "auto" else int(args.level)
+        body = _api(settings, "PUT", "/overload", {"level": level})
+        pinned = "auto" if body["pinned"] is None else f"pinned at {body['pinned']}"
+        print(f"overload level {body['level']} ({pinned}; governor says {body['computed']})")
+        return 0
+    if command == "status":
         return _status(settings, as_json=args.json)
-    raise AssertionError(args.command)
+    raise AssertionError(command)
 
 
-def _status(settings: Settings, *, as_json: bool) -> int:
+def _api(
+    settings: Settings, method: str, path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """One call to the running controller's admin API; errors become AcdError with its message."""
     token = read_secret(settings, settings.admin.token_file, "ACD_ADMIN_TOKEN")
-    url = f"http://{settings.admin.host}:{settings.admin.port}/status"
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    url = f"http://{settings.admin.host}:{settings.admin.port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(
+        url,
+        data=data,
+        method=method,
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "X-Acd-User": _user(),
+        },
+    )
     try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            body = json.load(response)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            result: dict[str, Any] = json.load(response)
+            return result
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.load(exc)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = exc.reason
+        raise AcdError(f"{method} {path}: {exc.code}: {message}") from exc
     except urllib.error.URLError as exc:
         raise AcdError(
             f"the controller's admin API at {url} does not answer: {exc.reason}"
         ) from exc
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "cli"
+
+
+def _status(settings: Settings, *, as_json: bool) -> int:
+    body = _api(settings, "GET", "/status")
     if as_json:
         print(json.dumps(body, indent=2))
         return 0
     comps = body["components"]
+    overload = body["overload"]
+    pinned = "" if overload["pinned"] is None else " (pinned)"
     print(
         f"node {body['node']}: AMI {'up' if comps['ami']['connected'] else 'DOWN'}, "
-        f"Redis {'up' if comps['redis']['ok'] else 'DOWN'}"
+        f"Redis {'up' if comps['redis']['ok'] else 'DOWN'}, "
+        f"overload level {overload['level']}{pinned}"
     )
+    for number, mode in body["menu_modes"].items():
+        print(f"  entry {number:<8} menu {mode}")
     for name, queue in body["queues"].items():
         print(f"  queue {name:<12} waiting {queue['waiting']}")
     for agent_id, agent in body["agents"].items():

@@ -7,11 +7,14 @@ paths in the file are resolved against the file's own directory, so the sample w
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from collections.abc import Mapping
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -24,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from acd.domain.hours import BusinessHours, parse_window
 from acd.errors import ConfigError
 
 DEFAULT_ASTERISK_ROOT = "/var/cache/acd/asterisk-root"
@@ -129,6 +133,62 @@ class Trunk(_Frozen):
     capacity: Annotated[int, Field(ge=1, le=10000)] = 30
 
 
+Day = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+
+
+class Hours(_Frozen):
+    """Opening hours a flow can branch on (`condition` with `open: NAME`)."""
+
+    timezone: str = "Asia/Shanghai"
+    weekly: dict[Day, list[str]] = Field(default_factory=dict)
+    closed_dates: list[date] = Field(default_factory=list)
+    open_dates: dict[date, list[str]] = Field(default_factory=dict)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @field_validator("weekly", "open_dates")
+    @classmethod
+    def _windows(cls, value: dict[Any, list[str]]) -> dict[Any, list[str]]:
+        for windows in value.values():
+            for window in windows:
+                parse_window(window)
+        return value
+
+    def to_domain(self) -> BusinessHours:
+        return BusinessHours(
+            timezone=self.timezone,
+            weekly={d: tuple(parse_window(w) for w in ws) for d, ws in self.weekly.items()},
+            closed_dates=frozenset(self.closed_dates),
+            open_dates={d: tuple(parse_window(w) for w in ws) for d, ws in self.open_dates.items()},
+        )
+
+
+class OverloadSettings(_Frozen):
+    """The overload governor: load is (waiting + talking callers) per staffed agent; levels 1-4
+    start at these loads, and a level is left only `hysteresis` below its threshold, after
+    `cool_down` seconds there, so it does not flap."""
+
+    thresholds: tuple[float, float, float, float] = (1.2, 1.4, 1.6, 2.0)
+    hysteresis: Annotated[float, Field(ge=0, le=1)] = 0.1
+    cool_down: Annotated[float, Field(ge=0, le=3600)] = 30.0
+    interval: Annotated[float, Field(gt=0, le=60)] = 2.0
+    handle_seconds: Annotated[float, Field(gt=0, le=3600)] = 180.0
+
+    @field_validator("thresholds")
+    @classmethod
+    def _ascending(cls, value: tuple[float, ...]) -> tuple[float, ...]:
+        if any(b <= a for a, b in itertools.pairwise(value)) or value[0] <= 0:
+            raise ValueError("thresholds must be positive and strictly ascending")
+        return value
+
+
 class Settings(_Frozen):
     """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
 
@@ -145,6 +205,8 @@ class Settings(_Frozen):
     agents: list[Agent] = Field(default_factory=list)
     trunks: list[Trunk] = Field(default_factory=list)
     lookups: dict[Name, LookupService] = Field(default_factory=dict)
+    hours: dict[Name, Hours] = Field(default_factory=dict)
+    overload: OverloadSettings = OverloadSettings()
 
     @field_validator("entries")
     @classmethod
@@ -190,6 +252,10 @@ class Settings(_Frozen):
 
     def skill_names(self) -> list[str]:
         return [s.name for s in self.skills]
+
+    def flow_names(self) -> set[str]:
+        names = {e.flow for e in self.entries}
+        return names | {e.fallback_flow for e in self.entries if e.fallback_flow}
 
 
 def _no_duplicates(values: list[str], what: str, where: str = "") -> None:

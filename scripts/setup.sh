@@ -71,7 +71,7 @@ while IFS=$'\t' read -r name text; do
   out="$STATE/sounds/$name.wav"
   sum=$(printf '%s' "$text" | sha256sum | cut -c1-16)
   if [ "$(cat "$out.sum" 2>/dev/null)" != "$sum" ]; then
-    espeak-ng -v en-us -s 155 -w "$STATE/sounds/$name.tmp.wav" "$text"
+    espeak-ng -v en-us -s 175 -w "$STATE/sounds/$name.tmp.wav" "$text"
     sox "$STATE/sounds/$name.tmp.wav" -r 8000 -c 1 -b 16 "$out"
     rm -f "$STATE/sounds/$name.tmp.wav"
     echo "$sum" > "$out.sum"

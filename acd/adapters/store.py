@@ -6,6 +6,12 @@ Keys (all under the configured prefix P):
     P:calls:NODE   set of the call uids an Asterisk node holds (for resync after a reconnect)
     P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since)
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
+    P:tiers        hash caller ID -> customer tier (e.g. vip)
+    P:menu_mode    hash entry number -> normal | fallback | auto (absent: normal)
+    P:overload     hash: level (effective), computed, pinned ('' = auto), below_since, updated_at
+    P:callback:UID hash of a callback a caller asked for; P:callbacks:SKILL orders them by the
+                   caller's original place (score = enqueue time - head start)
+    P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
 
@@ -23,6 +29,23 @@ from acd.config import Agent
 from acd.errors import StoreUnavailable
 
 CALL_TTL_SECONDS = 24 * 3600
+CALLBACK_TTL_SECONDS = 7 * 24 * 3600
+AUDIT_MAXLEN = 10_000
+MENU_MODES = ("normal", "fallback", "auto")
+
+
+@dataclass(frozen=True)
+class LoadSnapshot:
+    """What the overload governor and the wait estimate need, read in one round trip."""
+
+    waiting: Mapping[str, int]
+    talking: int
+    staffed: int
+    staffed_by_skill: Mapping[str, int]
+
+    @property
+    def waiting_total(self) -> int:
+        return sum(self.waiting.values())
 
 
 @dataclass(frozen=True)
@@ -203,3 +226,137 @@ class RedisStore:
             return [str(m) for m in await self._redis.zrange(self.key("q", skill), 0, -1)]
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+
+    # -- what flows branch on, and supervisor toggles -------------------------------------------
+
+    async def _call(self, coro: Any) -> Any:
+        try:
+            return await coro
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def tier(self, caller_id: str) -> str:
+        if not caller_id:
+            return "regular"
+        tier = await self._call(self._redis.hget(self.key("tiers"), caller_id))
+        return str(tier) if tier else "regular"
+
+    async def set_tier(self, caller_id: str, tier: str) -> None:
+        await self._call(self._redis.hset(self.key("tiers"), caller_id, tier))
+
+    async def menu_mode(self, number: str) -> str:
+        mode = await self._call(self._redis.hget(self.key("menu_mode"), number))
+        return str(mode) if mode in MENU_MODES else "normal"
+
+    async def menu_modes(self, numbers: Iterable[str]) -> dict[str, str]:
+        raw = await self._call(self._redis.hgetall(self.key("menu_mode")))
+        return {n: str(raw.get(n)) if raw.get(n) in MENU_MODES else "normal" for n in numbers}
+
+    async def set_menu_mode(self, number: str, mode: str) -> str:
+        """Set an entry's menu mode; returns the mode it had before."""
+        if mode not in MENU_MODES:
+            raise ValueError(mode)
+        before = await self._call(self._redis.hget(self.key("menu_mode"), number))
+        await self._call(self._redis.hset(self.key("menu_mode"), number, mode))
+        return str(before) if before in MENU_MODES else "normal"
+
+    async def overload(self) -> dict[str, str]:
+        raw = await self._call(self._redis.hgetall(self.key("overload")))
+        return {str(k): str(v) for k, v in raw.items()}
+
+    async def overload_level(self) -> int:
+        level = await self._call(self._redis.hget(self.key("overload"), "level"))
+        return int(level) if level is not None and str(level).isdigit() else 0
+
+    async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
+        """Store the governor's computed level; returns the effective level (a pin wins)."""
+        key = self.key("overload")
+        pinned = await self._call(self._redis.hget(key, "pinned"))
+        effective = int(pinned) if pinned not in (None, "") else computed
+        await self._call(
+            self._redis.hset(
+                key,
+                mapping={
+                    "computed": computed,
+                    "level": effective,
+                    "below_since": "" if below_since is None else repr(below_since),
+                    "updated_at": repr(now),
+                },
+            )
+        )
+        return effective
+
+    async def pin_overload(self, level: int | None) -> dict[str, str]:
+        """Pin the level (None: back to the governor's). Returns the hash as it was before."""
+        key = self.key("overload")
+        before = await self.overload()
+        computed = before.get("computed", "0") or "0"
+        effective = str(level) if level is not None else computed
+        await self._call(
+            self._redis.hset(
+                key, mapping={"pinned": "" if level is None else str(level), "level": effective}
+            )
+        )
+        return before
+
+    async def load(self, skills: Iterable[str]) -> LoadSnapshot:
+        skills = list(skills)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for skill in skills:
+                    pipe.zcard(self.key("q", skill))
+                for skill in skills:
+                    pipe.zcard(self.key("avail", skill))
+                pipe.smembers(self.key("agents"))
+                results = await pipe.execute()
+                agent_ids = sorted(str(a) for a in results[-1])
+                for agent_id in agent_ids:
+                    pipe.hmget(self.key("agent", agent_id), "state", "skills")
+                agents = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        waiting = {skill: int(n) for skill, n in zip(skills, results[: len(skills)], strict=True)}
+        talking = staffed = 0
+        by_skill = dict.fromkeys(skills, 0)
+        for state, agent_skills in agents:
+            if state in (None, "logged_out"):
+                continue
+            staffed += 1
+            if state in ("reserved", "on_call"):
+                talking += 1
+            for part in str(agent_skills or "").split(","):
+                name = part.split(":")[0]
+                if name in by_skill:
+                    by_skill[name] += 1
+        return LoadSnapshot(waiting, talking, staffed, by_skill)
+
+    async def register_callback(
+        self, *, uid: str, number: str, skill: str, score: float, fields: Mapping[str, str]
+    ) -> None:
+        """Record a callback request durably, keeping the caller's place (its score)."""
+        mapping: dict[str, str] = {
+            **fields,
+            "uid": uid,
+            "number": number,
+            "skill": skill,
+            "score": repr(score),
+            "state": "pending",
+        }
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(self.key("callback", uid), mapping=mapping)  # type: ignore[arg-type]
+                pipe.expire(self.key("callback", uid), CALLBACK_TTL_SECONDS)
+                pipe.zadd(self.key("callbacks", skill), {uid: score})
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
+        await self._call(
+            self._redis.xadd(
+                self.key("audit"),
+                {"who": who, "what": what, "before": before, "after": after, "at": repr(now)},
+                maxlen=AUDIT_MAXLEN,
+                approximate=True,
+            )
+        )

@@ -1,8 +1,8 @@
 """The composition root of the controller: builds every component and owns their tasks.
 
-One TaskGroup owns the AMI client, the FastAGI server, the dispatcher and the admin API; when one of
-them fails the others are cancelled and the error propagates (the process supervisor restarts us;
-callers keep waiting in Asterisk meanwhile).
+One TaskGroup owns the AMI client, the FastAGI server, the dispatcher, the overload governor and the
+admin API; when one of them fails the others are cancelled and the error propagates (`acd up`
+restarts the controller; callers keep waiting in Asterisk meanwhile).
 """
 
 from __future__ import annotations
@@ -16,11 +16,14 @@ import structlog
 from acd.adapters import admin_api
 from acd.adapters.ami import AmiClient
 from acd.adapters.fastagi import FastAgiServer
+from acd.adapters.lookup import LookupClient
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
 from acd.domain.flow import Flow
-from acd.errors import AmiActionFailed
+from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
+from acd.errors import AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
+from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
 
 log = structlog.get_logger(__name__)
@@ -42,7 +45,10 @@ class Controller:
         )
         self.dispatcher = Dispatcher(settings, self.store, self.ami)
         self.ami.add_listener(self.dispatcher.on_ami_event)
-        self.ivr = IvrService(settings, flows, self.store, self.dispatcher.skill_ready)
+        self.lookups = LookupClient(settings.lookups)
+        self.ivr = IvrService(
+            settings, flows, self.store, self.lookups, self.dispatcher.skill_ready
+        )
         self.agi = FastAgiServer(
             {"inbound": self.ivr.inbound},
             host=settings.agi.host,
@@ -50,9 +56,16 @@ class Controller:
             command_timeout=settings.agi.command_timeout,
         )
         self._admin_token = read_secret(settings, settings.admin.token_file, "ACD_ADMIN_TOKEN")
+        self._policy = GovernorPolicy(
+            thresholds=settings.overload.thresholds,
+            hysteresis=settings.overload.hysteresis,
+            cool_down=settings.overload.cool_down,
+        )
         self.resyncs = 0
         self._listening: set[str] = set()
         self.ready = asyncio.Event()
+
+    # -- AMI ---------------------------------------------------------------------------------
 
     async def _on_ami_connected(self) -> None:
         await self._filter_events()
@@ -80,10 +93,45 @@ class Controller:
         if {"agi", "admin", "ami"} <= self._listening:
             self.ready.set()
 
+    # -- overload governor -------------------------------------------------------------------
+
+    async def _govern(self) -> None:
+        """Recompute the overload level every `interval` seconds from what Redis holds."""
+        await self.ready.wait()  # before AMI is up the governor would see a failure
+        overload = await self.store.overload()
+        below = overload.get("below_since") or ""
+        state = GovernorState(
+            level=int(overload.get("computed") or 0),
+            below_since=float(below) if below else None,
+        )
+        while True:
+            try:
+                state = await self._govern_once(state)
+            except StoreUnavailable as exc:
+                log.warning("overload.store_unavailable", error=str(exc))
+            await asyncio.sleep(self.settings.overload.interval)
+
+    async def _govern_once(self, state: GovernorState) -> GovernorState:
+        load = await self.store.load(self.settings.skill_names())
+        now = time.time()
+        value = load_of(load.waiting_total, load.talking, load.staffed)
+        new = next_state(state, value, now, self._policy, failure=not self.ami.connected)
+        effective = await self.store.save_overload(new.level, new.below_since, now)
+        if new.level != state.level:
+            log.info(
+                "overload.level_changed",
+                before=state.level,
+                after=new.level,
+                effective=effective,
+                load=round(value, 2) if value != float("inf") else "inf",
+            )
+        return new
+
+    # -- what the admin API steers -----------------------------------------------------------
+
     async def status(self) -> dict[str, Any]:
-        queues = {}
-        for skill in self.settings.skill_names():
-            queues[skill] = {"waiting": await self.store.queue_depth(skill)}
+        load = await self.store.load(self.settings.skill_names())
+        queues = {skill: {"waiting": n} for skill, n in load.waiting.items()}
         agents = {}
         for agent_id in await self.store.agent_ids():
             agent = await self.store.agent(agent_id)
@@ -102,15 +150,56 @@ class Controller:
             },
             "queues": queues,
             "agents": agents,
+            "overload": await self.overload(),
+            "menu_modes": await self.menu_modes(),
+            "flows": sorted(self.ivr.flows),
             "connects": self.dispatcher.connects,
+            "ivr_turns": self.ivr.turns,
         }
 
     async def is_ready(self) -> bool:
         return self.ami.connected and await self.store.ping() and "agi" in self._listening
 
+    async def menu_modes(self) -> dict[str, str]:
+        return await self.store.menu_modes(e.number for e in self.settings.entries)
+
+    async def set_menu_mode(self, who: str, mode: str, number: str | None) -> dict[str, str]:
+        numbers = [number] if number else [e.number for e in self.settings.entries]
+        for n in numbers:
+            before = await self.store.set_menu_mode(n, mode)
+            await self.store.audit(who, f"menu {n}", before, mode, time.time())
+            log.info("admin.menu_mode_set", who=who, entry=n, before=before, after=mode)
+        return await self.menu_modes()
+
+    async def overload(self) -> dict[str, Any]:
+        raw = await self.store.overload()
+        pinned = raw.get("pinned", "")
+        return {
+            "level": int(raw.get("level") or 0),
+            "computed": int(raw.get("computed") or 0),
+            "pinned": int(pinned) if pinned else None,
+        }
+
+    async def pin_overload(self, who: str, level: int | None) -> dict[str, Any]:
+        before = await self.store.pin_overload(level)
+        after = "auto" if level is None else str(level)
+        await self.store.audit(who, "overload", before.get("pinned") or "auto", after, time.time())
+        log.info("admin.overload_pinned", who=who, level=after)
+        return await self.overload()
+
+    async def reload_flows(self, who: str) -> list[str]:
+        """Load and validate every flow from disk; on any problem keep the running ones."""
+        flows = await asyncio.to_thread(load_checked_flows, self.settings)
+        self.ivr.replace_flows(flows)
+        await self.store.audit(who, "flows reload", "", ",".join(sorted(flows)), time.time())
+        log.info("admin.flows_reloaded", who=who, flows=sorted(flows))
+        return sorted(flows)
+
+    # -- running -----------------------------------------------------------------------------
+
     async def run(self) -> None:
         await self.store.register_agents(self.settings.agents, time.time())
-        app = admin_api.build_app(self._admin_token, self.status, self.is_ready)
+        app = admin_api.build_app(self._admin_token, self)
         admin = self.settings.admin
         try:
             async with asyncio.TaskGroup() as tg:
@@ -125,6 +214,8 @@ class Controller:
                     ),
                     name="admin",
                 )
+                tg.create_task(self._govern(), name="governor")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
+            await asyncio.shield(self.lookups.close())
             await asyncio.shield(self.store.close())

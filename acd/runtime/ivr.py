@@ -1,9 +1,10 @@
-"""The IVR service: runs a call's flow inside its FastAGI session and hands it to a skill queue.
+"""The IVR service: runs a call's flow inside its FastAGI session and hands the call on.
 
-The session is short: prompts and digits, then channel variables that tell the dialplan what comes
-next (ACD_RESULT=queued sends the caller to the hold context). Waiting happens in the dialplan, not
-here, so a controller restart drops nobody. Any failure leaves ACD_RESULT unset or `error`, which
-the dialplan answers with the static fallback path.
+The session is short: prompts, digits and lookups, then channel variables that tell the dialplan
+what comes next (ACD_RESULT=queued sends the caller to the hold context, transfer to the transfer
+context, hangup ends the call). Waiting happens in the dialplan, not here, so a controller restart
+drops nobody. If the flow fails mid-call the caller goes to the flow's declared fallback node; if
+that fails too, ACD_RESULT stays unset or `error` and the dialplan takes the static fallback path.
 """
 
 from __future__ import annotations
@@ -11,20 +12,40 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import structlog
 
 from acd.adapters.fastagi import AgiChannel
+from acd.adapters.lookup import LookupClient
 from acd.adapters.store import RedisStore
-from acd.config import Settings
-from acd.domain.flow import DTMF, Enqueue, Flow, FlowRun, Play, PlayAndCollect, Step
+from acd.config import Entry, Settings
+from acd.domain.flow import (
+    DTMF,
+    CollectDigits,
+    Enqueue,
+    Facts,
+    Flow,
+    FlowRun,
+    Hangup,
+    Lookup,
+    Play,
+    PlayAndCollect,
+    RegisterCallback,
+    SayDigits,
+    SetLanguage,
+    Step,
+    Transfer,
+)
+from acd.errors import AcdError, AgiHangup
 
 log = structlog.get_logger(__name__)
 
 _ENTRY = re.compile(r"^[0-9]{2,20}$")
-
-
 _CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
+ALL_DIGITS = "0123456789*#"
+FALLBACK_LEVEL = 2  # overload level from which auto mode uses the entry's fallback flow
 
 
 def clean_caller_id(raw: str) -> str:
@@ -38,69 +59,199 @@ def clean_caller_id(raw: str) -> str:
     return "+" + digits if raw.startswith("+") else digits
 
 
+def choose_flow(entry: Entry, mode: str, level: int) -> str:
+    """Which flow answers: `fallback` mode, or `auto` at overload level 2 and above, use the
+    entry's fallback flow (when it has one)."""
+    if entry.fallback_flow and (mode == "fallback" or (mode == "auto" and level >= FALLBACK_LEVEL)):
+        return entry.fallback_flow
+    return entry.flow
+
+
+@dataclass
+class _Call:
+    channel: AgiChannel
+    entry: str
+    caller_id: str
+    run: FlowRun
+
+
 class IvrService:
     def __init__(
         self,
         settings: Settings,
         flows: Mapping[str, Flow],
         store: RedisStore,
+        lookups: LookupClient,
         on_enqueued: Callable[[str], None],
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
         self._flows = dict(flows)
-        self._entries = {e.number: e.flow for e in settings.entries}
+        self._entries = {e.number: e for e in settings.entries}
+        self._hours = {name: h.to_domain() for name, h in settings.hours.items()}
         self._store = store
+        self._lookups = lookups
         self._on_enqueued = on_enqueued
         self._clock = clock
+        self.turns = 0
+
+    @property
+    def flows(self) -> Mapping[str, Flow]:
+        return self._flows
 
     def replace_flows(self, flows: Mapping[str, Flow]) -> None:
         """Swap in freshly validated flows; running calls keep the flow they started with."""
         self._flows = dict(flows)
 
     async def inbound(self, channel: AgiChannel) -> None:
-        entry = channel.env.get("arg_1", "")
-        if not _ENTRY.match(entry) or entry not in self._entries:
-            log.warning("ivr.unknown_entry", entry=entry[:32])
+        number = channel.env.get("arg_1", "")
+        entry = self._entries.get(number) if _ENTRY.match(number) else None
+        if entry is None:
+            log.warning("ivr.unknown_entry", entry=number[:32])
             await channel.set_variable("ACD_RESULT", "error")
             return
-        flow = self._flows[self._entries[entry]]
         caller_id = clean_caller_id(channel.env.get("callerid", ""))
-        with structlog.contextvars.bound_contextvars(flow=flow.name, entry=entry):
-            log.info("ivr.call_arrived", caller_id=caller_id, channel=channel.env.get("channel"))
-            run = FlowRun(flow)
-            steps = run.start()
-            while steps:
-                steps = await self._perform(channel, run, steps, entry, caller_id)
+        mode = await self._store.menu_mode(entry.number)
+        facts = await self._facts(caller_id)
+        flow = self._flows[choose_flow(entry, mode, facts.overload_level)]
+        with structlog.contextvars.bound_contextvars(flow=flow.name, entry=entry.number):
+            log.info(
+                "ivr.call_arrived",
+                caller_id=caller_id,
+                tier=facts.tier,
+                menu_mode=mode,
+                overload_level=facts.overload_level,
+            )
+            call = _Call(channel, entry.number, caller_id, FlowRun(flow, facts))
+            await channel.set_variable("ACD_FLOW", flow.name)
+            try:
+                await self._walk(call, call.run.start())
+            except AgiHangup:
+                raise
+            except AcdError as exc:
+                # Never hang up on our own failure: the flow's fallback node, else the dialplan's
+                # static path (ACD_RESULT unset).
+                log.warning("ivr.flow_failed", node=call.run.node, error=str(exc))
+                if flow.fallback is None:
+                    raise
+                await self._walk(call, call.run.fall_back())
 
-    async def _perform(
-        self, channel: AgiChannel, run: FlowRun, steps: list[Step], entry: str, caller_id: str
-    ) -> list[Step]:
+    async def _facts(self, caller_id: str) -> Facts:
+        now = self._clock()
+        tier = await self._store.tier(caller_id)
+        level = await self._store.overload_level()
+        load = await self._store.load(self._settings.skill_names())
+        handle = self._settings.overload.handle_seconds
+        ewt = {
+            skill: (
+                (load.waiting[skill] + 1) * handle / load.staffed_by_skill[skill]
+                if load.staffed_by_skill[skill]
+                else 86400.0
+            )
+            for skill in load.waiting
+        }
+        return Facts(
+            now=datetime.fromtimestamp(now, UTC),
+            tier=tier,
+            overload_level=level,
+            ewt=ewt,
+            hours=self._hours,
+        )
+
+    async def _walk(self, call: _Call, steps: list[Step]) -> None:
+        while steps:
+            steps = await self._perform(call, steps)
+
+    async def _perform(self, call: _Call, steps: list[Step]) -> list[Step]:
+        channel, run = call.channel, call.run
         for step in steps:
             if isinstance(step, Play):
                 await channel.stream_file(step.prompt)
+            elif isinstance(step, SayDigits):
+                await channel.command("SAY DIGITS", step.digits, "")
+            elif isinstance(step, SetLanguage):
+                await channel.set_variable("CHANNEL(language)", step.language)
             elif isinstance(step, PlayAndCollect):
-                digit = ""
-                for prompt in step.prompts:
-                    digit = await channel.stream_file(prompt, step.valid_digits)
-                    if digit:
-                        break
-                if not digit:
-                    digit = await channel.wait_for_digit(step.timeout_ms)
-                if digit and digit not in DTMF:
-                    log.warning("ivr.garbage_digit", node=step.node, digit=repr(digit[:4]))
-                    digit = ""
+                digit = await self._menu_digit(channel, step)
+                self.turns += 1
                 log.info("ivr.menu_choice", node=step.node, digit=digit or None)
                 return run.on_digits(digit)
+            elif isinstance(step, CollectDigits):
+                digits = await self._collect(channel, step)
+                self.turns += 1
+                log.info("ivr.digits_collected", node=step.node, length=len(digits))
+                return run.on_collected(digits)
+            elif isinstance(step, Lookup):
+                result = await self._lookups.lookup(step.service, step.params)
+                log.info("ivr.lookup", node=step.node, outcome=result.outcome)
+                return run.on_lookup(result.outcome, result.data)
+            elif isinstance(step, RegisterCallback):
+                await self._register_callback(call, step)
             elif isinstance(step, Enqueue):
-                await self._enqueue(channel, run, step, entry, caller_id)
+                await self._enqueue(call, step)
+                return []
+            elif isinstance(step, Transfer):
+                await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{step.number}@{step.trunk}")
+                await channel.set_variable("ACD_RESULT", "transfer")
+                log.info("ivr.transfer", node=step.node, trunk=step.trunk)
+                return []
+            elif isinstance(step, Hangup):
+                await channel.set_variable("ACD_RESULT", "hangup")
+                log.info("ivr.hangup", node=step.node)
                 return []
         return []
 
-    async def _enqueue(
-        self, channel: AgiChannel, run: FlowRun, step: Enqueue, entry: str, caller_id: str
-    ) -> None:
+    @staticmethod
+    async def _menu_digit(channel: AgiChannel, step: PlayAndCollect) -> str:
+        digit = ""
+        for prompt in step.prompts:
+            digit = await channel.stream_file(prompt, step.valid_digits)
+            if digit:
+                break
+        if not digit:
+            digit = await channel.wait_for_digit(step.timeout_ms)
+        if digit and digit not in DTMF:
+            log.warning("ivr.garbage_digit", node=step.node)
+            return ""
+        return digit
+
+    @staticmethod
+    async def _collect(channel: AgiChannel, step: CollectDigits) -> str:
+        """Digits until the terminator, `max_digits`, or a pause longer than the timeout."""
+        digit = ""
+        for prompt in step.prompts:
+            digit = await channel.stream_file(prompt, ALL_DIGITS)
+            if digit:
+                break
+        if not digit:
+            digit = await channel.wait_for_digit(step.timeout_ms)
+        if digit in step.shortcuts and digit:
+            return digit
+        digits = ""
+        while digit and digit in DTMF and digit != step.terminator:
+            digits += digit
+            if len(digits) >= step.max_digits:
+                break
+            digit = await channel.wait_for_digit(step.timeout_ms)
+        if digit and digit not in DTMF:
+            log.warning("ivr.garbage_digit", node=step.node)
+            return ""
+        return digits
+
+    async def _register_callback(self, call: _Call, step: RegisterCallback) -> None:
         now = self._clock()
+        await self._store.register_callback(
+            uid=call.channel.uniqueid,
+            number=call.caller_id,
+            skill=step.skill,
+            score=now - step.priority,
+            fields={"entry": call.entry, "flow": call.run.flow.name, "requested_at": repr(now)},
+        )
+        log.info("ivr.callback_requested", node=step.node, queue=step.skill)
+
+    async def _enqueue(self, call: _Call, step: Enqueue) -> None:
+        now = self._clock()
+        channel, run = call.channel, call.run
         await channel.set_variable("ACD_QUEUE", step.skill)
         await channel.set_variable("ACD_RESULT", "queued")
         await self._store.enqueue(
@@ -110,9 +261,10 @@ class IvrService:
             node=self._settings.asterisk.node,
             fields={
                 "channel": channel.env.get("channel", ""),
-                "entry": entry,
+                "entry": call.entry,
                 "flow": run.flow.name,
-                "caller_id": caller_id,
+                "caller_id": call.caller_id,
+                "tier": run.facts.tier,
                 "priority": str(step.priority),
                 "enqueued_at": repr(now),
                 "path": ",".join(run.path),

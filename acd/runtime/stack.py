@@ -23,10 +23,11 @@ from urllib.parse import urlparse
 import structlog
 
 from acd.config import Settings, read_secret
-from acd.domain.flow import Flow, load_flows
+from acd.domain.flow import Flow
 from acd.errors import AcdError, ConfigError
 from acd.runtime import asterisk
 from acd.runtime.controller import Controller
+from acd.runtime.flows import load_checked_flows
 
 log = structlog.get_logger(__name__)
 
@@ -127,17 +128,6 @@ def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> No
         log.warning("stack.kill", process=name)
         proc.kill()
         proc.wait()
-
-
-def load_checked_flows(settings: Settings) -> dict[str, Flow]:
-    flows = load_flows(settings.resolve(settings.flows_dir), frozenset(settings.skill_names()))
-    for entry in settings.entries:
-        if entry.flow not in flows:
-            raise ConfigError(
-                f"{settings.source}: entries: number {entry.number} uses flow {entry.flow!r}, "
-                f"which is not in {settings.resolve(settings.flows_dir)}"
-            )
-    return flows
 
 
 def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = True) -> None:

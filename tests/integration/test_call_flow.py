@@ -53,7 +53,9 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
 ) -> None:
     """A call to 1000 that presses 1 hears the menu, is queued for presale and bridged to a
     presale agent; Redis records the connection and frees the agent after the call."""
-    caller = stack.call([sipp.pause(2500), sipp.dtmf("1"), sipp.pause(6000)], caller_id="5550101")
+    caller = stack.call(
+        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(6000)], caller_id="5550101"
+    )
     try:
         uid = await _uid(ami_events, "5550101")
         agent_enter = await _bridge_partner(ami_events, uid)
@@ -62,7 +64,7 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
         call = stack.redis.hgetall(stack.key("call", uid))
         assert call["skill"] == "presale"
         assert call["agent"] == agent
-        assert call["path"] == "root,presale"
+        assert call["path"] == "vip_check,root,promo_rules,q_presale"
         assert stack.redis.hget(stack.key("agent", agent), "state") in {"reserved", "on_call"}
         # The menu prompts were played by the AGI session (Asterisk reports the AGI commands).
         played = ami_events.matching(
@@ -89,8 +91,12 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
 ) -> None:
     """With both presale agents busy, a third caller waits in the Redis queue with music on hold
     and is bridged to the agent whose call ends first."""
-    first = stack.call([sipp.pause(2500), sipp.dtmf("1"), sipp.pause(5000)], caller_id="5550201")
-    second = stack.call([sipp.pause(2500), sipp.dtmf("1"), sipp.pause(20000)], caller_id="5550202")
+    first = stack.call(
+        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(5000)], caller_id="5550201"
+    )
+    second = stack.call(
+        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(20000)], caller_id="5550202"
+    )
     try:
         uid1 = await _uid(ami_events, "5550201")
         uid2 = await _uid(ami_events, "5550202")
@@ -99,7 +105,8 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
         assert {agent1, agent2} == PRESALE_AGENTS
 
         third = stack.call(
-            [sipp.pause(2500), sipp.dtmf("1"), sipp.pause(15000)], caller_id="5550203"
+            [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(15000)],
+            caller_id="5550203",
         )
         try:
             uid3 = await _uid(ami_events, "5550203")
@@ -157,12 +164,12 @@ async def test_a_dropped_ami_connection_is_survived(stack: Stack, ami_events: Ev
     # our own observer session (same AMI user) was kicked too: wait until it is back
     assert ami_events.client is not None
     await ami_events.client.wait_connected(timeout=15)
-    caller = stack.call([sipp.pause(2500), sipp.dtmf("2"), sipp.pause(4000)], caller_id="5550301")
+    caller = stack.call([sipp.pause(2500), sipp.dtmf("4"), sipp.pause(4000)], caller_id="5550301")
     try:
         uid = await _uid(ami_events, "5550301")
         agent_enter = await _bridge_partner(ami_events, uid)
-        assert _agent_of_channel(agent_enter.get("Channel") or "") in {"1001", "1003"}
-        assert stack.redis.hget(stack.key("call", uid), "skill") == "orders"
+        assert _agent_of_channel(agent_enter.get("Channel") or "") in {"1002", "1004"}
+        assert stack.redis.hget(stack.key("call", uid), "skill") == "aftersales"
         assert caller.wait(30) == 0
     finally:
         caller.stop()
