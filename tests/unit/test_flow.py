@@ -121,12 +121,13 @@ def test_invalid_yaml_is_reported_with_its_line() -> None:
 def test_root_menu_choice_queues_for_that_skill() -> None:
     """A regular caller hears the root menu; pressing 4 queues for after-sales."""
     run = FlowRun(_shipped()["promo"], _facts())
-    (collect,) = run.start()
+    welcome, collect = run.start()
+    assert welcome == Play("acd/promo-welcome")
     assert isinstance(collect, PlayAndCollect)
-    assert collect.prompts == ("acd/promo-welcome", "acd/promo-menu")
+    assert collect.prompts == ("acd/promo-menu",)
     assert collect.valid_digits == "1234"
     assert run.on_digits("4") == [Enqueue(node="q_aftersales", skill="aftersales", priority=0)]
-    assert run.path == ["vip_check", "root", "q_aftersales"]
+    assert run.path == ["vip_check", "welcome", "root", "q_aftersales"]
 
 
 def test_vip_callers_take_the_fast_lane() -> None:
