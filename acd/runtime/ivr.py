@@ -164,20 +164,34 @@ class IvrService:
 
     async def _perform(self, call: _Call, steps: list[Step]) -> list[Step]:
         channel, run = call.channel, call.run
+        # Type-ahead: a caller who knows the menu may press during the announcements before it.
+        ask = steps[-1] if steps and isinstance(steps[-1], PlayAndCollect | CollectDigits) else None
+        escape = (
+            ""
+            if ask is None
+            else ask.valid_digits
+            if isinstance(ask, PlayAndCollect)
+            else ALL_DIGITS
+        )
+        early = ""
         for step in steps:
             if isinstance(step, Play):
-                await channel.stream_file(step.prompt)
+                if not early:
+                    early = await channel.stream_file(step.prompt, escape)
             elif isinstance(step, SayDigits):
-                await channel.command("SAY DIGITS", step.digits, "")
+                if not early:
+                    reply = await channel.command("SAY DIGITS", step.digits, escape)
+                    code = int(reply.result) if reply.result.isdigit() else 0
+                    early = chr(code) if code > 0 else ""
             elif isinstance(step, SetLanguage):
                 await channel.set_variable("CHANNEL(language)", step.language)
             elif isinstance(step, PlayAndCollect):
-                digit = await self._menu_digit(channel, step)
+                digit = early or await self._menu_digit(channel, step)
                 self.turns += 1
                 log.info("ivr.menu_choice", node=step.node, digit=digit or None)
                 return run.on_digits(digit)
             elif isinstance(step, CollectDigits):
-                digits = await self._collect(channel, step)
+                digits = await self._collect(channel, step, early)
                 self.turns += 1
                 log.info("ivr.digits_collected", node=step.node, length=len(digits))
                 return run.on_collected(digits)
@@ -216,16 +230,16 @@ class IvrService:
         return digit
 
     @staticmethod
-    async def _collect(channel: AgiChannel, step: CollectDigits) -> str:
+    async def _collect(channel: AgiChannel, step: CollectDigits, digit: str = "") -> str:
         """Digits until the terminator, `max_digits`, or a pause longer than the timeout."""
-        digit = ""
-        for prompt in step.prompts:
-            digit = await channel.stream_file(prompt, ALL_DIGITS)
-            if digit:
-                break
+        if not digit:
+            for prompt in step.prompts:
+                digit = await channel.stream_file(prompt, ALL_DIGITS)
+                if digit:
+                    break
         if not digit:
             digit = await channel.wait_for_digit(step.timeout_ms)
-        if digit in step.shortcuts and digit:
+        if digit and digit in step.shortcuts:
             return digit
         digits = ""
         while digit and digit in DTMF and digit != step.terminator:

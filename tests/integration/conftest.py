@@ -13,6 +13,8 @@ import itertools
 import json
 import os
 import secrets
+import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ PORTS = {
     "redis": 6479,
     "admin": 8188,
     "agents": 5170,
+    "orders": 8190,
 }
 
 
@@ -48,7 +51,10 @@ def test_config(state: Path) -> dict[str, Any]:
     """The sample deployment (acd.yaml) moved onto the test ports and a private state directory."""
     config = yaml.safe_load((REPO / "acd.yaml").read_text())
     config["state_dir"] = str(state)
-    config["flows_dir"] = str(REPO / "ivr_flows")
+    # A copy, so that tests may drop a broken flow in and ask for a reload.
+    flows = state / "ivr_flows"
+    shutil.copytree(REPO / "ivr_flows", flows)
+    config["flows_dir"] = str(flows)
     ast = config["asterisk"]
     ast["node"] = "test-a"
     ast["config_dir"] = str(REPO / "asterisk-config")
@@ -72,7 +78,46 @@ def test_config(state: Path) -> dict[str, Any]:
         "token_file": str(state / "admin.token"),
     }
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
+    config["lookups"] = {
+        "order_status": {
+            "url": f"http://127.0.0.1:{PORTS['orders']}/orders/{{order}}",
+            "timeout": 1.0,
+        }
+    }
     return config
+
+
+class OrderService:
+    """The sample order-status service (examples/order_service.py), as a real process."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.workdir / "order-service.log"
+        with log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    str(REPO / "examples" / "order_service.py"),
+                    "--port",
+                    str(PORTS["orders"]),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 15
+        while "listening" not in log.read_text():
+            assert self.proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the order service did not start"
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
 
 
 @dataclass
@@ -84,6 +129,7 @@ class Stack:
     ami_secret: str
     admin_token: str
     redis: redis.Redis
+    orders: OrderService
     _ports: Iterator[int] = field(default_factory=lambda: itertools.count(5300, 2))
 
     def acd(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -107,10 +153,24 @@ class Stack:
         with urllib.request.urlopen(request, timeout=5) as response:
             return dict(json.load(response))
 
-    def call(self, steps: list[str], caller_id: str, number: str = "1000") -> sipp.SippRun:
+    def call(
+        self,
+        steps: list[str] | sipp.Script,
+        caller_id: str,
+        number: str = "1000",
+        *,
+        remote_hangup: bool = False,
+    ) -> sipp.SippRun:
         """Start one SIPp customer calling `number` and doing `steps`."""
         port = next(self._ports)
-        scenario = sipp.caller_scenario(self.workdir / f"caller-{caller_id}.xml", steps, caller_id)
+        if isinstance(steps, sipp.Script):
+            steps = steps.render(self.workdir, f"caller-{caller_id}")
+        scenario = sipp.caller_scenario(
+            self.workdir / f"caller-{caller_id}.xml",
+            steps,
+            caller_id,
+            remote_hangup=remote_hangup,
+        )
         return sipp.start_caller(
             scenario,
             f"127.0.0.1:{PORTS['sip']}",
@@ -122,6 +182,26 @@ class Stack:
 
     def key(self, *parts: str) -> str:
         return ":".join(("acdtest", *parts))
+
+    def controller_pid(self) -> int:
+        return int((self.state / "controller.pid").read_text())
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        """Until the (possibly restarted) controller answers /readyz."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{PORTS['admin']}/readyz",
+                    headers={"Authorization": f"Bearer {self.admin_token}"},
+                )
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    if json.load(response).get("ready"):
+                        return
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "the controller did not become ready"
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="session")
@@ -135,6 +215,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config_path.write_text(yaml.safe_dump(test_config(state)))
     settings = load_settings(config_path)
     client = redis.Redis(port=PORTS["redis"], decode_responses=True)
+    orders = OrderService(workdir)
+    orders.start()
     st = Stack(
         config_path,
         settings,
@@ -143,6 +225,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (state / "ami.secret").read_text(),
         (state / "admin.token").read_text(),
         client,
+        orders,
     )
     result = st.acd("up", "--detach")
     if result.returncode != 0:
@@ -153,6 +236,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         yield st
     finally:
         uas.stop()
+        orders.stop()
         down = st.acd("down")
         client.close()
         assert down.returncode == 0, down.stderr
@@ -219,6 +303,25 @@ async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await client.close()
+
+
+def agi_commands(events: EventLog, uid: str) -> list[str]:
+    """The AGI commands Asterisk ran for a channel, in order (from AGIExecStart events)."""
+    return [
+        e.get("Command") or ""
+        for e in events.events
+        if e.event == "AGIExecStart" and e.get("Uniqueid") == uid
+    ]
+
+
+def played(events: EventLog, uid: str) -> list[str]:
+    """The sounds the IVR streamed to a channel, in order."""
+    out = []
+    for command in agi_commands(events, uid):
+        parts = shlex.split(command)
+        if parts[:2] == ["STREAM", "FILE"]:
+            out.append(parts[2])
+    return out
 
 
 def uid_of_caller(events: EventLog, caller_id: str) -> str | None:

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from acd.protocol.ami import AmiMessage
-from tests.integration import sipp
 from tests.integration.conftest import EventLog, Stack, uid_of_caller
+from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -53,9 +53,7 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
 ) -> None:
     """A call to 1000 that presses 1 hears the menu, is queued for presale and bridged to a
     presale agent; Redis records the connection and frees the agent after the call."""
-    caller = stack.call(
-        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(6000)], caller_id="5550101"
-    )
+    caller = stack.call(Script().at(1.0, "10").wait(6), caller_id="5550101")
     try:
         uid = await _uid(ami_events, "5550101")
         agent_enter = await _bridge_partner(ami_events, uid)
@@ -91,12 +89,8 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
 ) -> None:
     """With both presale agents busy, a third caller waits in the Redis queue with music on hold
     and is bridged to the agent whose call ends first."""
-    first = stack.call(
-        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(5000)], caller_id="5550201"
-    )
-    second = stack.call(
-        [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(20000)], caller_id="5550202"
-    )
+    first = stack.call(Script().at(1.0, "10").wait(5), caller_id="5550201")
+    second = stack.call(Script().at(1.0, "10").wait(20), caller_id="5550202")
     try:
         uid1 = await _uid(ami_events, "5550201")
         uid2 = await _uid(ami_events, "5550202")
@@ -105,7 +99,7 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
         assert {agent1, agent2} == PRESALE_AGENTS
 
         third = stack.call(
-            [sipp.pause(2500), sipp.dtmf("1"), sipp.dtmf("0"), sipp.pause(15000)],
+            Script().at(1.0, "10").wait(15),
             caller_id="5550203",
         )
         try:
@@ -164,7 +158,7 @@ async def test_a_dropped_ami_connection_is_survived(stack: Stack, ami_events: Ev
     # our own observer session (same AMI user) was kicked too: wait until it is back
     assert ami_events.client is not None
     await ami_events.client.wait_connected(timeout=15)
-    caller = stack.call([sipp.pause(2500), sipp.dtmf("4"), sipp.pause(4000)], caller_id="5550301")
+    caller = stack.call(Script().at(1.0, "4").wait(4), caller_id="5550301")
     try:
         uid = await _uid(ami_events, "5550301")
         agent_enter = await _bridge_partner(ami_events, uid)
