@@ -184,7 +184,7 @@ port = {ami.port}
 secret = {secret}
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/255.0.0.0
-read = system,call,agent,user,dialplan,reporting,agi
+read = system,call,agent,user,dialplan,reporting,agi,dtmf
 write = system,call,agent,user,originate,reporting
 writetimeout = 1000
 """
