@@ -75,6 +75,14 @@ class _Call:
     run: FlowRun
 
 
+def _dtmf_or_nothing(digit: str) -> str:
+    """A digit Asterisk reported, or '' when it is no DTMF key (garbage counts as silence)."""
+    if digit and digit not in DTMF:
+        log.warning("ivr.garbage_digit", digit=repr(digit[:4]))
+        return ""
+    return digit
+
+
 class IvrService:
     def __init__(
         self,
@@ -177,12 +185,12 @@ class IvrService:
         for step in steps:
             if isinstance(step, Play):
                 if not early:
-                    early = await channel.stream_file(step.prompt, escape)
+                    early = _dtmf_or_nothing(await channel.stream_file(step.prompt, escape))
             elif isinstance(step, SayDigits):
                 if not early:
                     reply = await channel.command("SAY DIGITS", step.digits, escape)
                     code = int(reply.result) if reply.result.isdigit() else 0
-                    early = chr(code) if code > 0 else ""
+                    early = _dtmf_or_nothing(chr(code) if 0 < code < 128 else "")
             elif isinstance(step, SetLanguage):
                 await channel.set_variable("CHANNEL(language)", step.language)
             elif isinstance(step, PlayAndCollect):

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -13,35 +11,6 @@ import pytest
 from acd.adapters.store import RedisStore
 from acd.config import Agent
 from acd.errors import StoreUnavailable
-
-
-@pytest.fixture
-def redis_url(tmp_path: Path) -> Iterator[str]:
-    """A private redis-server on a unix socket, gone after the test."""
-    sock = tmp_path / "redis.sock"
-    proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            "0",
-            "--unixsocket",
-            str(sock),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(tmp_path),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 10
-    while not sock.exists():
-        assert time.monotonic() < deadline, "redis-server did not start"
-        time.sleep(0.02)
-    yield f"unix://{sock}"
-    proc.terminate()
-    proc.wait(5)
 
 
 @pytest.fixture

@@ -1,0 +1,223 @@
+"""The IVR service over a real FastAGI socket, with a scripted Asterisk on the other end, a real
+redis-server and the sample order service: what AGI commands a call produces, and where a call
+goes when its flow fails."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+
+from acd.adapters.fastagi import FastAgiServer
+from acd.adapters.lookup import LookupClient
+from acd.adapters.store import RedisStore
+from acd.config import LookupService, load_settings
+from acd.domain.flow import Catalog, Flow, compile_flow, load_flows
+from acd.runtime.ivr import IvrService, choose_flow
+from examples.order_service import build_app, load_orders
+from tests.adapters.fakes import FakeAsterisk
+
+REPO = Path(__file__).resolve().parents[2]
+CATALOG = Catalog(
+    skills=frozenset({"presale", "orders", "payment", "aftersales", "vip"}),
+    lookups=frozenset({"order_status"}),
+)
+
+# say_digits of a lookup field that a delivered order does not have (eta_days is null): the flow
+# fails mid-call on those, and must continue at its fallback node.
+FRAGILE = """
+flow: fragile
+start: ask
+fallback: q_presale
+nodes:
+  ask:
+    kind: collect
+    prompt: acd/order-enter-number
+    var: n
+    min_digits: 8
+    max_digits: 8
+    next: look
+    on_failure: q_presale
+  look:
+    kind: lookup
+    service: order_status
+    params: {order: $n}
+    into: order
+    on_found: say
+    on_not_found: q_presale
+    on_failure: q_presale
+  say: {kind: play, prompt: acd/order-shipped, say_digits: order.eta_days, next: q_orders}
+  q_presale: {kind: queue, skill: presale}
+  q_orders: {kind: queue, skill: orders}
+"""
+
+
+@dataclass
+class Harness:
+    port: int
+    store: RedisStore
+    queued: list[str]
+
+
+@pytest.fixture
+async def order_service() -> AsyncIterator[int]:
+    runner = web.AppRunner(build_app(load_orders(REPO / "examples" / "orders.csv")))
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+async def _serve(redis_url: str, order_port: int, flows: dict[str, Flow]) -> AsyncIterator[Harness]:
+    settings = load_settings(REPO / "acd.yaml")
+    store = RedisStore(redis_url, "t")
+    lookups = LookupClient(
+        {"order_status": LookupService(url=f"http://127.0.0.1:{order_port}/orders/{{order}}")}
+    )
+    queued: list[str] = []
+    ivr = IvrService(settings, flows, store, lookups, queued.append)
+    server = FastAgiServer({"inbound": ivr.inbound}, port=0, command_timeout=5)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(server.serve(ready=ready.set_result))
+    try:
+        yield Harness(await ready, store, queued)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await lookups.close()
+        await store.close()
+
+
+@pytest.fixture
+async def fragile(redis_url: str, order_service: int) -> AsyncIterator[Harness]:
+    flow = compile_flow(FRAGILE, "fragile.yaml", CATALOG)
+    async for harness in _serve(redis_url, order_service, {"promo": flow, "promo-lite": flow}):
+        yield harness
+
+
+@pytest.fixture
+async def shipped(redis_url: str, order_service: int) -> AsyncIterator[Harness]:
+    flows = load_flows([REPO / "ivr_flows"], CATALOG)
+    async for harness in _serve(redis_url, order_service, flows):
+        yield harness
+
+
+async def converse(peer: FakeAsterisk, digits: str | list[str]) -> list[list[str]]:
+    """Play Asterisk: answer every AGI command until the session ends; a prompt with escape
+    digits or a WAIT FOR DIGIT takes the next of `digits` ('' = nothing pressed)."""
+    pressed = list(digits)
+    commands = []
+    while True:
+        line = (await peer.reader.readline()).decode()
+        if not line.endswith("\n"):  # the IVR closed the session
+            peer.writer.close()
+            await peer.writer.wait_closed()
+            return commands
+        words = shlex.split(line)
+        commands.append(words)
+        takes_digit = (words[:2] == ["STREAM", "FILE"] and words[3]) or words[:3] == [
+            "WAIT",
+            "FOR",
+            "DIGIT",
+        ]
+        if takes_digit and pressed:
+            digit = pressed.pop(0)
+            await peer.reply(f"200 result={ord(digit) if digit else 0} endpos=800")
+        elif words[:2] == ["SET", "VARIABLE"]:
+            await peer.reply("200 result=1")
+        else:
+            await peer.reply("200 result=0 endpos=16000")
+
+
+def variables(commands: list[list[str]]) -> dict[str, str]:
+    return {w[2]: w[3] for w in commands if w[:2] == ["SET", "VARIABLE"]}
+
+
+async def _call(
+    harness: Harness, digits: str | list[str], uid: str, caller: str = "5551234"
+) -> list:
+    peer = await FakeAsterisk.call(
+        harness.port, uniqueid=uid, env={"arg_1": "1000", "callerid": caller}
+    )
+    return await converse(peer, digits)
+
+
+async def test_a_found_order_speaks_its_field_and_queues(fragile: Harness) -> None:
+    """A shipped order (eta_days 2): the status prompt, SAY DIGITS 2, then the orders queue."""
+    commands = await _call(fragile, "12345678", "1.1")
+    assert ["SAY", "DIGITS", "2", ""] in commands
+    assert variables(commands)["ACD_QUEUE"] == "orders"
+    call = await fragile.store.call("1.1")
+    assert call is not None
+    assert call.fields["skill"] == "orders"
+    assert call.fields["path"] == "ask,look,say,q_orders"
+
+
+async def test_a_flow_failing_mid_call_continues_at_its_fallback_node(fragile: Harness) -> None:
+    """A delivered order has no eta_days: SAY DIGITS cannot run, and instead of dropping the
+    caller the flow continues at its declared fallback node (the presale queue)."""
+    commands = await _call(fragile, "34567890", "1.2")
+    assert not any(w[:2] == ["SAY", "DIGITS"] for w in commands)
+    assert variables(commands)["ACD_RESULT"] == "queued"
+    assert variables(commands)["ACD_QUEUE"] == "presale"
+    assert fragile.queued == ["presale"]
+
+
+async def test_an_unknown_entry_number_sends_the_caller_to_the_static_path(
+    fragile: Harness,
+) -> None:
+    """An entry number the configuration does not know: ACD_RESULT=error, nothing queued."""
+    peer = await FakeAsterisk.call(fragile.port, uniqueid="1.3", env={"arg_1": "4321"})
+    commands = await converse(peer, "")
+    assert variables(commands) == {"ACD_RESULT": "error"}
+    assert await fragile.store.call("1.3") is None
+
+
+async def test_garbage_dtmf_counts_as_no_input(shipped: Harness) -> None:
+    """A digit that is no DTMF key (Asterisk reported 'x') is treated as silence: the timeout
+    prompt plays and the menu is asked again; 4 then queues for after-sales."""
+    commands = await _call(shipped, ["x", "x", "", "4"], "1.4")
+    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    assert streamed == [
+        "acd/promo-welcome",
+        "acd/promo-menu",
+        "please-try-again",
+        "acd/promo-menu",
+    ]
+    assert variables(commands)["ACD_QUEUE"] == "aftersales"
+
+
+async def test_menu_modes_choose_the_fallback_flow(shipped: Harness) -> None:
+    """Fallback mode, or auto mode at overload level 2, answers with promo-lite; normal mode and
+    auto below level 2 with promo."""
+    settings = load_settings(REPO / "acd.yaml")
+    entry = settings.entries[0]
+    assert choose_flow(entry, "normal", 4) == "promo"
+    assert choose_flow(entry, "auto", 1) == "promo"
+    assert choose_flow(entry, "auto", 2) == "promo-lite"
+    assert choose_flow(entry, "fallback", 0) == "promo-lite"
+    await shipped.store.set_menu_mode("1000", "fallback")
+    commands = await _call(shipped, "2", "1.5")
+    assert variables(commands)["ACD_FLOW"] == "promo-lite"
+    assert next(w[2] for w in commands if w[:2] == ["STREAM", "FILE"]) == "acd/lite-menu"
+
+
+async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
+    """A caller ID marked vip in Redis hears the VIP welcome and joins the vip queue with its
+    head start."""
+    await shipped.store.set_tier("5550999", "vip")
+    commands = await _call(shipped, "", "1.6", caller="5550999")
+    assert variables(commands)["ACD_QUEUE"] == "vip"
+    call = await shipped.store.call("1.6")
+    assert call is not None
+    assert call.fields["tier"] == "vip"
+    assert call.fields["priority"] == "300"
