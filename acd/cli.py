@@ -7,6 +7,7 @@ import argparse
 import getpass
 import json
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
@@ -53,6 +54,17 @@ def _parser() -> argparse.ArgumentParser:
 
     level = sub.add_parser("level", help="pin the overload level, or give it back to the governor")
     level.add_argument("level", choices=["auto", "0", "1", "2", "3", "4"])
+
+    agent = sub.add_parser("agent", help="log an agent in or out, pause or resume it")
+    agent.add_argument("action", choices=["login", "logout", "pause", "resume"])
+    agent.add_argument("agent_id")
+    agent.add_argument("--reason", default="", help="pause reason (a-z 0-9 _ -), e.g. lunch")
+    sub.add_parser("agents", help="agents and their states")
+
+    tiers = sub.add_parser("tiers", help="customer tiers by caller ID")
+    tiers_sub = tiers.add_subparsers(dest="tiers_command", required=True)
+    load = tiers_sub.add_parser("load", help="merge a CSV of caller_id,tier (tier regular removes)")
+    load.add_argument("csv", type=Path)
 
     status = sub.add_parser("status", help="the controller's status")
     status.add_argument("--json", action="store_true")
@@ -123,6 +135,23 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         pinned = "auto" if body["pinned"] is None else f"pinned at {body['pinned']}"
         print(f"overload level {body['level']} ({pinned}; governor says {body['computed']})")
         return 0
+    if command == "agent":
+        body = _api(
+            settings, "PUT", f"/agents/{args.agent_id}",
+            {"action": args.action, "reason": args.reason},
+        )  # fmt: skip
+        print(f"agent {body['agent']}: {body['before']} -> {body['state']}")
+        return 0
+    if command == "agents":
+        for agent_id, agent in _api(settings, "GET", "/agents")["agents"].items():
+            reason = f" ({agent['reason']})" if agent["reason"] else ""
+            print(f"agent {agent_id:<8} {agent['state']}{reason}  skills {agent['skills']}")
+        return 0
+    if command == "tiers":
+        table = _read_tiers(args.csv)
+        body = _api(settings, "PUT", "/tiers", {"tiers": table})
+        print(f"{body['updated']} caller IDs updated from {args.csv}")
+        return 0
     if command == "status":
         return _status(settings, as_json=args.json)
     raise AssertionError(command)
@@ -159,6 +188,36 @@ def _api(
         raise AcdError(
             f"the controller's admin API at {url} does not answer: {exc.reason}"
         ) from exc
+
+
+def _read_tiers(path: Path) -> dict[str, str]:
+    """caller_id,tier rows (a header row is allowed); every bad row is reported, none applied."""
+    import csv
+
+    try:
+        rows = list(csv.reader(path.read_text(encoding="utf-8").splitlines()))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AcdError(f"{path}: cannot read: {exc}") from exc
+    table: dict[str, str] = {}
+    problems = []
+    for number, row in enumerate(rows, start=1):
+        if not row or (number == 1 and row[0].strip().lower() in ("caller_id", "callerid")):
+            continue
+        if len(row) != 2:
+            problems.append(f"{path}:{number}: expected caller_id,tier")
+            continue
+        caller_id, tier = row[0].strip(), row[1].strip()
+        if not re.fullmatch(r"\+?[0-9]{2,32}", caller_id) or not re.fullmatch(
+            r"[a-z][a-z0-9_-]{0,39}", tier
+        ):
+            problems.append(f"{path}:{number}: {caller_id[:40]!r},{tier[:40]!r} is not valid")
+            continue
+        table[caller_id] = tier
+    if problems:
+        raise AcdError("\n".join(problems))
+    if not table:
+        raise AcdError(f"{path}: no caller IDs")
+    return table
 
 
 def _user() -> str:

@@ -111,9 +111,37 @@ class LookupService(_Frozen):
     timeout: Annotated[float, Field(gt=0, le=10)] = 2.0
 
 
+class EscalationStep(_Frozen):
+    """After `after` seconds of wait, a caller also accepts agents down to `min_level`, and
+    agents of the `overflow` skills (at any level)."""
+
+    after: Annotated[float, Field(gt=0, le=86400)]
+    min_level: SkillLevel | None = None
+    overflow: list[Name] = Field(default_factory=list)
+
+
 class Skill(_Frozen):
+    """A skill and its queue: callers first accept agents at or above `min_level`; the
+    escalation steps widen that ring as they wait (applied to callers already waiting)."""
+
     name: Name
     description: str = ""
+    min_level: SkillLevel = 1
+    escalation: list[EscalationStep] = Field(default_factory=list)
+
+    @field_validator("escalation")
+    @classmethod
+    def _ascending(cls, steps: list[EscalationStep]) -> list[EscalationStep]:
+        if any(b.after <= a.after for a, b in itertools.pairwise(steps)):
+            raise ValueError("escalation steps must have strictly increasing 'after'")
+        return steps
+
+    def rules(self) -> dict[str, Any]:
+        """The form the claim script takes."""
+        return {
+            "min": self.min_level,
+            "steps": [[s.after, s.min_level, list(s.overflow)] for s in self.escalation],
+        }
 
 
 class Agent(_Frozen):
@@ -121,6 +149,7 @@ class Agent(_Frozen):
     endpoint: EndpointName
     skills: dict[Name, SkillLevel]
     contact: Address | None = None
+    auto_login: bool | None = None  # None: agent_policy.auto_login
 
 
 class Trunk(_Frozen):
@@ -189,6 +218,15 @@ class OverloadSettings(_Frozen):
         return value
 
 
+class AgentPolicy(_Frozen):
+    """How agents are handled: wrap-up after each call, what a missed call does, and whether the
+    configured agents start logged in (the sample's do; a real floor logs in through the API)."""
+
+    wrap_up: Annotated[float, Field(ge=0, le=3600)] = 5.0
+    pause_on_missed: bool = True
+    auto_login: bool = True
+
+
 class Settings(_Frozen):
     """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
 
@@ -207,6 +245,10 @@ class Settings(_Frozen):
     lookups: dict[Name, LookupService] = Field(default_factory=dict)
     hours: dict[Name, Hours] = Field(default_factory=dict)
     overload: OverloadSettings = OverloadSettings()
+    agent_policy: AgentPolicy = AgentPolicy()
+    # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
+    # not absolute precedence: a regular caller who has waited longer than that is served first.
+    tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)
 
     @field_validator("entries")
     @classmethod
@@ -229,16 +271,23 @@ class Settings(_Frozen):
     @model_validator(mode="after")
     def _references(self) -> Self:
         known = {s.name for s in self.skills}
+        for i, skill in enumerate(self.skills):
+            for j, step in enumerate(skill.escalation):
+                for other in step.overflow:
+                    if other not in known or other == skill.name:
+                        raise ValueError(
+                            f"skills[{i}].escalation[{j}].overflow: {other!r} is not another skill"
+                        )
         _no_duplicates([a.id for a in self.agents], "id", where="agents")
         endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
         _no_duplicates(endpoints, "endpoint", where="agents/trunks")
         for i, agent in enumerate(self.agents):
             if not agent.skills:
                 raise ValueError(f"agents[{i}].skills: agent {agent.id} has no skill")
-            for skill in agent.skills:
-                if skill not in known:
+            for skill_name in agent.skills:
+                if skill_name not in known:
                     raise ValueError(
-                        f"agents[{i}].skills.{skill}: unknown skill "
+                        f"agents[{i}].skills.{skill_name}: unknown skill "
                         f"(known: {', '.join(sorted(known))})"
                     )
         return self
@@ -249,6 +298,9 @@ class Settings(_Frozen):
     def resolve(self, path: Path) -> Path:
         """A path from the file, made absolute against the file's directory."""
         return path if path.is_absolute() else (self.source.parent / path).resolve()
+
+    def escalation_rules(self) -> dict[str, Any]:
+        return {s.name: s.rules() for s in self.skills if s.min_level > 1 or s.escalation}
 
     def skill_names(self) -> list[str]:
         return [s.name for s in self.skills]

@@ -62,7 +62,7 @@ async def one_cycle(store: RedisStore, rng: random.Random, seq: int) -> float | 
     elapsed = time.perf_counter() - start
     if claim is None:
         return None
-    await store.end_call(claim.uid, time.time())
+    await store.end_call(claim.uid, time.time(), wrap_up=0.0)
     await enqueue(store, rng, f"n{seq}")
     return elapsed
 

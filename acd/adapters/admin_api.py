@@ -18,11 +18,15 @@ from typing import Any, Protocol
 import structlog
 from aiohttp import web
 
+from acd.domain.agent import IllegalTransition
 from acd.errors import AcdError, ConfigError
 
 log = structlog.get_logger(__name__)
 
 _USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+_REASON = re.compile(r"^[a-z0-9_-]{0,32}$")
+_CALLER = re.compile(r"^\+?[0-9]{2,32}$")
+_TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 
 
 class Supervised(Protocol):
@@ -35,6 +39,11 @@ class Supervised(Protocol):
     async def overload(self) -> dict[str, Any]: ...
     async def pin_overload(self, who: str, level: int | None) -> dict[str, Any]: ...
     async def reload_flows(self, who: str) -> list[str]: ...
+    async def agents(self) -> dict[str, dict[str, Any]]: ...
+    async def agent_action(
+        self, who: str, agent_id: str, action: str, reason: str
+    ) -> dict[str, Any]: ...
+    async def set_tiers(self, who: str, tiers: dict[str, str]) -> int: ...
 
 
 class ApiError(Exception):
@@ -131,7 +140,44 @@ def build_app(token: str, target: Supervised) -> web.Application:
         names = await target.reload_flows(_who(request))
         return web.json_response({"flows": names})
 
-    app = web.Application(middlewares=[guard], client_max_size=64 * 1024)
+    async def get_agents(_: web.Request) -> web.Response:
+        return web.json_response({"agents": await target.agents()})
+
+    async def put_agent(request: web.Request) -> web.Response:
+        who = _who(request)
+        body = await _body(request)
+        action = body.get("action")
+        if action not in ("login", "logout", "pause", "resume"):
+            raise ApiError(400, "bad_action", "action must be login, logout, pause or resume")
+        reason = body.get("reason", "")
+        if not isinstance(reason, str) or not _REASON.match(reason):
+            raise ApiError(400, "bad_reason", "reason: up to 32 of a-z 0-9 _ -")
+        agent_id = request.match_info["agent"]
+        if agent_id not in await target.agents():
+            raise ApiError(404, "unknown_agent", f"no agent {agent_id!r}")
+        try:
+            result = await target.agent_action(who, agent_id, action, reason)
+        except IllegalTransition as exc:
+            raise ApiError(409, "conflict", str(exc)) from exc
+        return web.json_response(result)
+
+    async def put_tiers(request: web.Request) -> web.Response:
+        who = _who(request)
+        body = await _body(request)
+        tiers = body.get("tiers")
+        if not isinstance(tiers, dict) or not tiers or len(tiers) > 100_000:
+            raise ApiError(400, "bad_tiers", "tiers: a non-empty object of caller ID -> tier")
+        for caller_id, tier in tiers.items():
+            if not _CALLER.match(caller_id) or not isinstance(tier, str) or not _TIER.match(tier):
+                raise ApiError(
+                    400,
+                    "bad_tiers",
+                    f"caller ID {caller_id[:40]!r}: digits (a leading +) and a "
+                    "tier name (a-z 0-9 _ -) expected",
+                )
+        return web.json_response({"updated": await target.set_tiers(who, tiers)})
+
+    app = web.Application(middlewares=[guard], client_max_size=8 * 1024 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", get_status)
@@ -141,6 +187,9 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_get("/overload", get_overload)
     app.router.add_put("/overload", put_overload)
     app.router.add_post("/flows/reload", reload_flows)
+    app.router.add_get("/agents", get_agents)
+    app.router.add_put("/agents/{agent}", put_agent)
+    app.router.add_put("/tiers", put_tiers)
     return app
 
 

@@ -17,6 +17,8 @@ Scripts build key names from the prefix, so this needs one Redis instance (not a
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -26,6 +28,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from acd.config import Agent
+from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.agent import sources as agent_sources
+from acd.domain.agent import target as agent_target
 from acd.errors import StoreUnavailable
 
 CALL_TTL_SECONDS = 24 * 3600
@@ -80,7 +85,7 @@ def _script(name: str) -> str:
 class RedisStore:
     """The controller's view of Redis. Every method is one or two round trips."""
 
-    def __init__(self, url: str, prefix: str) -> None:
+    def __init__(self, url: str, prefix: str, escalation: Mapping[str, Any] | None = None) -> None:
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
@@ -89,9 +94,13 @@ class RedisStore:
             health_check_interval=10,
         )
         self.prefix = prefix
+        # {skill: {"min": level, "steps": [[after, min_level | None, [overflow skills]]]}}
+        self._rules = json.dumps(escalation or {}, separators=(",", ":"))
+        if self._rules == "{}":
+            self._rules = '{"":{"min":1,"steps":[]}}'  # cjson decodes {} as an array-like table
         self._enqueue = self._redis.register_script(_script("enqueue"))
         self._claim = self._redis.register_script(_script("claim"))
-        self._release = self._redis.register_script(_script("release_agent"))
+        self._agent_event = self._redis.register_script(_script("agent_event"))
         self._requeue = self._redis.register_script(_script("requeue"))
         self._end_call = self._redis.register_script(_script("end_call"))
 
@@ -113,14 +122,17 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    async def register_agents(self, agents: Iterable[Agent], now: float) -> list[str]:
-        """Add configured agents Redis does not know yet, as available; keep the state of others."""
+    async def register_agents(
+        self, agents: Iterable[Agent], now: float, *, login: bool = True
+    ) -> list[str]:
+        """Add configured agents Redis does not know yet (logged in when `login`); the state of
+        known agents is kept, their endpoint and skills follow the configuration."""
         added = []
         for agent in agents:
             skills = ",".join(f"{s}:{lvl}" for s, lvl in sorted(agent.skills.items()))
             key = self.key("agent", agent.id)
             try:
-                created = await self._redis.hsetnx(key, "state", "logged_out")
+                created = await self._redis.hsetnx(key, "state", AgentState.LOGGED_OUT.value)
                 await self._redis.hset(
                     key, mapping={"id": agent.id, "endpoint": agent.endpoint, "skills": skills}
                 )
@@ -128,18 +140,37 @@ class RedisStore:
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis: {exc}") from exc
             if created:
-                await self.login_agent(agent.id, now)
+                if agent.auto_login if agent.auto_login is not None else login:
+                    await self.agent_event(agent.id, AgentEvent.LOGIN, now)
                 added.append(agent.id)
         return added
 
-    async def login_agent(self, agent_id: str, now: float) -> bool:
-        try:
-            await self._redis.hset(
-                self.key("agent", agent_id), mapping={"state": "ready", "call": ""}
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return await self.release_agent(agent_id, "", now)
+    async def agent_event(
+        self,
+        agent_id: str,
+        event: AgentEvent,
+        now: float,
+        *,
+        call: str = "",
+        reason: str = "",
+        wrap_until: float = 0.0,
+    ) -> tuple[bool, str]:
+        """Apply `event` atomically if the agent is in one of its source states (and holds
+        `call`, when given). Returns (applied, the state before or the state that refused)."""
+        sources = agent_sources(event)
+        target = agent_target(event, sources[0])
+        result = await self._run(
+            self._agent_event,
+            [],
+            [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
+            + [s.value for s in sources],
+        )
+        return bool(result[0]), str(result[1])
+
+    async def due_wrapups(self, now: float) -> list[str]:
+        """Agents whose wrap-up time is over."""
+        due = await self._call(self._redis.zrangebyscore(self.key("wrapups"), "-inf", now))
+        return [str(a) for a in due]
 
     async def enqueue(
         self, *, uid: str, skill: str, score: float, node: str, fields: Mapping[str, str]
@@ -153,13 +184,17 @@ class RedisStore:
             args,
         )
 
-    async def claim_for_skill(self, skill: str) -> Claim | None:
-        return self._claim_result(await self._run(self._claim, [], [self.prefix, "skill", skill]))
+    async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
+        """The best caller of this queue with the best agent its ring accepts, or None."""
+        when = repr(time.time() if now is None else now)
+        args = [self.prefix, "skill", skill, when, self._rules]
+        return self._claim_result(await self._run(self._claim, [], args))
 
-    async def claim_for_agent(self, agent_id: str) -> Claim | None:
-        return self._claim_result(
-            await self._run(self._claim, [], [self.prefix, "agent", agent_id])
-        )
+    async def claim_for_agent(self, agent_id: str, now: float | None = None) -> Claim | None:
+        """This agent (if available) with the best caller whose ring accepts it, or None."""
+        when = repr(time.time() if now is None else now)
+        args = [self.prefix, "agent", agent_id, when, self._rules]
+        return self._claim_result(await self._run(self._claim, [], args))
 
     @staticmethod
     def _claim_result(result: Any) -> Claim | None:
@@ -168,24 +203,19 @@ class RedisStore:
         uid, agent_id, skill = result
         return Claim(uid=str(uid), agent_id=str(agent_id), skill=str(skill))
 
-    async def release_agent(self, agent_id: str, uid: str, now: float) -> bool:
-        return bool(await self._run(self._release, [], [self.prefix, agent_id, uid, repr(now)]))
-
     async def requeue(self, uid: str) -> bool:
+        """Put an offered caller back at the front of its queue."""
         return bool(await self._run(self._requeue, [], [self.prefix, uid]))
 
-    async def end_call(self, uid: str, now: float) -> str:
-        """Forget a call; returns the id of the agent it freed, or ''."""
-        return str(await self._run(self._end_call, [], [self.prefix, uid, repr(now)]) or "")
+    async def end_call(self, uid: str, now: float, wrap_up: float = 0.0) -> tuple[str, str]:
+        """Forget a call; returns (agent it held, that agent's new state) or ('', '')."""
+        agent, state = await self._run(
+            self._end_call, [], [self.prefix, uid, repr(now), repr(wrap_up)]
+        )
+        return str(agent or ""), str(state or "")
 
-    async def mark_connected(self, uid: str, agent_id: str) -> None:
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key("call", uid), "state", "connected")
-                pipe.hset(self.key("agent", agent_id), "state", "on_call")
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+    async def set_call_state(self, uid: str, state: str) -> None:
+        await self._call(self._redis.hset(self.key("call", uid), "state", state))
 
     async def call(self, uid: str) -> CallRecord | None:
         try:
@@ -243,6 +273,21 @@ class RedisStore:
 
     async def set_tier(self, caller_id: str, tier: str) -> None:
         await self._call(self._redis.hset(self.key("tiers"), caller_id, tier))
+
+    async def set_tiers(self, tiers: Mapping[str, str]) -> int:
+        """Merge caller ID -> tier; the tier `regular` removes a caller ID from the table."""
+        drop = [c for c, t in tiers.items() if t == "regular"]
+        keep = {c: t for c, t in tiers.items() if t != "regular"}
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if keep:
+                    pipe.hset(self.key("tiers"), mapping=keep)  # type: ignore[arg-type]
+                if drop:
+                    pipe.hdel(self.key("tiers"), *drop)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return len(tiers)
 
     async def menu_mode(self, number: str) -> str:
         mode = await self._call(self._redis.hget(self.key("menu_mode"), number))
@@ -319,10 +364,11 @@ class RedisStore:
         talking = staffed = 0
         by_skill = dict.fromkeys(skills, 0)
         for state, agent_skills in agents:
-            if state in (None, "logged_out"):
+            # Paused agents serve nobody: they count neither as staffed nor as talking.
+            if state in (None, AgentState.LOGGED_OUT, AgentState.PAUSED):
                 continue
             staffed += 1
-            if state in ("reserved", "on_call"):
+            if state in BUSY:
                 talking += 1
             for part in str(agent_skills or "").split(","):
                 name = part.split(":")[0]

@@ -19,6 +19,7 @@ from acd.adapters.fastagi import FastAgiServer
 from acd.adapters.lookup import LookupClient
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
+from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.flow import Flow
 from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
 from acd.errors import AmiActionFailed, StoreUnavailable
@@ -33,7 +34,9 @@ class Controller:
     def __init__(self, settings: Settings, flows: dict[str, Flow]) -> None:
         self.settings = settings
         ami = settings.asterisk.ami
-        self.store = RedisStore(settings.redis.url, settings.redis.prefix)
+        self.store = RedisStore(
+            settings.redis.url, settings.redis.prefix, settings.escalation_rules()
+        )
         self.ami = AmiClient(
             host=ami.host,
             port=ami.port,
@@ -112,6 +115,7 @@ class Controller:
             await asyncio.sleep(self.settings.overload.interval)
 
     async def _govern_once(self, state: GovernorState) -> GovernorState:
+        await self.dispatcher.sweep_wrapups()
         load = await self.store.load(self.settings.skill_names())
         now = time.time()
         value = load_of(load.waiting_total, load.talking, load.staffed)
@@ -195,10 +199,44 @@ class Controller:
         log.info("admin.flows_reloaded", who=who, flows=sorted(flows))
         return sorted(flows)
 
+    async def agents(self) -> dict[str, dict[str, Any]]:
+        out = {}
+        for agent_id in await self.store.agent_ids():
+            fields = await self.store.agent(agent_id)
+            out[agent_id] = {
+                "state": fields.get("state"),
+                "reason": fields.get("reason") or None,
+                "call": fields.get("call") or None,
+                "skills": fields.get("skills", ""),
+            }
+        return out
+
+    async def agent_action(
+        self, who: str, agent_id: str, action: str, reason: str
+    ) -> dict[str, Any]:
+        event = AgentEvent(action)
+        now = time.time()
+        applied, before = await self.store.agent_event(agent_id, event, now, reason=reason)
+        if not applied:
+            raise IllegalTransition(before, event)
+        after = (await self.store.agent(agent_id)).get("state", "")
+        await self.store.audit(who, f"agent {agent_id}", before, f"{after} {reason}".strip(), now)
+        log.info("admin.agent_changed", who=who, agent=agent_id, before=before, after=after)
+        if after == AgentState.AVAILABLE:
+            self.dispatcher.agent_ready(agent_id)
+        return {"agent": agent_id, "before": before, "state": after}
+
+    async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
+        count = await self.store.set_tiers(tiers)
+        await self.store.audit(who, "tiers", "", f"{count} caller IDs", time.time())
+        return count
+
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        await self.store.register_agents(self.settings.agents, time.time())
+        await self.store.register_agents(
+            self.settings.agents, time.time(), login=self.settings.agent_policy.auto_login
+        )
         app = admin_api.build_app(self._admin_token, self)
         admin = self.settings.admin
         try:

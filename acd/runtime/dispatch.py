@@ -18,6 +18,7 @@ import structlog
 from acd.adapters.ami import AmiClient
 from acd.adapters.store import Claim, RedisStore
 from acd.config import Settings
+from acd.domain.agent import BUSY, AgentEvent, AgentState
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
 
@@ -35,6 +36,11 @@ class AgentWork:
 
 
 @dataclass(frozen=True)
+class WrapUpDone:
+    agent_id: str
+
+
+@dataclass(frozen=True)
 class EventWork:
     event: AmiMessage
 
@@ -44,10 +50,10 @@ class ResyncWork:
     done: asyncio.Future[None]
 
 
-Work = SkillWork | AgentWork | EventWork | ResyncWork
+Work = SkillWork | AgentWork | WrapUpDone | EventWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
-EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter"})
+EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin"})
 
 
 class Dispatcher:
@@ -63,12 +69,28 @@ class Dispatcher:
         self._ami = ami
         self._clock = clock
         self._endpoints = {a.id: a.endpoint for a in settings.agents}
+        self._escalation = {s.name: s.escalation for s in settings.skills}
         self._work: asyncio.Queue[Work] = asyncio.Queue()
         self.connects = 0
 
     # Synchronous entry points: safe to call from AMI listeners and the IVR.
-    def skill_ready(self, skill: str) -> None:
+    def skill_ready(self, skill: str, waited: float = 0.0) -> None:
+        """A caller joined `skill`'s queue (having waited `waited` s already): try now, and again
+        at each escalation step, when its ring widens (the overflow skills' agents too)."""
         self._work.put_nowait(SkillWork(skill))
+        loop = asyncio.get_running_loop()
+        for step in self._escalation.get(skill, ()):
+            if step.after > waited:
+                loop.call_later(step.after - waited, self._work.put_nowait, SkillWork(skill))
+
+    def agent_ready(self, agent_id: str) -> None:
+        """An agent may take a caller now (logged in, resumed)."""
+        self._work.put_nowait(AgentWork(agent_id))
+
+    async def sweep_wrapups(self) -> None:
+        """Finish wrap-ups whose time is over (a safety net for timers lost in a restart)."""
+        for agent_id in await self._store.due_wrapups(self._clock()):
+            self._work.put_nowait(WrapUpDone(agent_id))
 
     def on_ami_event(self, event: AmiMessage) -> None:
         if event.event in EVENTS:
@@ -114,6 +136,13 @@ class Dispatcher:
             claim = await self._store.claim_for_agent(work.agent_id)
             if claim is not None:
                 await self._connect(claim)
+        elif isinstance(work, WrapUpDone):
+            done, _ = await self._store.agent_event(
+                work.agent_id, AgentEvent.WRAP_UP_DONE, self._clock()
+            )
+            if done:
+                log.info("dispatch.wrap_up_done", agent=work.agent_id)
+                self._work.put_nowait(AgentWork(work.agent_id))
         elif isinstance(work, EventWork):
             await self._on_event(work.event)
         else:
@@ -126,25 +155,21 @@ class Dispatcher:
         endpoint = self._endpoints.get(claim.agent_id)
         if record is None or endpoint is None:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
-            await self._release(claim.agent_id, claim.uid)
+            await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
         bound = structlog.contextvars.bound_contextvars(
             uniqueid=claim.uid, queue=claim.skill, agent=claim.agent_id
         )
         with bound:
             try:
-                await self._ami.send_action(
-                    "Setvar",
-                    {"Channel": record.channel, "Variable": "ACD_AGENT", "Value": claim.agent_id},
-                )
-                await self._ami.send_action(
-                    "Setvar",
-                    {
-                        "Channel": record.channel,
-                        "Variable": "ACD_AGENT_DIAL",
-                        "Value": f"PJSIP/{endpoint}",
-                    },
-                )
+                for variable, value in (
+                    ("ACD_AGENT", claim.agent_id),
+                    ("ACD_AGENT_DIAL", f"PJSIP/{endpoint}"),
+                ):
+                    await self._ami.send_action(
+                        "Setvar",
+                        {"Channel": record.channel, "Variable": variable, "Value": value},
+                    )
                 await self._ami.send_action(
                     "Redirect",
                     {
@@ -157,34 +182,55 @@ class Dispatcher:
             except AmiActionFailed as exc:
                 # The channel is gone (it hung up between the claim and now).
                 log.info("dispatch.connect_failed", error=exc.message)
-                agent = await self._store.end_call(claim.uid, self._clock())
-                if agent:
-                    self._work.put_nowait(AgentWork(agent))
+                await self._end_call(claim.uid)
                 return
             except AmiError:
                 await self._store.requeue(claim.uid)
-                await self._release(claim.agent_id, claim.uid)
+                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 raise
             self.connects += 1
             log.info("dispatch.connecting", endpoint=endpoint)
 
-    async def _release(self, agent_id: str, uid: str) -> None:
-        if await self._store.release_agent(agent_id, uid, self._clock()):
-            self._work.put_nowait(AgentWork(agent_id))
+    async def _agent(
+        self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""
+    ) -> bool:
+        """Apply an agent event; when it makes the agent available, look for a caller for it."""
+        applied, before = await self._store.agent_event(
+            agent_id, event, self._clock(), call=uid, reason=reason
+        )
+        if applied:
+            log.info("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
+            if event in (AgentEvent.RELEASE, AgentEvent.RESUME, AgentEvent.LOGIN):
+                self._work.put_nowait(AgentWork(agent_id))
+        return applied
+
+    async def _end_call(self, uid: str) -> None:
+        """The caller is gone: its agent goes to wrap-up (after talking) or back to work."""
+        wrap_up = self._settings.agent_policy.wrap_up
+        agent, state = await self._store.end_call(uid, self._clock(), wrap_up)
+        if not agent:
+            return
+        log.info("dispatch.call_ended", uniqueid=uid, agent=agent, agent_state=state)
+        if state == AgentState.AVAILABLE:
+            self._work.put_nowait(AgentWork(agent))
+        elif state == AgentState.WRAP_UP:
+            loop = asyncio.get_running_loop()
+            loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
 
     async def _on_event(self, event: AmiMessage) -> None:
         name = event.event
+        uid = event.get("Uniqueid") or ""
         if name == "Hangup":
-            uid = event.get("Uniqueid") or ""
-            agent = await self._store.end_call(uid, self._clock())
-            if agent:
-                log.info("dispatch.call_ended", uniqueid=uid, agent=agent)
-                self._work.put_nowait(AgentWork(agent))
+            await self._end_call(uid)
+        elif name == "DialBegin":
+            record = await self._store.call(uid)
+            if record is not None and record.agent:
+                await self._agent(record.agent, AgentEvent.RING, uid)
         elif name == "BridgeEnter":
-            uid = event.get("Uniqueid") or ""
             record = await self._store.call(uid)
             if record is not None and record.state == "offered" and record.agent:
-                await self._store.mark_connected(uid, record.agent)
+                await self._store.set_call_state(uid, "connected")
+                await self._agent(record.agent, AgentEvent.ANSWER, uid)
                 log.info("dispatch.connected", uniqueid=uid, agent=record.agent)
         elif name == "UserEvent":
             await self._on_user_event(event)
@@ -202,12 +248,13 @@ class Dispatcher:
             if await self._store.requeue(uid) and record is not None:
                 self._work.put_nowait(SkillWork(record.fields.get("skill", "")))
             if agent:
-                await self._release(agent, uid)
+                if self._settings.agent_policy.pause_on_missed:
+                    await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
+                else:
+                    await self._agent(agent, AgentEvent.RELEASE, uid)
         elif kind == "AcdHoldExpired":
-            agent = await self._store.end_call(uid, self._clock())
             log.warning("dispatch.hold_expired", uniqueid=uid)
-            if agent:
-                self._work.put_nowait(AgentWork(agent))
+            await self._end_call(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
@@ -219,7 +266,7 @@ class Dispatcher:
             record = await self._store.call(uid)
             channel = live.get(uid)
             if channel is None or record is None:
-                await self._store.end_call(uid, now)
+                await self._end_call(uid)
                 ended += 1
                 continue
             if record.state in ("offered", "connected") and channel.get("Context") == "acd-hold":
@@ -227,15 +274,21 @@ class Dispatcher:
                 agent = record.agent
                 await self._store.requeue(uid)
                 if agent:
-                    await self._store.release_agent(agent, uid, now)
+                    await self._agent(agent, AgentEvent.RELEASE, uid)
                 requeued += 1
         for agent_id in await self._store.agent_ids():
             fields = await self._store.agent(agent_id)
             call = fields.get("call", "")
-            if fields.get("state") in ("reserved", "on_call") and (
-                not call or await self._store.call(call) is None
-            ):
-                await self._store.release_agent(agent_id, call, now)
+            if fields.get("state") in BUSY and (not call or await self._store.call(call) is None):
+                # Its call ended unseen: through wrap-up (already over) back to work.
+                await self._store.agent_event(agent_id, AgentEvent.CALL_ENDED, now, wrap_until=now)
+        await self.sweep_wrapups()
         log.info("dispatch.resynced", channels=len(live), ended=ended, requeued=requeued)
         for skill in self._settings.skill_names():
             self._work.put_nowait(SkillWork(skill))
+        # Escalation timers of callers who were already waiting (ours were lost in a restart).
+        for uid in await self._store.calls_of_node(self._settings.asterisk.node):
+            record = await self._store.call(uid)
+            if record is not None and record.state == "queued":
+                joined = float(record.fields.get("enqueued_at") or now)
+                self.skill_ready(record.fields.get("skill", ""), waited=now - joined)

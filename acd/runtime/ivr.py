@@ -276,10 +276,13 @@ class IvrService:
         channel, run = call.channel, call.run
         await channel.set_variable("ACD_QUEUE", step.skill)
         await channel.set_variable("ACD_RESULT", "queued")
+        # Aging priority: the tier's and the flow's head starts are seconds of wait credited at
+        # join, so a regular caller who has waited longer still goes first.
+        head_start = step.priority + self._settings.tiers.get(run.facts.tier, 0.0)
         await self._store.enqueue(
             uid=channel.uniqueid,
             skill=step.skill,
-            score=now - step.priority,
+            score=now - head_start,
             node=self._settings.asterisk.node,
             fields={
                 "channel": channel.env.get("channel", ""),
@@ -288,6 +291,7 @@ class IvrService:
                 "caller_id": call.caller_id,
                 "tier": run.facts.tier,
                 "priority": str(step.priority),
+                "head_start": repr(head_start),
                 "enqueued_at": repr(now),
                 "path": ",".join(run.path),
             },

@@ -220,4 +220,5 @@ async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
     call = await shipped.store.call("1.6")
     assert call is not None
     assert call.fields["tier"] == "vip"
-    assert call.fields["priority"] == "300"
+    assert call.fields["priority"] == "0"
+    assert float(call.fields["head_start"]) == 120.0  # tiers.vip in acd.yaml

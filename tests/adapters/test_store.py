@@ -7,9 +7,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acd.adapters.store import RedisStore
 from acd.config import Agent
+from acd.domain.agent import AgentEvent
 from acd.errors import StoreUnavailable
 
 
@@ -68,28 +71,73 @@ async def test_a_freed_agent_takes_the_best_caller_across_its_skills(store: Redi
     assert await store.claim_for_agent("a") is None  # reserved now
 
 
-async def test_requeue_keeps_the_original_place_and_end_call_frees_the_agent(
+async def test_requeue_goes_to_the_front_and_end_call_moves_the_agent_on(
     store: RedisStore,
 ) -> None:
-    """A caller whose agent did not answer returns ahead of later callers; a hangup frees the
-    agent it held."""
+    """A caller whose agent did not answer returns to the front of the queue; a hangup frees a
+    reserved agent at once, and sends an agent that talked to wrap-up."""
     await store.register_agents([_agent("a", presale=5)], now=1.0)
     await _enqueue(store, "first", "presale", 10.0)
-    await _enqueue(store, "second", "presale", 20.0)
+    await _enqueue(store, "second", "presale", 5.0)
     claim = await store.claim_for_skill("presale")
     assert claim is not None
-    assert claim.uid == "first"
-    assert await store.requeue("first")
-    assert await store.waiting("presale") == ["first", "second"]
+    assert claim.uid == "second"
+    assert await store.requeue("second")
+    assert await store.waiting("presale") == ["second", "first"]
     assert await store.claim_for_skill("presale") is None  # the agent is still held
-    assert await store.release_agent("a", "first", now=2.0)
+    applied, before = await store.agent_event("a", AgentEvent.RELEASE, 2.0, call="second")
+    assert (applied, before) == (True, "reserved")
+    claim = await store.claim_for_skill("presale")
+    assert claim is not None
+    assert claim.uid == "second"
+    assert await store.end_call("second", now=5.0, wrap_up=10.0) == ("a", "available")
     claim = await store.claim_for_skill("presale")
     assert claim is not None
     assert claim.uid == "first"
-    assert await store.end_call("first", now=5.0) == "a"
-    assert (await store.agent("a"))["state"] == "available"
+    assert (await store.agent_event("a", AgentEvent.ANSWER, 6.0, call="first"))[0]
+    assert await store.end_call("first", now=7.0, wrap_up=10.0) == ("a", "wrap_up")
+    assert await store.due_wrapups(16.9) == []
+    assert await store.due_wrapups(17.0) == ["a"]
     assert await store.call("first") is None
-    assert await store.calls_of_node("n1") == {"second"}
+    assert await store.calls_of_node("n1") == set()
+
+
+async def test_a_front_requeue_beats_a_head_start(store: RedisStore) -> None:
+    """Requeued after a missed ring, a caller goes ahead even of a caller with a bigger head
+    start (the front of the queue, not just its original place)."""
+    await store.register_agents([_agent("a", presale=5)], now=1.0)
+    await _enqueue(store, "regular", "presale", 100.0)
+    claim = await store.claim_for_skill("presale")
+    assert claim is not None
+    await _enqueue(store, "vip", "presale", -20.0)
+    assert await store.requeue("regular")
+    assert await store.waiting("presale") == ["regular", "vip"]
+
+
+async def test_agent_events_follow_the_transition_table(store: RedisStore) -> None:
+    """An event is applied only from its source states: pause from available, not from on call;
+    a stale event about another call is refused."""
+    await store.register_agents([_agent("a", presale=5)], now=1.0, login=False)
+    assert await store.agent_event("a", AgentEvent.PAUSE, 2.0) == (False, "logged_out")
+    assert await store.agent_event("a", AgentEvent.LOGIN, 2.0) == (True, "logged_out")
+    assert await store.agent_event("a", AgentEvent.PAUSE, 3.0, reason="lunch") == (
+        True,
+        "available",
+    )
+    assert (await store.agent("a"))["reason"] == "lunch"
+    assert await store.agent_event("a", AgentEvent.RESUME, 4.0) == (True, "paused")
+    await _enqueue(store, "c1", "presale", 1.0)
+    claim = await store.claim_for_skill("presale")
+    assert claim is not None
+    assert await store.agent_event("a", AgentEvent.RING, 5.0, call="other") == (False, "reserved")
+    assert await store.agent_event("a", AgentEvent.RING, 5.0, call="c1") == (True, "reserved")
+    assert await store.agent_event("a", AgentEvent.PAUSE, 6.0) == (False, "ringing")
+    assert await store.agent_event("a", AgentEvent.MISSED, 7.0, call="c1", reason="missed") == (
+        True,
+        "ringing",
+    )
+    fields = await store.agent("a")
+    assert (fields["state"], fields["reason"], fields["call"]) == ("paused", "missed", "")
 
 
 async def test_concurrent_controllers_never_double_book(redis_url: str) -> None:
@@ -121,3 +169,89 @@ async def test_an_unreachable_redis_is_a_retriable_store_error(tmp_path: Path) -
         assert not await store.ping()
     finally:
         await store.close()
+
+
+RULES = {
+    "aftersales": {"min": 6, "steps": [[20.0, 1, []], [60.0, None, ["presale"]]]},
+}
+
+
+@pytest.fixture
+async def ringed(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis_url, "t", RULES)
+    yield s
+    await s.close()
+
+
+async def _join(store: RedisStore, uid: str, skill: str, at: float) -> None:
+    await store.enqueue(
+        uid=uid, skill=skill, score=at, node="n1",
+        fields={"channel": f"PJSIP/x-{uid}", "enqueued_at": repr(at)},
+    )  # fmt: skip
+
+
+async def test_escalation_accepts_lower_levels_after_the_configured_wait(
+    ringed: RedisStore,
+) -> None:
+    """A level-4 agent is refused to an after-sales caller (minimum 6) until the caller has
+    waited 20 s; the ring widens for callers already waiting, not frozen at join."""
+    await ringed.register_agents([_agent("low", aftersales=4)], now=0.0)
+    await _join(ringed, "c1", "aftersales", at=100.0)
+    assert await ringed.claim_for_skill("aftersales", now=119.9) is None
+    assert await ringed.claim_for_agent("low", now=119.9) is None
+    claim = await ringed.claim_for_agent("low", now=120.0)
+    assert claim is not None
+    assert (claim.uid, claim.agent_id, claim.skill) == ("c1", "low", "aftersales")
+
+
+async def test_escalation_overflows_to_other_skills_last(ringed: RedisStore) -> None:
+    """Only a presale agent is free: an after-sales caller gets it after 60 s of wait, not
+    before; the claim stays in the after-sales queue's name."""
+    await ringed.register_agents([_agent("pre", presale=9)], now=0.0)
+    await _join(ringed, "c1", "aftersales", at=100.0)
+    assert await ringed.claim_for_skill("aftersales", now=159.0) is None
+    assert await ringed.claim_for_agent("pre", now=159.0) is None
+    claim = await ringed.claim_for_skill("aftersales", now=160.0)
+    assert claim is not None
+    assert (claim.uid, claim.agent_id, claim.skill) == ("c1", "pre", "aftersales")
+
+
+async def test_a_caller_with_a_wider_ring_takes_an_agent_the_head_refuses(
+    ringed: RedisStore,
+) -> None:
+    """The head caller (big head start, joined just now) refuses a level-4 agent; a caller who
+    has waited 30 s accepts it, so that agent is not left idle."""
+    await ringed.register_agents([_agent("low", aftersales=4)], now=0.0)
+    await _join(ringed, "long", "aftersales", at=100.0)
+    await ringed.enqueue(
+        uid="vip", skill="aftersales", score=0.0, node="n1",
+        fields={"channel": "PJSIP/x-vip", "enqueued_at": "129.0"},
+    )  # fmt: skip
+    claim = await ringed.claim_for_skill("aftersales", now=130.0)
+    assert claim is not None
+    assert claim.uid == "long"
+
+
+@given(
+    arrivals=st.lists(st.floats(min_value=0, max_value=100), min_size=1, max_size=12),
+    check_at=st.floats(min_value=0, max_value=200),
+)
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+async def test_no_caller_claimed_before_its_ring_allows(
+    ringed: RedisStore, arrivals: list[float], check_at: float
+) -> None:
+    """Whatever the arrivals, a level-4 agent only ever serves an after-sales caller that has
+    waited at least 20 s, and never two callers at once."""
+    await ringed._redis.flushdb()
+    await ringed.register_agents([_agent("low", aftersales=4)], now=0.0)
+    for i, at in enumerate(arrivals):
+        await _join(ringed, f"c{i}", "aftersales", at=at)
+    claim = await ringed.claim_for_skill("aftersales", now=check_at)
+    if claim is None:
+        assert all(check_at - at < 20 for at in arrivals)
+    else:
+        joined = arrivals[int(claim.uid[1:])]
+        assert check_at - joined >= 20
+        assert await ringed.claim_for_skill("aftersales", now=check_at) is None

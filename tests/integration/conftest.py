@@ -44,6 +44,7 @@ PORTS = {
     "admin": 8188,
     "agents": 5170,
     "orders": 8190,
+    "dead_phone": 5179,
 }
 
 
@@ -78,6 +79,17 @@ def test_config(state: Path) -> dict[str, Any]:
         "token_file": str(state / "admin.token"),
     }
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
+    # An agent whose phone never answers (nothing listens on its contact), logged out until a
+    # test logs it in.
+    config["agents"].append(
+        {
+            "id": "1009",
+            "endpoint": "agent-1009",
+            "skills": {"presale": 1},
+            "contact": {"host": "127.0.0.1", "port": PORTS["dead_phone"]},
+            "auto_login": False,
+        }
+    )
     config["lookups"] = {
         "order_status": {
             "url": f"http://127.0.0.1:{PORTS['orders']}/orders/{{order}}",

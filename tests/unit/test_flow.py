@@ -131,11 +131,12 @@ def test_root_menu_choice_queues_for_that_skill() -> None:
 
 
 def test_vip_callers_take_the_fast_lane() -> None:
-    """A vip caller skips the menu: a welcome, then the vip queue with a head start."""
+    """A vip caller skips the menu: a welcome, then the vip queue (the tier's head start is
+    applied when the caller is queued)."""
     run = FlowRun(_shipped()["promo"], _facts(tier="vip"))
     assert run.start() == [
         Play("acd/vip-welcome"),
-        Enqueue(node="q_vip", skill="vip", priority=300),
+        Enqueue(node="q_vip", skill="vip", priority=0),
     ]
 
 

@@ -1,35 +1,110 @@
 -- Claim the best (caller, agent) pair, atomically: nobody else can take either of them.
 -- KEYS: none (key names are built from the prefix, all in one Redis instance).
--- ARGV: prefix, mode ('skill' or 'agent'), skill name or agent id.
--- 'skill': the head caller of that skill's queue with the best available agent of that skill.
--- 'agent': that agent (if available) with the best head caller across the agent's skills.
--- Returns {uid, agent_id, skill} or false.
-local prefix, mode, which = ARGV[1], ARGV[2], ARGV[3]
+-- ARGV: prefix, mode ('skill' or 'agent'), skill name or agent id, now, escalation rules (JSON:
+--   {skill: {"min": level, "steps": [[after_seconds, min_level or null, [overflow skills]]]}}).
+-- Each waiting caller has a ring that widens with its wait (bullseye): first agents of its skill
+-- at or above the queue's minimum level, then lower levels, then agents of overflow skills.
+-- 'skill': callers of that queue (best first) against the best agents their ring accepts.
+-- 'agent': that agent (if available) against the best caller, across the queues it may serve.
+-- Returns {uid, agent_id, queue skill} or false.
+local prefix, mode, which, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local rules = cjson.decode(ARGV[5])
+local SCAN = 20  -- callers looked at per queue: the best ones, where a match is decided
 
-local function head(skill)
-  local h = redis.call('ZRANGE', prefix .. ':q:' .. skill, 0, 0, 'WITHSCORES')
-  if #h == 0 then return nil, nil end
-  return h[1], tonumber(h[2])
+local function ring(skill, waited)
+  local r = rules[skill]
+  if not r then return 1, {} end
+  local min, over = r.min, {}
+  for _, step in ipairs(r.steps) do
+    if waited >= step[1] then
+      if step[2] ~= cjson.null then min = step[2] end
+      for _, o in ipairs(step[3]) do table.insert(over, o) end
+    end
+  end
+  return min, over
+end
+
+local function waited(uid)
+  local t = tonumber(redis.call('HGET', prefix .. ':call:' .. uid, 'enqueued_at'))
+  return now - (t or now)
+end
+
+local function best_agent(skill)
+  local a = redis.call('ZRANGE', prefix .. ':avail:' .. skill, 0, 0, 'WITHSCORES')
+  if #a == 0 then return nil, nil end
+  return a[1], 10 - math.floor(tonumber(a[2]) / 1e10)
+end
+
+local function heads(skill)
+  return redis.call('ZRANGE', prefix .. ':q:' .. skill, 0, SCAN - 1, 'WITHSCORES')
 end
 
 local uid, agent, skill
 if mode == 'skill' then
   skill = which
-  uid = head(skill)
+  local h = heads(skill)
+  for i = 1, #h, 2 do
+    local min, over = ring(skill, waited(h[i]))
+    local a, level = best_agent(skill)
+    if a and level >= min then
+      uid, agent = h[i], a
+      break
+    end
+    for _, o in ipairs(over) do
+      local oa = best_agent(o)
+      if oa then
+        uid, agent = h[i], oa
+        break
+      end
+    end
+    if uid then break end
+  end
   if not uid then return false end
-  local a = redis.call('ZRANGE', prefix .. ':avail:' .. skill, 0, 0)
-  if #a == 0 then return false end
-  agent = a[1]
 else
   agent = which
   local akey = prefix .. ':agent:' .. agent
   if redis.call('HGET', akey, 'state') ~= 'available' then return false end
-  local best
+  local levels = {}
   for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
-    local name = string.match(s, '^([^:]+)')
-    local u, score = head(name)
-    if u and (best == nil or score < best) then
-      best, uid, skill = score, u, name
+    local name, level = string.match(s, '^([^:]+):(%d+)$')
+    levels[name] = tonumber(level)
+  end
+  local best
+  local function consider(queue, accepts)
+    local h = heads(queue)
+    for i = 1, #h, 2 do
+      local score = tonumber(h[i + 1])
+      if best ~= nil and score >= best then return end
+      if accepts(h[i]) then
+        best, uid, skill = score, h[i], queue
+        return
+      end
+    end
+  end
+  for name, level in pairs(levels) do
+    consider(name, function(u)
+      local min = ring(name, waited(u))
+      return level >= min
+    end)
+  end
+  -- queues that overflow into one of this agent's skills
+  for queue, r in pairs(rules) do
+    if levels[queue] == nil then
+      local reaches = false
+      for _, step in ipairs(r.steps) do
+        for _, o in ipairs(step[3]) do
+          if levels[o] ~= nil then reaches = true end
+        end
+      end
+      if reaches then
+        consider(queue, function(u)
+          local _, over = ring(queue, waited(u))
+          for _, o in ipairs(over) do
+            if levels[o] ~= nil then return true end
+          end
+          return false
+        end)
+      end
     end
   end
   if not uid then return false end
@@ -47,6 +122,6 @@ redis.call('ZREM', prefix .. ':q:' .. skill, uid)
 for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
   redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), agent)
 end
-redis.call('HSET', akey, 'state', 'reserved', 'call', uid)
+redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
 redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
 return {uid, agent, skill}

@@ -1,21 +1,34 @@
--- A caller left (hung up, or the static fallback took it): forget it, free its agent if reserved.
--- ARGV: prefix, uid, now. Returns the agent that was released or ''.
-local prefix, uid, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+-- A caller left (hung up, or the static fallback took it): forget it, and move the agent it held:
+-- reserved or ringing -> available (nothing was said), on call -> wrap-up (or available at once
+-- when wrap-up is 0). ARGV: prefix, uid, now, wrap-up seconds.
+-- Returns {agent id or '', the agent's new state or ''}.
+local prefix, uid, now, wrap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ckey = prefix .. ':call:' .. uid
-if redis.call('EXISTS', ckey) == 0 then return '' end
+if redis.call('EXISTS', ckey) == 0 then return {'', ''} end
 local skill, agent, node = redis.call('HGET', ckey, 'skill'), redis.call('HGET', ckey, 'agent'), redis.call('HGET', ckey, 'node')
 redis.call('ZREM', prefix .. ':q:' .. skill, uid)
 if node then redis.call('SREM', prefix .. ':calls:' .. node, uid) end
 redis.call('DEL', ckey)
-if agent and agent ~= '' then
-  local akey = prefix .. ':agent:' .. agent
-  if redis.call('HGET', akey, 'call') == uid and redis.call('HGET', akey, 'state') ~= 'logged_out' then
-    redis.call('HSET', akey, 'state', 'available', 'call', '', 'idle_since', now)
-    for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
-      local name, level = string.match(s, '^([^:]+):(%d+)$')
-      redis.call('ZADD', prefix .. ':avail:' .. name, (10 - tonumber(level)) * 1e10 + now, agent)
-    end
-    return agent
-  end
+if not agent or agent == '' then return {'', ''} end
+local akey = prefix .. ':agent:' .. agent
+local state = redis.call('HGET', akey, 'state')
+if redis.call('HGET', akey, 'call') ~= uid then return {'', ''} end
+local target
+if state == 'reserved' or state == 'ringing' then
+  target = 'available'
+elseif state == 'on_call' then
+  target = (wrap > 0) and 'wrap_up' or 'available'
+else
+  return {'', ''}
 end
-return ''
+redis.call('HSET', akey, 'state', target, 'state_since', now, 'last_call_end', now)
+if target == 'available' then
+  redis.call('HSET', akey, 'call', '', 'idle_since', now)
+  for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
+    local name, level = string.match(s, '^([^:]+):(%d+)$')
+    redis.call('ZADD', prefix .. ':avail:' .. name, (10 - tonumber(level)) * 1e10 + now, agent)
+  end
+else
+  redis.call('ZADD', prefix .. ':wrapups', now + wrap, agent)
+end
+return {agent, target}

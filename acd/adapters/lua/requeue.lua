@@ -1,10 +1,13 @@
--- Put an offered caller back in its queue at its original place (its original score).
+-- Put an offered caller back at the front of its queue (its agent did not answer).
 -- ARGV: prefix, uid. Returns 1 if requeued, 0 if the call is gone or not offered.
 local prefix, uid = ARGV[1], ARGV[2]
 local ckey = prefix .. ':call:' .. uid
 local state = redis.call('HGET', ckey, 'state')
 if state ~= 'offered' and state ~= 'connected' then return 0 end
-local skill, score = redis.call('HGET', ckey, 'skill'), redis.call('HGET', ckey, 'score')
-redis.call('HSET', ckey, 'state', 'queued', 'agent', '')
-redis.call('ZADD', prefix .. ':q:' .. skill, score, uid)
+local skill, score = redis.call('HGET', ckey, 'skill'), tonumber(redis.call('HGET', ckey, 'score'))
+local qkey = prefix .. ':q:' .. skill
+local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
+if #head > 0 and tonumber(head[2]) <= score then score = tonumber(head[2]) - 0.001 end
+redis.call('HSET', ckey, 'state', 'queued', 'agent', '', 'score', score)
+redis.call('ZADD', qkey, score, uid)
 return 1

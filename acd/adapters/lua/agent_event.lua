@@ -1,0 +1,40 @@
+-- Apply one agent event atomically: a compare-and-set on the agent's state.
+-- ARGV: prefix, agent id, target state, now, call ('' = any call), reason, wrap_until,
+--       then the source states the event may leave from (acd/domain/agent.py's table).
+-- Returns {1, previous state} when applied, {0, current state} when not.
+local prefix, agent, target, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local call, reason, wrap_until = ARGV[5], ARGV[6], tonumber(ARGV[7])
+local akey = prefix .. ':agent:' .. agent
+local state = redis.call('HGET', akey, 'state')
+if not state then return {0, 'unknown'} end
+local allowed = false
+for i = 8, #ARGV do
+  if ARGV[i] == state then allowed = true end
+end
+if not allowed then return {0, state} end
+if call ~= '' and redis.call('HGET', akey, 'call') ~= call then return {0, state} end
+
+redis.call('HSET', akey, 'state', target, 'state_since', now)
+local skills = redis.call('HGET', akey, 'skills') or ''
+for s in string.gmatch(skills, '([^,]+)') do
+  local name, level = string.match(s, '^([^:]+):(%d+)$')
+  if target == 'available' then
+    -- best agent first: higher level, then longest idle (lower score wins)
+    redis.call('ZADD', prefix .. ':avail:' .. name, (10 - tonumber(level)) * 1e10 + now, agent)
+  else
+    redis.call('ZREM', prefix .. ':avail:' .. name, agent)
+  end
+end
+if target == 'available' then
+  redis.call('HSET', akey, 'idle_since', now, 'call', '', 'reason', '')
+elseif target == 'paused' then
+  redis.call('HSET', akey, 'call', '', 'reason', reason)
+elseif target == 'logged_out' then
+  redis.call('HSET', akey, 'call', '', 'reason', '')
+end
+if target == 'wrap_up' then
+  redis.call('ZADD', prefix .. ':wrapups', wrap_until, agent)
+else
+  redis.call('ZREM', prefix .. ':wrapups', agent)
+end
+return {1, state}

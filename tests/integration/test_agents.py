@@ -1,0 +1,201 @@
+"""Agents through the real stack: pause and resume, a missed ring, wrap-up, and the tier head
+start in the queue, asserted on AMI events and on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from tests.integration.conftest import EventLog, Stack, uid_of_caller
+from tests.integration.sipp import Script
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+async def _uid(events: EventLog, caller_id: str) -> str:
+    await events.wait_for(
+        lambda e: e.event == "Newchannel" and e.get("CallerIDNum") == caller_id, timeout=20
+    )
+    uid = uid_of_caller(events, caller_id)
+    assert uid is not None
+    return uid
+
+
+async def _agent_of(events: EventLog, uid: str, timeout: float = 40) -> str:
+    (enter,) = await events.wait_for(
+        lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=timeout
+    )
+    bridge = enter.get("BridgeUniqueid")
+    (agent,) = await events.wait_for(
+        lambda e: (
+            e.event == "BridgeEnter"
+            and e.get("BridgeUniqueid") == bridge
+            and (e.get("Channel") or "").startswith("PJSIP/agent-")
+        ),
+        timeout=10,
+    )
+    return (agent.get("Channel") or "").removeprefix("PJSIP/agent-").split("-")[0]
+
+
+def _agent_cli(stack: Stack, action: str, agent: str, reason: str = "") -> None:
+    args = ["agent", action, agent] + (["--reason", reason] if reason else [])
+    result = stack.acd(*args)
+    assert result.returncode == 0, result.stderr
+
+
+async def _until_state(stack: Stack, agent: str, state: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while stack.redis.hget(stack.key("agent", agent), "state") != state:
+        assert time.monotonic() < deadline, (
+            f"agent {agent} is {stack.redis.hget(stack.key('agent', agent), 'state')}, not {state}"
+        )
+        await asyncio.sleep(0.1)
+
+
+async def test_a_tier_head_start_puts_a_later_caller_first(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """With the presale agents paused, a regular caller joins, then a gold caller (30 s head
+    start) 5 s later: the gold caller's place is exactly 30 s of wait ahead of its join, and the
+    first agent to resume takes the gold caller."""
+    _agent_cli(stack, "pause", "1001", "meeting")
+    _agent_cli(stack, "pause", "1002", "meeting")
+    stack.redis.hset(stack.key("tiers"), "5552002", "gold")
+    regular = stack.call(Script().at(1.0, "10").wait(40), "5552001")
+    try:
+        uid_regular = await _uid(ami_events, "5552001")
+        await asyncio.sleep(5)
+        gold = stack.call(Script().at(1.0, "10").wait(30), "5552002")
+        try:
+            uid_gold = await _uid(ami_events, "5552002")
+            deadline = time.monotonic() + 20
+            while stack.redis.zcard(stack.key("q", "presale")) < 2:
+                assert time.monotonic() < deadline, "both callers should be queued"
+                await asyncio.sleep(0.1)
+            call_gold = stack.redis.hgetall(stack.key("call", uid_gold))
+            call_regular = stack.redis.hgetall(stack.key("call", uid_regular))
+            assert float(call_gold["score"]) == pytest.approx(
+                float(call_gold["enqueued_at"]) - 30.0, abs=1e-6
+            )
+            assert float(call_regular["score"]) == pytest.approx(
+                float(call_regular["enqueued_at"]), abs=1e-6
+            )
+            assert stack.redis.zrange(stack.key("q", "presale"), 0, -1) == [uid_gold, uid_regular]
+            _agent_cli(stack, "resume", "1001")
+            assert await _agent_of(ami_events, uid_gold) == "1001"
+            _agent_cli(stack, "resume", "1002")
+            assert await _agent_of(ami_events, uid_regular) == "1002"
+            assert gold.wait(60) == 0
+        finally:
+            gold.stop()
+        assert regular.wait(60) == 0
+    finally:
+        regular.stop()
+        stack.redis.hdel(stack.key("tiers"), "5552002")
+        for agent in ("1001", "1002"):
+            stack.acd("agent", "resume", agent)
+
+
+async def test_a_missed_agent_is_paused_and_the_caller_served_next_by_another(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Only agent 1009 (whose phone never answers) is available for presale: the caller is
+    offered to it, the dial fails, 1009 is paused as missed, the caller returns to the front of
+    the queue and the first presale agent to resume takes it."""
+    _agent_cli(stack, "pause", "1001", "training")
+    _agent_cli(stack, "pause", "1002", "training")
+    _agent_cli(stack, "login", "1009")
+    caller = stack.call(Script().at(1.0, "10").wait(40), "5552003")
+    try:
+        uid = await _uid(ami_events, "5552003")
+        (dial_end,) = await ami_events.wait_for(
+            lambda e: (
+                e.event == "UserEvent"
+                and e.get("UserEvent") == "AcdDialEnd"
+                and e.get("Uniqueid") == uid
+            ),
+            timeout=30,
+        )
+        assert dial_end.get("Agent") == "1009"
+        assert dial_end.get("DialStatus") != "ANSWER"
+        await _until_state(stack, "1009", "paused")
+        assert stack.redis.hget(stack.key("agent", "1009"), "reason") == "missed"
+        deadline = time.monotonic() + 10
+        while stack.redis.zrange(stack.key("q", "presale"), 0, 0) != [uid]:
+            assert time.monotonic() < deadline, "the caller should be back at the front"
+            await asyncio.sleep(0.1)
+        _agent_cli(stack, "resume", "1002")
+        assert await _agent_of(ami_events, uid) == "1002"
+        assert caller.wait(60) == 0
+    finally:
+        caller.stop()
+        stack.acd("agent", "logout", "1009")
+        for agent in ("1001", "1002"):
+            stack.acd("agent", "resume", agent)
+    assert stack.redis.hget(stack.key("agent", "1009"), "state") == "logged_out"
+
+
+async def test_after_a_call_the_agent_wraps_up_then_takes_the_next_caller(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """When a caller hangs up, the agent goes to wrap-up for the configured time (5 s in the
+    sample) before it is offered the next caller; pausing an agent on a call is refused (409)."""
+    _agent_cli(stack, "pause", "1001", "meeting")
+    first = stack.call(Script().at(1.0, "10").wait(6), "5552004")
+    try:
+        uid = await _uid(ami_events, "5552004")
+        assert await _agent_of(ami_events, uid) == "1002"
+        refused = stack.acd("agent", "pause", "1002")
+        assert refused.returncode == 1
+        assert "409" in refused.stderr
+        assert first.wait(30) == 0
+        (hangup,) = await ami_events.wait_for(
+            lambda e: e.event == "Hangup" and e.get("Uniqueid") == uid, timeout=10
+        )
+        await _until_state(stack, "1002", "wrap_up", timeout=5)
+        second = stack.call(Script().at(1.0, "10").wait(6), "5552005")
+        try:
+            uid2 = await _uid(ami_events, "5552005")
+            (enter,) = await ami_events.wait_for(
+                lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid2, timeout=40
+            )
+            waited = float(enter.get("Timestamp") or 0) - float(hangup.get("Timestamp") or 0)
+            assert waited >= 5.0  # the agent was not offered a caller during its wrap-up
+            assert await _agent_of(ami_events, uid2) == "1002"
+            assert second.wait(30) == 0
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+        stack.acd("agent", "resume", "1001")
+
+
+async def test_escalation_reaches_a_lower_level_agent_after_the_configured_wait(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """After-sales callers first accept agents of level 6 and up (acd.yaml): with agent 1002
+    (level 7) paused, only 1004 (level 4) is free, and it gets the caller once the caller has
+    waited the configured 20 s, not before."""
+    _agent_cli(stack, "pause", "1002", "meeting")
+    await _until_state(stack, "1004", "available", timeout=30)
+    caller = stack.call(Script().at(1.0, "4").wait(34), "5552006")
+    try:
+        uid = await _uid(ami_events, "5552006")
+        deadline = time.monotonic() + 20
+        while not stack.redis.hget(stack.key("call", uid), "enqueued_at"):
+            assert time.monotonic() < deadline, "the caller should be queued"
+            await asyncio.sleep(0.1)
+        joined = float(stack.redis.hget(stack.key("call", uid), "enqueued_at") or 0)
+        (dial,) = await ami_events.wait_for(
+            lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid, timeout=40
+        )
+        assert (dial.get("DestChannel") or "").startswith("PJSIP/agent-1004-")
+        waited = float(dial.get("Timestamp") or 0) - joined
+        assert 20.0 <= waited < 23.0
+        assert await _agent_of(ami_events, uid) == "1004"
+        assert caller.wait(60) == 0
+    finally:
+        caller.stop()
+        stack.acd("agent", "resume", "1002")
