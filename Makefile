@@ -18,7 +18,7 @@ typecheck:
 	$(BIN)/mypy
 
 unit:
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters --doctest-modules acd/domain
 
 integration:
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration

@@ -34,9 +34,20 @@ from acd.domain.agent import target as agent_target
 from acd.errors import StoreUnavailable
 
 CALL_TTL_SECONDS = 24 * 3600
+ARRIVAL_WINDOW_SECONDS = 300.0  # the arrival rate is measured over the last five minutes
+EWT_LOG_MAXLEN = 10_000
 CALLBACK_TTL_SECONDS = 7 * 24 * 3600
 AUDIT_MAXLEN = 10_000
 MENU_MODES = ("normal", "fallback", "auto")
+
+
+@dataclass(frozen=True)
+class QueueFigures:
+    ahead: int
+    free: int
+    staffed: int
+    handle: float
+    rate: float
 
 
 @dataclass(frozen=True)
@@ -173,16 +184,80 @@ class RedisStore:
         return [str(a) for a in due]
 
     async def enqueue(
-        self, *, uid: str, skill: str, score: float, node: str, fields: Mapping[str, str]
+        self,
+        *,
+        uid: str,
+        skill: str,
+        score: float,
+        node: str,
+        fields: Mapping[str, str],
+        now: float | None = None,
     ) -> None:
-        args: list[Any] = [uid, repr(score), CALL_TTL_SECONDS]
+        when = time.time() if now is None else now
+        args: list[Any] = [uid, repr(score), CALL_TTL_SECONDS, repr(when), ARRIVAL_WINDOW_SECONDS]
         for k, v in {**fields, "uid": uid, "skill": skill, "node": node}.items():
             args += [k, v]
-        await self._run(
-            self._enqueue,
-            [self.key("call", uid), self.key("q", skill), self.key("calls", node)],
-            args,
+        keys = [
+            self.key("call", uid),
+            self.key("q", skill),
+            self.key("calls", node),
+            self.key("arrivals", skill),
+        ]
+        await self._run(self._enqueue, keys, args)
+
+    async def queue_figures(
+        self, skill: str, uid: str | None, staffed: int, default_handle: float, now: float
+    ) -> QueueFigures:
+        """What the wait estimate needs about one queue, in one round trip."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                if uid is None:
+                    pipe.zcard(self.key("q", skill))
+                else:
+                    pipe.zrank(self.key("q", skill), uid)
+                pipe.zcard(self.key("avail", skill))
+                pipe.zcount(self.key("arrivals", skill), now - ARRIVAL_WINDOW_SECONDS, "+inf")
+                pipe.hget(self.key("stats", skill), "aht")
+                ahead, free, arrivals, aht = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return QueueFigures(
+            ahead=int(ahead or 0),
+            free=int(free or 0),
+            staffed=staffed,
+            handle=float(aht) if aht else default_handle,
+            rate=int(arrivals or 0) / ARRIVAL_WINDOW_SECONDS,
         )
+
+    async def record_answer(self, uid: str, now: float) -> dict[str, str]:
+        """The caller is talking to its agent: note when, and log the wait against the estimate
+        given at join (P:ewt_log), for the estimate's error. Returns the call's fields."""
+        fields = (await self.call(uid) or CallRecord(uid, {})).fields
+        waited = now - float(fields.get("enqueued_at") or now)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hset(
+                    self.key("call", uid), mapping={"state": "connected", "answered_at": repr(now)}
+                )
+                if "ewt_at_join" in fields:
+                    pipe.xadd(
+                        self.key("ewt_log"),
+                        {
+                            "uid": uid,
+                            "skill": fields.get("skill", ""),
+                            "ewt": fields["ewt_at_join"],
+                            "waited": repr(waited),
+                        },
+                        maxlen=EWT_LOG_MAXLEN,
+                        approximate=True,
+                    )
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return dict(fields)
+
+    async def set_call_field(self, uid: str, name: str, value: str) -> None:
+        await self._call(self._redis.hset(self.key("call", uid), name, value))
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
@@ -213,9 +288,6 @@ class RedisStore:
             self._end_call, [], [self.prefix, uid, repr(now), repr(wrap_up)]
         )
         return str(agent or ""), str(state or "")
-
-    async def set_call_state(self, uid: str, state: str) -> None:
-        await self._call(self._redis.hset(self.key("call", uid), "state", state))
 
     async def call(self, uid: str) -> CallRecord | None:
         try:

@@ -53,7 +53,7 @@ class Controller:
             settings, flows, self.store, self.lookups, self.dispatcher.skill_ready
         )
         self.agi = FastAgiServer(
-            {"inbound": self.ivr.inbound},
+            {"inbound": self.ivr.inbound, "announce": self.ivr.announce},
             host=settings.agi.host,
             port=settings.agi.port,
             command_timeout=settings.agi.command_timeout,

@@ -229,9 +229,15 @@ class Dispatcher:
         elif name == "BridgeEnter":
             record = await self._store.call(uid)
             if record is not None and record.state == "offered" and record.agent:
-                await self._store.set_call_state(uid, "connected")
+                fields = await self._store.record_answer(uid, self._clock())
                 await self._agent(record.agent, AgentEvent.ANSWER, uid)
-                log.info("dispatch.connected", uniqueid=uid, agent=record.agent)
+                log.info(
+                    "dispatch.connected",
+                    uniqueid=uid,
+                    agent=record.agent,
+                    waited=round(self._clock() - float(fields.get("enqueued_at") or 0), 2),
+                    ewt_at_join=fields.get("ewt_at_join"),
+                )
         elif name == "UserEvent":
             await self._on_user_event(event)
 

@@ -9,6 +9,7 @@ that fails too, ACD_RESULT stays unset or `error` and the dialplan takes the sta
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -19,8 +20,9 @@ import structlog
 
 from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
-from acd.adapters.store import RedisStore
+from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
+from acd.domain.ewt import estimated_wait
 from acd.domain.flow import (
     DTMF,
     CollectDigits,
@@ -149,15 +151,7 @@ class IvrService:
         tier = await self._store.tier(caller_id)
         level = await self._store.overload_level()
         load = await self._store.load(self._settings.skill_names())
-        handle = self._settings.overload.handle_seconds
-        ewt = {
-            skill: (
-                (load.waiting[skill] + 1) * handle / load.staffed_by_skill[skill]
-                if load.staffed_by_skill[skill]
-                else 86400.0
-            )
-            for skill in load.waiting
-        }
+        ewt = {skill: await self._estimate(skill, None, load, now) for skill in load.waiting}
         return Facts(
             now=datetime.fromtimestamp(now, UTC),
             tier=tier,
@@ -165,6 +159,51 @@ class IvrService:
             ewt=ewt,
             hours=self._hours,
         )
+
+    async def _estimate(self, skill: str, uid: str | None, load: LoadSnapshot, now: float) -> float:
+        """Estimated wait in `skill`'s queue: for a new caller (uid None), or for one waiting."""
+        figures = await self._store.queue_figures(
+            skill, uid, load.staffed_by_skill.get(skill, 0),
+            self._settings.overload.handle_seconds, now,
+        )  # fmt: skip
+        return estimated_wait(
+            ahead=figures.ahead,
+            free=figures.free,
+            staffed=figures.staffed,
+            handle=figures.handle,
+            rate=figures.rate,
+        )
+
+    async def announce(self, channel: AgiChannel) -> None:
+        """The hold context's periodic announcement: the caller's position and estimated wait.
+        Short by design: waiting never depends on this session (it may fail; music goes on)."""
+        uid = channel.uniqueid
+        call = await self._store.call(uid)
+        if call is None or call.state != "queued":
+            return
+        skill = call.fields.get("skill", "")
+        now = self._clock()
+        load = await self._store.load([skill])
+        ewt = await self._estimate(skill, uid, load, now)
+        position = (await self._store.queue_figures(skill, uid, 0, 0.0, now)).ahead + 1
+        with structlog.contextvars.bound_contextvars(queue=skill):
+            log.info("ivr.announced", position=position, ewt=round(ewt, 1))
+            if position == 1:
+                await channel.stream_file("queue-youarenext")
+            else:
+                await channel.stream_file("queue-thereare")
+                await channel.command("SAY NUMBER", str(position), "")
+                await channel.stream_file("queue-callswaiting")
+            await channel.stream_file("queue-holdtime")
+            if ewt < 60:
+                await channel.stream_file("queue-less-than")
+                await channel.command("SAY NUMBER", "1", "")
+                await channel.stream_file("queue-minute")
+            else:
+                minutes = min(math.ceil(ewt / 60), 99)
+                await channel.command("SAY NUMBER", str(minutes), "")
+                await channel.stream_file("queue-minutes")
+            await channel.stream_file("queue-thankyou")
 
     async def _walk(self, call: _Call, steps: list[Step]) -> None:
         while steps:
@@ -296,5 +335,8 @@ class IvrService:
                 "path": ",".join(run.path),
             },
         )
-        log.info("ivr.queued", queue=step.skill, priority=step.priority)
+        load = await self._store.load([step.skill])
+        ewt = await self._estimate(step.skill, channel.uniqueid, load, now)
+        await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
+        log.info("ivr.queued", queue=step.skill, priority=step.priority, ewt=round(ewt, 1))
         self._on_enqueued(step.skill)

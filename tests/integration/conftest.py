@@ -45,6 +45,7 @@ PORTS = {
     "agents": 5170,
     "orders": 8190,
     "dead_phone": 5179,
+    "timed_phone": 5178,
 }
 
 
@@ -81,6 +82,17 @@ def test_config(state: Path) -> dict[str, Any]:
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
     # An agent whose phone never answers (nothing listens on its contact), logged out until a
     # test logs it in.
+    # An agent whose phone hangs up after 6 s of talk (for the wait estimate), logged out until
+    # a test logs it in.
+    config["agents"].append(
+        {
+            "id": "1010",
+            "endpoint": "agent-1010",
+            "skills": {"payment": 9},
+            "contact": {"host": "127.0.0.1", "port": PORTS["timed_phone"]},
+            "auto_login": False,
+        }
+    )
     config["agents"].append(
         {
             "id": "1009",
@@ -188,7 +200,7 @@ class Stack:
             f"127.0.0.1:{PORTS['sip']}",
             number,
             port,
-            media_port=20000 + (port - 5300) * 8,
+            media_port=40000 + (port - 5300) * 8,  # outside Asterisk's RTP range (rtp.conf)
             workdir=self.workdir,
         )
 

@@ -217,6 +217,19 @@ def start_caller(
     return SippRun(proc, log)
 
 
+def start_agent_that_hangs_up(port: int, media_port: int, workdir: Path) -> SippRun:
+    """A SIPp UAS that answers, talks 6 s and hangs up (scenarios/agent_hangs_up.xml)."""
+    log = workdir / f"sipp-agent-{port}.log"
+    cmd = [
+        "sipp", "-sf", str(SCENARIOS / "agent_hangs_up.xml"), "-i", "127.0.0.1",
+        "-p", str(port), "-mp", str(media_port), "-timeout", "300s", "-nostdin",
+        "-trace_err", "-error_file", str(workdir / f"sipp-agent-{port}.err"),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    return SippRun(proc, log)
+
+
 def start_agents_uas(port: int, media_port: int, workdir: Path, timeout_s: int = 600) -> SippRun:
     """One SIPp UAS that answers for every agent (their contacts all point at it)."""
     log = workdir / f"sipp-uas-{port}.log"

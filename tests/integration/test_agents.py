@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from tests.integration.conftest import EventLog, Stack, uid_of_caller
+from tests.integration import sipp
+from tests.integration.conftest import PORTS, EventLog, Stack, uid_of_caller
 from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -199,3 +200,51 @@ async def test_escalation_reaches_a_lower_level_agent_after_the_configured_wait(
     finally:
         caller.stop()
         stack.acd("agent", "resume", "1002")
+
+
+async def test_the_wait_estimate_is_measured_against_actual_waits(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """One payment agent whose calls last 6 s (plus 5 s of wrap-up): after a first call teaches
+    the queue its handle time, three callers join at once; each one's estimate at join is logged
+    beside its actual wait, and they agree within a few seconds (ringing and redirects are not in
+    the model). The figures are printed."""
+    agent = sipp.start_agent_that_hangs_up(PORTS["timed_phone"], 31500, stack.workdir)
+    _agent_cli(stack, "pause", "1003", "ewt")
+    _agent_cli(stack, "pause", "1004", "ewt")
+    _agent_cli(stack, "login", "1010")
+    stack.redis.delete(stack.key("stats", "payment"), stack.key("ewt_log"))
+    callers = []
+    try:
+        callers.append(stack.call(Script().at(1.0, "3"), "5552100", remote_hangup=True))
+        uid = await _uid(ami_events, "5552100")
+        await ami_events.wait_for(
+            lambda e: e.event == "Hangup" and e.get("Uniqueid") == uid, timeout=30
+        )
+        await _until_state(stack, "1010", "available", timeout=15)
+        handle = float(stack.redis.hget(stack.key("stats", "payment"), "aht") or 0)
+        assert 10.0 <= handle <= 13.0  # 6 s of talk and 5 s of wrap-up
+        for n in (1, 2, 3):
+            callers.append(stack.call(Script().at(1.0, "3"), f"555210{n}", remote_hangup=True))
+            await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 90
+        while stack.redis.xlen(stack.key("ewt_log")) < 4:
+            assert time.monotonic() < deadline, "every caller should reach the agent"
+            await asyncio.sleep(0.5)
+        samples = [
+            (float(entry["ewt"]), float(entry["waited"]))
+            for _, entry in stack.redis.xrange(stack.key("ewt_log"))
+        ][1:]
+        errors = [ewt - waited for ewt, waited in samples]
+        print(f"payment queue: estimate vs actual wait {samples}; errors {errors}")
+        assert [round(ewt / handle) for ewt, _ in samples] == [0, 1, 2]
+        assert all(abs(error) < 4.0 for error in errors)
+        for caller in callers:
+            assert caller.wait(60) == 0
+    finally:
+        for caller in callers:
+            caller.stop()
+        agent.stop()
+        stack.acd("agent", "logout", "1010")
+        for other in ("1003", "1004"):
+            stack.acd("agent", "resume", other)

@@ -1,11 +1,22 @@
 -- A caller left (hung up, or the static fallback took it): forget it, and move the agent it held:
 -- reserved or ringing -> available (nothing was said), on call -> wrap-up (or available at once
--- when wrap-up is 0). ARGV: prefix, uid, now, wrap-up seconds.
+-- when wrap-up is 0). A call that was answered adds its handle time (talk + wrap-up) to the
+-- queue's smoothed mean (P:stats:SKILL aht), which the wait estimate uses.
+-- ARGV: prefix, uid, now, wrap-up seconds.
 -- Returns {agent id or '', the agent's new state or ''}.
 local prefix, uid, now, wrap = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local ckey = prefix .. ':call:' .. uid
 if redis.call('EXISTS', ckey) == 0 then return {'', ''} end
 local skill, agent, node = redis.call('HGET', ckey, 'skill'), redis.call('HGET', ckey, 'agent'), redis.call('HGET', ckey, 'node')
+local answered = tonumber(redis.call('HGET', ckey, 'answered_at'))
+if answered then
+  local skey = prefix .. ':stats:' .. skill
+  local sample = (now - answered) + wrap
+  local aht = tonumber(redis.call('HGET', skey, 'aht'))
+  if aht then aht = aht + 0.2 * (sample - aht) else aht = sample end
+  redis.call('HSET', skey, 'aht', aht)
+  redis.call('HINCRBY', skey, 'answered', 1)
+end
 redis.call('ZREM', prefix .. ':q:' .. skill, uid)
 if node then redis.call('SREM', prefix .. ':calls:' .. node, uid) end
 redis.call('DEL', ckey)

@@ -1,12 +1,17 @@
--- Put a caller in its skill queue. KEYS: call hash, skill queue, node's call set.
--- ARGV: uid, score, ttl seconds, then field/value pairs for the call hash.
+-- Put a caller in its skill queue. KEYS: call hash, skill queue, node's call set, the queue's
+-- arrivals (a sorted set of recent joins, for the arrival rate).
+-- ARGV: uid, score, ttl seconds, now, arrivals window seconds, then field/value pairs.
 local uid, score, ttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local now, window = tonumber(ARGV[4]), tonumber(ARGV[5])
 redis.call('DEL', KEYS[1])
-for i = 4, #ARGV, 2 do
+for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
 redis.call('HSET', KEYS[1], 'state', 'queued', 'score', score)
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], score, uid)
 redis.call('SADD', KEYS[3], uid)
+redis.call('ZADD', KEYS[4], now, uid)
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now - window)
+redis.call('EXPIRE', KEYS[4], math.ceil(window) + 60)
 return 1
