@@ -216,37 +216,39 @@ def _queues_conf(settings: Settings) -> str:
     return "\n".join(out) + "\n"
 
 
-def launch_command(paths: NodePaths) -> list[str]:
-    """The command that runs Asterisk in the foreground in its own mount namespace."""
-    root = paths.root
+def _in_node(paths: NodePaths, asterisk_args: str, *, sounds: bool) -> list[str]:
+    """Run /usr/sbin/asterisk ARGS chrooted in the root, in a private mount namespace holding
+    this node's configuration, state (and prompts)."""
     q = shlex.quote
+    root = paths.root
+    mounts = [
+        (paths.config, root / "etc/asterisk"),
+        (paths.etc, root / "etc/asterisk/instance"),
+        (paths.var, root / VAR_MOUNT),
+    ]
+    if sounds:
+        mounts.append((paths.sounds, root / SOUNDS_MOUNT))
     script = " && ".join(
-        [
-            f"mount --bind {q(str(paths.config))} {q(str(root / 'etc/asterisk'))}",
-            f"mount --bind {q(str(paths.etc))} {q(str(root / 'etc/asterisk/instance'))}",
-            f"mount --bind {q(str(paths.var))} {q(str(root / VAR_MOUNT))}",
-            f"mount --bind {q(str(paths.sounds))} {q(str(root / SOUNDS_MOUNT))}",
-            f"exec chroot {q(str(root))} /usr/sbin/asterisk -f -C "
-            "/etc/asterisk/instance/asterisk.conf -U asterisk -G asterisk",
-        ]
+        [f"mount --bind {q(str(src))} {q(str(dst))}" for src, dst in mounts]
+        + [f"exec chroot {q(str(root))} /usr/sbin/asterisk {asterisk_args}"]
     )
     return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script]
+
+
+def launch_command(paths: NodePaths) -> list[str]:
+    """The command that runs Asterisk in the foreground in its own mount namespace."""
+    return _in_node(
+        paths,
+        "-f -C /etc/asterisk/instance/asterisk.conf -U asterisk -G asterisk",
+        sounds=True,
+    )
 
 
 def cli_command(paths: NodePaths, command: str) -> list[str]:
     """`asterisk -rx COMMAND` against this node's control socket, run in the root."""
-    q = shlex.quote
-    root = paths.root
-    script = " && ".join(
-        [
-            f"mount --bind {q(str(paths.config))} {q(str(root / 'etc/asterisk'))}",
-            f"mount --bind {q(str(paths.etc))} {q(str(root / 'etc/asterisk/instance'))}",
-            f"mount --bind {q(str(paths.var))} {q(str(root / VAR_MOUNT))}",
-            f"exec chroot {q(str(root))} /usr/sbin/asterisk -C "
-            f"/etc/asterisk/instance/asterisk.conf -rx {q(command)}",
-        ]
+    return _in_node(
+        paths, f"-C /etc/asterisk/instance/asterisk.conf -rx {shlex.quote(command)}", sounds=False
     )
-    return ["unshare", "--mount", "--propagation", "private", "sh", "-ec", script]
 
 
 def run_cli(paths: NodePaths, command: str, timeout: float = 10.0) -> str:

@@ -30,6 +30,7 @@ import yaml
 import redis
 from acd.adapters.ami import AmiClient
 from acd.config import Settings, load_settings
+from acd.errors import AmiActionFailed
 from acd.protocol.ami import AmiMessage
 from acd.runtime.asterisk import node_paths, run_cli
 from tests.integration import sipp
@@ -322,6 +323,16 @@ async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
     try:
         await client.wait_connected(timeout=15)
         yield log
+        # A test that failed may leave calls up (its SIPp caller was killed without a BYE, and
+        # SIPp sends no RTP that would time them out): hang them up so the next test starts
+        # with every agent free.
+        # (Blocking calls in a test, such as the CLI, can make Asterisk drop this session for not
+        # reading in time; it reconnects by itself.)
+        await client.wait_connected(timeout=15)
+        if await client.send_list_action("CoreShowChannels"):
+            with contextlib.suppress(AmiActionFailed):
+                await client.send_action("Hangup", {"Channel": "/^PJSIP\\/.*/"})
+            await asyncio.sleep(6)  # the agents' wrap-up
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

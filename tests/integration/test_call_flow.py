@@ -63,7 +63,11 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
         assert call["skill"] == "presale"
         assert call["agent"] == agent
         assert call["path"] == "vip_check,welcome,root,promo_rules,q_presale"
-        assert stack.redis.hget(stack.key("agent", agent), "state") in {"reserved", "on_call"}
+        assert stack.redis.hget(stack.key("agent", agent), "state") in {
+            "reserved",
+            "ringing",
+            "on_call",
+        }
         # The menu prompts were played by the AGI session (Asterisk reports the AGI commands).
         played = ami_events.matching(
             lambda e: (
