@@ -359,6 +359,38 @@ def played(events: EventLog, uid: str) -> list[str]:
     return out
 
 
+async def caller_uid(events: EventLog, caller_id: str, timeout: float = 20) -> str:
+    """Wait for the channel of the SIPp caller with this caller ID; return its Uniqueid."""
+    await events.wait_for(
+        lambda e: e.event == "Newchannel" and e.get("CallerIDNum") == caller_id, timeout=timeout
+    )
+    uid = uid_of_caller(events, caller_id)
+    assert uid is not None
+    return uid
+
+
+def agent_of_channel(channel: str) -> str:
+    """PJSIP/agent-1001-0000000a -> 1001"""
+    return channel.removeprefix("PJSIP/agent-").split("-")[0]
+
+
+async def bridge_partner(events: EventLog, uid: str, timeout: float = 40) -> AmiMessage:
+    """Wait until the caller `uid` enters a bridge with an agent; return the agent's BridgeEnter."""
+    (enter,) = await events.wait_for(
+        lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=timeout
+    )
+    bridge = enter.get("BridgeUniqueid")
+    (agent_enter,) = await events.wait_for(
+        lambda e: (
+            e.event == "BridgeEnter"
+            and e.get("BridgeUniqueid") == bridge
+            and (e.get("Channel") or "").startswith("PJSIP/agent-")
+        ),
+        timeout=10,
+    )
+    return agent_enter
+
+
 def uid_of_caller(events: EventLog, caller_id: str) -> str | None:
     for e in events.events:
         if e.event == "Newchannel" and e.get("CallerIDNum") == caller_id:

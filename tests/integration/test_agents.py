@@ -9,35 +9,21 @@ import time
 import pytest
 
 from tests.integration import sipp
-from tests.integration.conftest import PORTS, EventLog, Stack, uid_of_caller
+from tests.integration.conftest import (
+    PORTS,
+    EventLog,
+    Stack,
+    agent_of_channel,
+    bridge_partner,
+    caller_uid,
+)
 from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 
-async def _uid(events: EventLog, caller_id: str) -> str:
-    await events.wait_for(
-        lambda e: e.event == "Newchannel" and e.get("CallerIDNum") == caller_id, timeout=20
-    )
-    uid = uid_of_caller(events, caller_id)
-    assert uid is not None
-    return uid
-
-
 async def _agent_of(events: EventLog, uid: str, timeout: float = 40) -> str:
-    (enter,) = await events.wait_for(
-        lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=timeout
-    )
-    bridge = enter.get("BridgeUniqueid")
-    (agent,) = await events.wait_for(
-        lambda e: (
-            e.event == "BridgeEnter"
-            and e.get("BridgeUniqueid") == bridge
-            and (e.get("Channel") or "").startswith("PJSIP/agent-")
-        ),
-        timeout=10,
-    )
-    return (agent.get("Channel") or "").removeprefix("PJSIP/agent-").split("-")[0]
+    return agent_of_channel((await bridge_partner(events, uid, timeout)).get("Channel") or "")
 
 
 def _agent_cli(stack: Stack, action: str, agent: str, reason: str = "") -> None:
@@ -66,11 +52,11 @@ async def test_a_tier_head_start_puts_a_later_caller_first(
     stack.redis.hset(stack.key("tiers"), "5552002", "gold")
     regular = stack.call(Script().at(1.0, "10").wait(40), "5552001")
     try:
-        uid_regular = await _uid(ami_events, "5552001")
+        uid_regular = await caller_uid(ami_events, "5552001")
         await asyncio.sleep(5)
         gold = stack.call(Script().at(1.0, "10").wait(30), "5552002")
         try:
-            uid_gold = await _uid(ami_events, "5552002")
+            uid_gold = await caller_uid(ami_events, "5552002")
             deadline = time.monotonic() + 20
             while stack.redis.zcard(stack.key("q", "presale")) < 2:
                 assert time.monotonic() < deadline, "both callers should be queued"
@@ -110,7 +96,7 @@ async def test_a_missed_agent_is_paused_and_the_caller_served_next_by_another(
     _agent_cli(stack, "login", "1009")
     caller = stack.call(Script().at(1.0, "10").wait(40), "5552003")
     try:
-        uid = await _uid(ami_events, "5552003")
+        uid = await caller_uid(ami_events, "5552003")
         (dial_end,) = await ami_events.wait_for(
             lambda e: (
                 e.event == "UserEvent"
@@ -146,7 +132,7 @@ async def test_after_a_call_the_agent_wraps_up_then_takes_the_next_caller(
     _agent_cli(stack, "pause", "1001", "meeting")
     first = stack.call(Script().at(1.0, "10").wait(6), "5552004")
     try:
-        uid = await _uid(ami_events, "5552004")
+        uid = await caller_uid(ami_events, "5552004")
         assert await _agent_of(ami_events, uid) == "1002"
         refused = stack.acd("agent", "pause", "1002")
         assert refused.returncode == 1
@@ -158,7 +144,7 @@ async def test_after_a_call_the_agent_wraps_up_then_takes_the_next_caller(
         await _until_state(stack, "1002", "wrap_up", timeout=5)
         second = stack.call(Script().at(1.0, "10").wait(6), "5552005")
         try:
-            uid2 = await _uid(ami_events, "5552005")
+            uid2 = await caller_uid(ami_events, "5552005")
             (enter,) = await ami_events.wait_for(
                 lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid2, timeout=40
             )
@@ -183,7 +169,7 @@ async def test_escalation_reaches_a_lower_level_agent_after_the_configured_wait(
     await _until_state(stack, "1004", "available", timeout=30)
     caller = stack.call(Script().at(1.0, "4").wait(34), "5552006")
     try:
-        uid = await _uid(ami_events, "5552006")
+        uid = await caller_uid(ami_events, "5552006")
         deadline = time.monotonic() + 20
         while not stack.redis.hget(stack.key("call", uid), "enqueued_at"):
             assert time.monotonic() < deadline, "the caller should be queued"
@@ -217,7 +203,7 @@ async def test_the_wait_estimate_is_measured_against_actual_waits(
     callers = []
     try:
         callers.append(stack.call(Script().at(1.0, "3"), "5552100", remote_hangup=True))
-        uid = await _uid(ami_events, "5552100")
+        uid = await caller_uid(ami_events, "5552100")
         await ami_events.wait_for(
             lambda e: e.event == "Hangup" and e.get("Uniqueid") == uid, timeout=30
         )

@@ -8,44 +8,18 @@ import time
 
 import pytest
 
-from acd.protocol.ami import AmiMessage
-from tests.integration.conftest import EventLog, Stack, uid_of_caller
+from tests.integration.conftest import (
+    EventLog,
+    Stack,
+    agent_of_channel,
+    bridge_partner,
+    caller_uid,
+)
 from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 PRESALE_AGENTS = {"1001", "1002"}  # the sample agents with the skill behind option 1
-
-
-def _agent_of_channel(channel: str) -> str:
-    # PJSIP/agent-1001-0000000a -> 1001
-    return channel.removeprefix("PJSIP/agent-").split("-")[0]
-
-
-async def _uid(events: EventLog, caller_id: str) -> str:
-    await events.wait_for(
-        lambda e: e.event == "Newchannel" and e.get("CallerIDNum") == caller_id, timeout=15
-    )
-    uid = uid_of_caller(events, caller_id)
-    assert uid is not None
-    return uid
-
-
-async def _bridge_partner(events: EventLog, uid: str, timeout: float = 40) -> AmiMessage:
-    """Wait until the caller `uid` enters a bridge with an agent; return the agent's BridgeEnter."""
-    (enter,) = await events.wait_for(
-        lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=timeout
-    )
-    bridge = enter.get("BridgeUniqueid")
-    (agent_enter,) = await events.wait_for(
-        lambda e: (
-            e.event == "BridgeEnter"
-            and e.get("BridgeUniqueid") == bridge
-            and (e.get("Channel") or "").startswith("PJSIP/agent-")
-        ),
-        timeout=10,
-    )
-    return agent_enter
 
 
 async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
@@ -55,9 +29,9 @@ async def test_pressing_1_bridges_the_caller_to_an_agent_with_that_skill(
     presale agent; Redis records the connection and frees the agent after the call."""
     caller = stack.call(Script().at(1.0, "10").wait(6), caller_id="5550101")
     try:
-        uid = await _uid(ami_events, "5550101")
-        agent_enter = await _bridge_partner(ami_events, uid)
-        agent = _agent_of_channel(agent_enter.get("Channel") or "")
+        uid = await caller_uid(ami_events, "5550101")
+        agent_enter = await bridge_partner(ami_events, uid)
+        agent = agent_of_channel(agent_enter.get("Channel") or "")
         assert agent in PRESALE_AGENTS
         call = stack.redis.hgetall(stack.key("call", uid))
         assert call["skill"] == "presale"
@@ -96,10 +70,10 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
     first = stack.call(Script().at(1.0, "10").wait(5), caller_id="5550201")
     second = stack.call(Script().at(1.0, "10").wait(20), caller_id="5550202")
     try:
-        uid1 = await _uid(ami_events, "5550201")
-        uid2 = await _uid(ami_events, "5550202")
-        agent1 = _agent_of_channel((await _bridge_partner(ami_events, uid1)).get("Channel") or "")
-        agent2 = _agent_of_channel((await _bridge_partner(ami_events, uid2)).get("Channel") or "")
+        uid1 = await caller_uid(ami_events, "5550201")
+        uid2 = await caller_uid(ami_events, "5550202")
+        agent1 = agent_of_channel((await bridge_partner(ami_events, uid1)).get("Channel") or "")
+        agent2 = agent_of_channel((await bridge_partner(ami_events, uid2)).get("Channel") or "")
         assert {agent1, agent2} == PRESALE_AGENTS
 
         third = stack.call(
@@ -107,7 +81,7 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
             caller_id="5550203",
         )
         try:
-            uid3 = await _uid(ami_events, "5550203")
+            uid3 = await caller_uid(ami_events, "5550203")
             await ami_events.wait_for(
                 lambda e: (
                     e.event == "MusicOnHoldStart"
@@ -122,8 +96,8 @@ async def test_a_caller_waits_with_music_until_an_agent_frees_up(
             (hangup1,) = await ami_events.wait_for(
                 lambda e: e.event == "Hangup" and e.get("Uniqueid") == uid1, timeout=20
             )
-            agent3_enter = await _bridge_partner(ami_events, uid3, timeout=20)
-            assert _agent_of_channel(agent3_enter.get("Channel") or "") == agent1
+            agent3_enter = await bridge_partner(ami_events, uid3, timeout=20)
+            assert agent_of_channel(agent3_enter.get("Channel") or "") == agent1
             assert ami_events.events.index(agent3_enter) > ami_events.events.index(hangup1)
             assert stack.redis.zcard(stack.key("q", "presale")) == 0
             assert third.wait(40) == 0
@@ -164,9 +138,9 @@ async def test_a_dropped_ami_connection_is_survived(stack: Stack, ami_events: Ev
     await ami_events.client.wait_connected(timeout=15)
     caller = stack.call(Script().at(1.0, "4").wait(4), caller_id="5550301")
     try:
-        uid = await _uid(ami_events, "5550301")
-        agent_enter = await _bridge_partner(ami_events, uid)
-        assert _agent_of_channel(agent_enter.get("Channel") or "") in {"1002", "1004"}
+        uid = await caller_uid(ami_events, "5550301")
+        agent_enter = await bridge_partner(ami_events, uid)
+        assert agent_of_channel(agent_enter.get("Channel") or "") in {"1002", "1004"}
         assert stack.redis.hget(stack.key("call", uid), "skill") == "aftersales"
         assert caller.wait(30) == 0
     finally:

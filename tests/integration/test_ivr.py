@@ -12,13 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from acd.protocol.ami import AmiMessage
 from tests.integration.conftest import (
     EventLog,
     Stack,
+    agent_of_channel,
     agi_commands,
+    bridge_partner,
+    caller_uid,
     played,
-    uid_of_caller,
 )
 from tests.integration.sipp import ANSWER_SECONDS, Script, prompt_seconds
 
@@ -42,15 +43,6 @@ def core_seconds(name: str) -> float:
     return (sounds / f"{name}.gsm").stat().st_size / 33 * 0.02
 
 
-async def _uid(events: EventLog, caller_id: str, timeout: float = 20) -> str:
-    await events.wait_for(
-        lambda e: e.event == "Newchannel" and e.get("CallerIDNum") == caller_id, timeout=timeout
-    )
-    uid = uid_of_caller(events, caller_id)
-    assert uid is not None
-    return uid
-
-
 def _variable_set(events: EventLog, uid: str, name: str) -> str | None:
     """The value the AGI session gave a channel variable (SET VARIABLE NAME VALUE)."""
     for command in agi_commands(events, uid):
@@ -66,26 +58,13 @@ async def _bridged_agent(events: EventLog, uid: str, timeout: float = 60) -> str
         lambda e: e.event == "DialEnd" and e.get("Uniqueid") == uid, timeout=timeout
     )
     assert dial_end.get("DialStatus") == "ANSWER"
-    (enter,) = await events.wait_for(
-        lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=10
-    )
-    bridge = enter.get("BridgeUniqueid")
-
-    def agent_in_bridge(e: AmiMessage) -> bool:
-        return (
-            e.event == "BridgeEnter"
-            and e.get("BridgeUniqueid") == bridge
-            and (e.get("Channel") or "").startswith("PJSIP/agent-")
-        )
-
-    (agent,) = await events.wait_for(agent_in_bridge, timeout=10)
-    return (agent.get("Channel") or "").removeprefix("PJSIP/agent-").split("-")[0]
+    return agent_of_channel((await bridge_partner(events, uid, 10)).get("Channel") or "")
 
 
 async def _queued_and_served(
     events: EventLog, caller_id: str, skill: str, timeout: float = 60
 ) -> tuple[str, str]:
-    uid = await _uid(events, caller_id)
+    uid = await caller_uid(events, caller_id)
     agent = await _bridged_agent(events, uid, timeout=timeout)
     assert _variable_set(events, uid, "ACD_QUEUE") == skill, agi_commands(events, uid)
     assert agent in AGENTS[skill]
@@ -210,7 +189,7 @@ async def test_a_controller_killed_mid_call_leaves_the_caller_on_the_static_path
     pid = stack.controller_pid()
     caller = stack.call(Script().at(12.0, "1").until(30), "5551309")
     try:
-        uid = await _uid(ami_events, "5551309")
+        uid = await caller_uid(ami_events, "5551309")
         await ami_events.wait_for(
             lambda e: (
                 e.event == "AGIExecStart"
@@ -291,7 +270,7 @@ async def test_accepting_the_callback_offer_records_it_and_hangs_up(
     try:
         caller = stack.call(Script().at(1.0, "1").at(3.0, "1"), "5551312", remote_hangup=True)
         try:
-            uid = await _uid(ami_events, "5551312")
+            uid = await caller_uid(ami_events, "5551312")
             await ami_events.wait_for(
                 lambda e: e.event == "Hangup" and e.get("Uniqueid") == uid, timeout=30
             )
