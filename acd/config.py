@@ -150,6 +150,9 @@ class Agent(_Frozen):
     skills: dict[Name, SkillLevel]
     contact: Address | None = None
     auto_login: bool | None = None  # None: agent_policy.auto_login
+    # The Asterisk node the agent's phone belongs to (None: this node). Callers on another node
+    # reach the agent over the inter-node trunk to it (`nodes`).
+    node: Name | None = None
 
 
 class Trunk(_Frozen):
@@ -242,6 +245,9 @@ class Settings(_Frozen):
     skills: Annotated[list[Skill], Field(min_length=1)]
     agents: list[Agent] = Field(default_factory=list)
     trunks: list[Trunk] = Field(default_factory=list)
+    # Multi-node: the SIP address of every other Asterisk node sharing this Redis. Each pair of
+    # nodes is joined by an inter-node PJSIP trunk (endpoint acd-NODE, recognised by address).
+    nodes: dict[Name, Address] = Field(default_factory=dict)
     lookups: dict[Name, LookupService] = Field(default_factory=dict)
     hours: dict[Name, Hours] = Field(default_factory=dict)
     overload: OverloadSettings = OverloadSettings()
@@ -281,7 +287,15 @@ class Settings(_Frozen):
         _no_duplicates([a.id for a in self.agents], "id", where="agents")
         endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
         _no_duplicates(endpoints, "endpoint", where="agents/trunks")
+        if self.asterisk.node in self.nodes:
+            raise ValueError(f"nodes.{self.asterisk.node}: list the other nodes only, not this one")
         for i, agent in enumerate(self.agents):
+            if agent.node is not None and agent.node != self.asterisk.node:
+                if agent.node not in self.nodes:
+                    raise ValueError(
+                        f"agents[{i}].node: unknown node {agent.node!r} (this node is "
+                        f"{self.asterisk.node!r}; others go under 'nodes')"
+                    )
             if not agent.skills:
                 raise ValueError(f"agents[{i}].skills: agent {agent.id} has no skill")
             for skill_name in agent.skills:
@@ -294,6 +308,20 @@ class Settings(_Frozen):
 
     def agent_contact_for(self, agent: Agent) -> Address:
         return agent.contact or self.agent_contact
+
+    def is_local(self, agent: Agent) -> bool:
+        """Whether the agent's phone is on this Asterisk node."""
+        return agent.node is None or agent.node == self.asterisk.node
+
+    def local_agents(self) -> list[Agent]:
+        return [a for a in self.agents if self.is_local(a)]
+
+    def agent_dial(self, agent: Agent) -> str:
+        """The Dial() target reaching this agent from this node: its endpoint, or its id over
+        the inter-node trunk to the node it is on."""
+        if self.is_local(agent):
+            return f"PJSIP/{agent.endpoint}"
+        return f"PJSIP/{agent.id}@acd-{agent.node}"
 
     def resolve(self, path: Path) -> Path:
         """A path from the file, made absolute against the file's directory."""

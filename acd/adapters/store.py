@@ -11,6 +11,7 @@ Keys (all under the configured prefix P):
     P:overload     hash: level (effective), computed, pinned ('' = auto), below_since, updated_at
     P:callback:UID hash of a callback a caller asked for; P:callbacks:SKILL orders them by the
                    caller's original place (score = enqueue time - head start)
+    P:connect:NODE list of claimed callers handed to the controller of the node that holds them
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
@@ -69,6 +70,7 @@ class Claim:
     uid: str
     agent_id: str
     skill: str
+    node: str = ""  # the Asterisk node holding the caller's channel
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,15 @@ def _script(name: str) -> str:
 class RedisStore:
     """The controller's view of Redis. Every method is one or two round trips."""
 
-    def __init__(self, url: str, prefix: str, escalation: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        prefix: str,
+        escalation: Mapping[str, Any] | None = None,
+        node: str = "",
+    ) -> None:
+        """`node`: this controller's Asterisk node; claims of callers held by other nodes are
+        handed to their controllers (P:connect:NODE). Empty: no hand-off (tools, benchmarks)."""
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
@@ -105,6 +115,7 @@ class RedisStore:
             health_check_interval=10,
         )
         self.prefix = prefix
+        self.node = node
         # {skill: {"min": level, "steps": [[after, min_level | None, [overflow skills]]]}}
         self._rules = json.dumps(escalation or {}, separators=(",", ":"))
         if self._rules == "{}":
@@ -262,21 +273,27 @@ class RedisStore:
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
         when = repr(time.time() if now is None else now)
-        args = [self.prefix, "skill", skill, when, self._rules]
+        args = [self.prefix, "skill", skill, when, self._rules, self.node]
         return self._claim_result(await self._run(self._claim, [], args))
 
     async def claim_for_agent(self, agent_id: str, now: float | None = None) -> Claim | None:
         """This agent (if available) with the best caller whose ring accepts it, or None."""
         when = repr(time.time() if now is None else now)
-        args = [self.prefix, "agent", agent_id, when, self._rules]
+        args = [self.prefix, "agent", agent_id, when, self._rules, self.node]
         return self._claim_result(await self._run(self._claim, [], args))
 
     @staticmethod
     def _claim_result(result: Any) -> Claim | None:
         if not result:
             return None
-        uid, agent_id, skill = result
-        return Claim(uid=str(uid), agent_id=str(agent_id), skill=str(skill))
+        uid, agent_id, skill, node = result
+        return Claim(uid=str(uid), agent_id=str(agent_id), skill=str(skill), node=str(node))
+
+    async def next_handoff(self, block: float) -> str | None:
+        """The next caller another controller claimed for an agent and handed to this node, or
+        None after `block` seconds (blocking on one pooled connection)."""
+        result = await self._call(self._redis.blpop([self.key("connect", self.node)], block))
+        return None if result is None else str(result[1])
 
     async def requeue(self, uid: str) -> bool:
         """Put an offered caller back at the front of its queue."""

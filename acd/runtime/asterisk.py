@@ -137,7 +137,7 @@ def _pjsip_conf(settings: Settings) -> str:
         f"bind = {sip.host}:{sip.port}",
         "",
     ]
-    for agent in settings.agents:
+    for agent in settings.local_agents():
         contact = settings.agent_contact_for(agent)
         out += [
             f"[{agent.endpoint}](agent-endpoint)",
@@ -170,6 +170,21 @@ def _pjsip_conf(settings: Settings) -> str:
                 *(f"match = {m}" for m in trunk.match),
                 "",
             ]
+    for peer, address in sorted(settings.nodes.items()):
+        out += [
+            f"[acd-{peer}](internode-endpoint)",
+            f"aors = acd-{peer}",
+            "",
+            f"[acd-{peer}]",
+            "type = aor",
+            f"contact = sip:{address.host}:{address.port}",
+            "",
+            f"[acd-{peer}-identify]",
+            "type = identify",
+            f"endpoint = acd-{peer}",
+            f"match = {address.host}",
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -207,12 +222,19 @@ def _entries_conf(settings: Settings) -> str:
             f"exten => {entry.number},1,Set(ACD_ENTRY={entry.number})",
             " same => n,Goto(acd-entry,s,1)",
         ]
+    # Calls from other nodes reach this node's agents by agent id, and nothing else.
+    out += ["", "[acd-internode-agents]"]
+    for agent in settings.local_agents():
+        out += [
+            f"exten => {agent.id},1,Set(ACD_AGENT_DIAL=PJSIP/{agent.endpoint})",
+            " same => n,Goto(acd-internode,s,1)",
+        ]
     return "\n".join(out) + "\n"
 
 
 def _queues_conf(settings: Settings) -> str:
     out = ["[acd-fallback](acd-fallback-template)"]
-    out += [f"member => PJSIP/{agent.endpoint}" for agent in settings.agents]
+    out += [f"member => PJSIP/{agent.endpoint}" for agent in settings.local_agents()]
     return "\n".join(out) + "\n"
 
 

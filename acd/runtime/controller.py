@@ -35,7 +35,10 @@ class Controller:
         self.settings = settings
         ami = settings.asterisk.ami
         self.store = RedisStore(
-            settings.redis.url, settings.redis.prefix, settings.escalation_rules()
+            settings.redis.url,
+            settings.redis.prefix,
+            settings.escalation_rules(),
+            node=settings.asterisk.node,
         )
         self.ami = AmiClient(
             host=ami.host,
@@ -130,6 +133,20 @@ class Controller:
                 load=round(value, 2) if value != float("inf") else "inf",
             )
         return new
+
+    async def _take_handoffs(self) -> None:
+        """Callers of this node that another node's controller claimed an agent for (multi-node:
+        only the controller of the caller's node can redirect its channel)."""
+        await self.ready.wait()
+        while True:
+            try:
+                uid = await self.store.next_handoff(block=2.0)
+            except StoreUnavailable as exc:
+                log.warning("dispatch.handoff_store_unavailable", error=str(exc))
+                await asyncio.sleep(1.0)
+                continue
+            if uid is not None:
+                self.dispatcher.handed(uid)
 
     # -- what the admin API steers -----------------------------------------------------------
 
@@ -253,6 +270,7 @@ class Controller:
                     name="admin",
                 )
                 tg.create_task(self._govern(), name="governor")
+                tg.create_task(self._take_handoffs(), name="handoffs")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
             await asyncio.shield(self.lookups.close())

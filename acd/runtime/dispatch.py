@@ -46,11 +46,18 @@ class EventWork:
 
 
 @dataclass(frozen=True)
+class HandoffWork:
+    """Another node's controller claimed an agent for a caller this node holds."""
+
+    uid: str
+
+
+@dataclass(frozen=True)
 class ResyncWork:
     done: asyncio.Future[None]
 
 
-Work = SkillWork | AgentWork | WrapUpDone | EventWork | ResyncWork
+Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
 EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin"})
@@ -68,7 +75,8 @@ class Dispatcher:
         self._store = store
         self._ami = ami
         self._clock = clock
-        self._endpoints = {a.id: a.endpoint for a in settings.agents}
+        self._node = settings.asterisk.node
+        self._agents = {a.id: a for a in settings.agents}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._work: asyncio.Queue[Work] = asyncio.Queue()
         self.connects = 0
@@ -82,6 +90,10 @@ class Dispatcher:
         for step in self._escalation.get(skill, ()):
             if step.after > waited:
                 loop.call_later(step.after - waited, self._work.put_nowait, SkillWork(skill))
+
+    def handed(self, uid: str) -> None:
+        """A caller of this node was claimed by another node's controller: connect it here."""
+        self._work.put_nowait(HandoffWork(uid))
 
     def agent_ready(self, agent_id: str) -> None:
         """An agent may take a caller now (logged in, resumed)."""
@@ -136,6 +148,14 @@ class Dispatcher:
             claim = await self._store.claim_for_agent(work.agent_id)
             if claim is not None:
                 await self._connect(claim)
+        elif isinstance(work, HandoffWork):
+            record = await self._store.call(work.uid)
+            if record is None or record.state != "offered" or not record.agent:
+                # Gone, or put back by a resync meanwhile (which released the agent too).
+                log.info("dispatch.handoff_stale", uniqueid=work.uid)
+                return
+            skill = record.fields.get("skill", "")
+            await self._connect(Claim(work.uid, record.agent, skill, self._node), handed=True)
         elif isinstance(work, WrapUpDone):
             done, _ = await self._store.agent_event(
                 work.agent_id, AgentEvent.WRAP_UP_DONE, self._clock()
@@ -150,21 +170,28 @@ class Dispatcher:
             if not work.done.done():
                 work.done.set_result(None)
 
-    async def _connect(self, claim: Claim) -> None:
+    async def _connect(self, claim: Claim, *, handed: bool = False) -> None:
+        if claim.node and claim.node != self._node:
+            # The claim script handed it to the controller of the caller's node.
+            log.info(
+                "dispatch.handed_off", uniqueid=claim.uid, agent=claim.agent_id, node=claim.node
+            )
+            return
         record = await self._store.call(claim.uid)
-        endpoint = self._endpoints.get(claim.agent_id)
-        if record is None or endpoint is None:
+        agent = self._agents.get(claim.agent_id)
+        if record is None or agent is None:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
         bound = structlog.contextvars.bound_contextvars(
             uniqueid=claim.uid, queue=claim.skill, agent=claim.agent_id
         )
+        dial = self._settings.agent_dial(agent)
         with bound:
             try:
                 for variable, value in (
                     ("ACD_AGENT", claim.agent_id),
-                    ("ACD_AGENT_DIAL", f"PJSIP/{endpoint}"),
+                    ("ACD_AGENT_DIAL", dial),
                 ):
                     await self._ami.send_action(
                         "Setvar",
@@ -189,7 +216,7 @@ class Dispatcher:
                 await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 raise
             self.connects += 1
-            log.info("dispatch.connecting", endpoint=endpoint)
+            log.info("dispatch.connecting", dial=dial, handed=handed)
 
     async def _agent(
         self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""

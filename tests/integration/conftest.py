@@ -50,7 +50,7 @@ PORTS = {
 }
 
 
-def test_config(state: Path) -> dict[str, Any]:
+def deployment_config(state: Path) -> dict[str, Any]:
     """The sample deployment (acd.yaml) moved onto the test ports and a private state directory."""
     config = yaml.safe_load((REPO / "acd.yaml").read_text())
     config["state_dir"] = str(state)
@@ -237,7 +237,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         (state / name).write_text(secrets.token_urlsafe(24))
         os.chmod(state / name, 0o600)
     config_path = state / "acd-test.yaml"
-    config_path.write_text(yaml.safe_dump(test_config(state)))
+    config_path.write_text(yaml.safe_dump(deployment_config(state)))
     settings = load_settings(config_path)
     client = redis.Redis(port=PORTS["redis"], decode_responses=True)
     orders = OrderService(workdir)

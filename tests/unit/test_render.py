@@ -67,3 +67,64 @@ def test_launch_command_runs_asterisk_as_its_own_user_in_a_private_namespace() -
 def test_caller_id_is_reduced_to_digits(raw: str, clean: str) -> None:
     """Caller ID is data: only digits (and a leading +) survive, bounded in length."""
     assert clean_caller_id(raw) == clean
+
+
+def _two_node_settings(tmp_path: Path) -> asterisk.Settings:
+    text = (REPO / "acd.yaml").read_text()
+    text = text.replace(
+        '  - {id: "1003", endpoint: agent-1003,',
+        '  - {id: "1003", node: node-b, endpoint: agent-1003,',
+    )
+    text += "\nnodes:\n  node-b: {host: 10.0.0.2, port: 5060}\n"
+    (tmp_path / "acd.yaml").write_text(text)
+    return load_settings(tmp_path / "acd.yaml")
+
+
+def test_another_node_is_an_internode_trunk_and_its_agents_are_dialled_over_it(
+    tmp_path: Path,
+) -> None:
+    """With node-b listed under `nodes`, node-a gets an inter-node endpoint recognised by node-b's
+    address; agent 1003, whose phone is on node-b, has no endpoint here and is dialled by id over
+    that trunk; node-a's own agents are reachable from node-b by id only."""
+    settings = _two_node_settings(tmp_path)
+    pjsip = asterisk._pjsip_conf(settings)
+    assert "[acd-node-b](internode-endpoint)" in pjsip
+    assert "contact = sip:10.0.0.2:5060" in pjsip
+    assert "match = 10.0.0.2" in pjsip
+    assert "[agent-1003]" not in pjsip
+    assert "[agent-1001](agent-endpoint)" in pjsip
+    by_id = {a.id: a for a in settings.agents}
+    assert settings.agent_dial(by_id["1003"]) == "PJSIP/1003@acd-node-b"
+    assert settings.agent_dial(by_id["1001"]) == "PJSIP/agent-1001"
+    internode = asterisk._entries_conf(settings).split("[acd-internode-agents]")[1]
+    assert "exten => 1001,1,Set(ACD_AGENT_DIAL=PJSIP/agent-1001)" in internode
+    assert "1003" not in internode
+    assert "agent-1003" not in asterisk._queues_conf(settings)
+
+
+def test_an_agent_on_an_unknown_node_is_refused(tmp_path: Path) -> None:
+    text = (
+        (REPO / "acd.yaml")
+        .read_text()
+        .replace(
+            '  - {id: "1003", endpoint: agent-1003,',
+            '  - {id: "1003", node: node-z, endpoint: agent-1003,',
+        )
+    )
+    (tmp_path / "acd.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=r"agents\[2\]\.node: unknown node 'node-z'"):
+        load_settings(tmp_path / "acd.yaml")
+
+
+def test_the_multinode_samples_describe_one_floor() -> None:
+    """examples/multinode: each node lists the other, and both agree on agents and skills."""
+    a = load_settings(REPO / "examples/multinode/node-a.yaml")
+    b = load_settings(REPO / "examples/multinode/node-b.yaml")
+    assert set(a.nodes) == {"node-b"}
+    assert set(b.nodes) == {"node-a"}
+    assert a.agents == b.agents
+    assert a.skills == b.skills
+    assert a.redis == b.redis
+    assert a.nodes["node-b"] == b.asterisk.sip
+    assert b.nodes["node-a"] == a.asterisk.sip
+    assert {x.asterisk.ami.port for x in (a, b)} == {5038, 5039}

@@ -6,8 +6,12 @@
 -- at or above the queue's minimum level, then lower levels, then agents of overflow skills.
 -- 'skill': callers of that queue (best first) against the best agents their ring accepts.
 -- 'agent': that agent (if available) against the best caller, across the queues it may serve.
--- Returns {uid, agent_id, queue skill} or false.
+--   ARGV[6]: the claiming controller's Asterisk node ('' = no hand-off).
+-- A caller held by another node is handed to that node's controller, which alone can redirect
+-- its channel: its uid goes on P:connect:NODE in the same atomic step.
+-- Returns {uid, agent_id, queue skill, caller's node} or false.
 local prefix, mode, which, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local mynode = ARGV[6] or ''
 local rules = cjson.decode(ARGV[5])
 local SCAN = 20  -- callers looked at per queue: the best ones, where a match is decided
 
@@ -124,4 +128,8 @@ for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
 end
 redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
 redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
-return {uid, agent, skill}
+local node = redis.call('HGET', ckey, 'node') or ''
+if mynode ~= '' and node ~= '' and node ~= mynode then
+  redis.call('RPUSH', prefix .. ':connect:' .. node, uid)
+end
+return {uid, agent, skill, node}

@@ -1,0 +1,264 @@
+"""Two Asterisk nodes and two controllers sharing one Redis, joined by an inter-node PJSIP trunk.
+
+Node A listens on 127.0.0.2 and node B on 127.0.0.3 (loopback aliases, so each recognises the
+other and the carrier, on 127.0.0.1, by source address). The presale agents' phones are on node A
+and the payment agents' on node B; callers arrive on both nodes for both queues, so some are
+served across the trunk. Every caller must be served exactly once and no agent double-booked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from acd.adapters.ami import AmiClient
+from tests.integration import sipp
+from tests.integration.conftest import REPO, EventLog, Stack, caller_uid, deployment_config
+from tests.integration.sipp import Script
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+PREFIX = "acdmn"
+AGENTS_PORT = 5270  # a SIPp UAS that answers for every agent, talks 6 s and hangs up
+NODES = {
+    "mn-a": {"host": "127.0.0.2", "sip": 5260, "ami": 5238, "agi": 4773, "admin": 8288},
+    "mn-b": {"host": "127.0.0.3", "sip": 5260, "ami": 5239, "agi": 4774, "admin": 8289},
+}
+# agent -> its node (1001/1002 serve presale, 1003/1004 payment; see acd.yaml)
+HOME = {"1001": "mn-a", "1002": "mn-a", "1003": "mn-b", "1004": "mn-b"}
+
+
+@dataclass
+class Node:
+    name: str
+    config: Path
+    ami_secret: str
+
+    def acd(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "acd", "--config", str(self.config), *args],
+            capture_output=True, text=True, timeout=120, check=False, cwd=REPO,
+        )  # fmt: skip
+
+
+def node_config(stack: Stack, name: str, state: Path) -> dict[str, Any]:
+    """The test deployment on this node's addresses, sharing the test Redis under its own
+    prefix, with the four sample agents spread over the two nodes."""
+    me = NODES[name]
+    config = deployment_config(state)
+    ast = config["asterisk"]
+    ast["node"] = name
+    ast["sip"] = {"host": me["host"], "port": me["sip"]}
+    ast["ami"] = {**ast["ami"], "port": me["ami"]}
+    config["agi"] = {"host": "127.0.0.1", "port": me["agi"]}
+    config["admin"] = {**config["admin"], "port": me["admin"]}
+    config["redis"] = {"url": stack.settings.redis.url, "prefix": PREFIX}
+    config["agent_contact"] = {"host": "127.0.0.1", "port": AGENTS_PORT}
+    config["agents"] = [
+        {**agent, "node": HOME[agent["id"]]} for agent in config["agents"] if agent["id"] in HOME
+    ]
+    config["nodes"] = {
+        other: {"host": n["host"], "port": n["sip"]} for other, n in NODES.items() if other != name
+    }
+    config["agent_policy"] = {"wrap_up": 2, "pause_on_missed": True, "auto_login": True}
+    return config
+
+
+@pytest.fixture(scope="module")
+def nodes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Node]]:
+    stack.redis.delete(*(stack.redis.keys(f"{PREFIX}:*") or [f"{PREFIX}:none"]))
+    agents = sipp.start_agent_that_hangs_up(AGENTS_PORT, 19500, stack.workdir)
+    up: dict[str, Node] = {}
+    try:
+        for name in NODES:
+            state = tmp_path_factory.mktemp(name)
+            for secret_name in ("ami.secret", "admin.token"):
+                (state / secret_name).write_text(secrets.token_urlsafe(24))
+                os.chmod(state / secret_name, 0o600)
+            path = state / "acd.yaml"
+            path.write_text(yaml.safe_dump(node_config(stack, name, state)))
+            node = Node(name, path, (state / "ami.secret").read_text())
+            result = node.acd("up", "--detach")
+            log = state / "acd.log"
+            assert result.returncode == 0, (
+                f"{name}: {result.stderr}\n{log.read_text()[-3000:] if log.exists() else ''}"
+            )
+            up[name] = node
+        yield up
+    finally:
+        for node in up.values():
+            down = node.acd("down")
+            assert down.returncode == 0, down.stderr
+        agents.stop()
+
+
+@pytest.fixture
+async def observers(nodes: dict[str, Node]) -> AsyncIterator[dict[str, StampedLog]]:
+    """An AMI session on each node, recording what it reports; each event is stamped with the
+    time it arrived (EventLog.times)."""
+    logs: dict[str, StampedLog] = {}
+    clients, tasks = [], []
+    try:
+        for name, node in nodes.items():
+            log = StampedLog()
+            client = AmiClient(
+                host="127.0.0.1", port=NODES[name]["ami"], username="acd",
+                secret=node.ami_secret, ping_interval=5.0,
+            )  # fmt: skip
+            client.add_listener(log)
+            clients.append(client)
+            tasks.append(asyncio.ensure_future(client.run()))
+            await client.wait_connected(timeout=15)
+            logs[name] = log
+        yield logs
+    finally:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for client in clients:
+            await client.close()
+
+
+class StampedLog(EventLog):
+    def __init__(self) -> None:
+        super().__init__()
+        self.times: list[float] = []
+
+    def __call__(self, event: Any) -> None:
+        self.times.append(time.monotonic())
+        super().__call__(event)
+
+
+def _agent_legs(log: StampedLog) -> list[tuple[str, float, float]]:
+    """(agent id, start, end) of every channel to an agent's phone a node created."""
+    started: dict[str, tuple[str, float]] = {}
+    legs = []
+    for event, at in zip(log.events, log.times, strict=True):
+        channel = event.get("Channel") or ""
+        if not channel.startswith("PJSIP/agent-"):
+            continue
+        agent = channel.removeprefix("PJSIP/agent-").split("-")[0]
+        if event.event == "Newchannel":
+            started[channel] = (agent, at)
+        elif event.event == "Hangup" and channel in started:
+            agent, start = started.pop(channel)
+            legs.append((agent, start, at))
+    assert not started, f"agent channels still up: {sorted(started)}"
+    return legs
+
+
+async def test_two_nodes_serve_every_caller_once_across_the_trunk(
+    stack: Stack, nodes: dict[str, Node], observers: dict[str, StampedLog]
+) -> None:
+    """Six callers, three on each node, half for presale (agents on node A) and half for payment
+    (agents on node B): four of them are served across the inter-node trunk. Each is answered
+    exactly once, by an agent of its queue, and no agent ever has two calls at once."""
+    plan = [
+        ("mn-a", "5553001", "3"),  # payment: an agent on node B
+        ("mn-a", "5553002", "3"),
+        ("mn-a", "5553003", "10"),  # presale: on node A itself
+        ("mn-b", "5553004", "10"),  # presale: an agent on node A
+        ("mn-b", "5553005", "10"),
+        ("mn-b", "5553006", "3"),  # payment: on node B itself
+    ]
+    runs = []
+    try:
+        for node, caller_id, digits in plan:
+            port = next(stack._ports)
+            scenario = sipp.caller_scenario(
+                stack.workdir / f"mn-{caller_id}.xml",
+                Script().at(1.0, digits).render(stack.workdir, f"mn-{caller_id}"),
+                caller_id,
+                remote_hangup=True,
+                remote_hangup_within_s=90,
+            )
+            runs.append(
+                sipp.start_caller(
+                    scenario,
+                    f"{NODES[node]['host']}:{NODES[node]['sip']}",
+                    "1000",
+                    port,
+                    media_port=40000 + (port - 5300) * 8,
+                    workdir=stack.workdir,
+                )
+            )
+            await asyncio.sleep(0.5)
+        uids = {
+            caller_id: await caller_uid(observers[node], caller_id) for node, caller_id, _ in plan
+        }
+        # Every caller is answered and then hung up on by the agent's phone (after 6 s of talk).
+        for run in runs:
+            returncode = await asyncio.to_thread(run.wait, 120)
+            assert returncode == 0, run.log.read_text()[-2000:]
+    finally:
+        for run in runs:
+            run.stop()
+    await asyncio.sleep(1.0)  # the last Hangup events
+
+    queue_agents = {"3": {"1003", "1004"}, "10": {"1001", "1002"}}
+    crossed = 0
+    for node, caller_id, digits in plan:
+        log, uid = observers[node], uids[caller_id]
+        ends = [e for e in log.events if e.event == "DialEnd" and e.get("Uniqueid") == uid]
+        answered = [e for e in ends if e.get("DialStatus") == "ANSWER"]
+        assert len(answered) == 1, f"{caller_id}: {[e.get('DialStatus') for e in ends]}"
+        (begin,) = [
+            e
+            for e in log.events
+            if e.event == "DialBegin"
+            and e.get("Uniqueid") == uid
+            and e.get("DestUniqueid") == answered[0].get("DestUniqueid")
+        ]
+        # DialString: agent-1001 (a phone on this node) or 1004@acd-mn-b (over the trunk)
+        dialled = begin.get("DialString") or ""
+        if "@" in dialled:
+            agent, via = dialled.split("@")
+            crossed += 1
+            assert via == f"acd-{HOME[agent]}" != f"acd-{node}", dialled
+        else:
+            agent = dialled.removeprefix("agent-")
+            assert HOME[agent] == node, dialled
+        assert agent in queue_agents[digits], (caller_id, dialled)
+    assert crossed == 4
+
+    # No agent double-booked: its phone's calls, on whichever node dialled them, never overlap.
+    legs = sorted(leg for log in observers.values() for leg in _agent_legs(log))
+    for agent in HOME:
+        mine = [(start, end) for a, start, end in legs if a == agent]
+        assert all(prev[1] <= nxt[0] for prev, nxt in itertools.pairwise(mine)), mine
+    assert len(legs) == 6
+
+    # Redis agrees: nothing waiting, nothing handed over and left, every agent back at work.
+    for skill in ("presale", "payment"):
+        assert stack.redis.zcard(f"{PREFIX}:q:{skill}") == 0
+    for node in NODES:
+        assert stack.redis.llen(f"{PREFIX}:connect:{node}") == 0
+    deadline = time.monotonic() + 10
+    while left := {
+        n: stack.redis.smembers(f"{PREFIX}:calls:{n}")
+        for n in NODES
+        if stack.redis.scard(f"{PREFIX}:calls:{n}")
+    }:
+        assert time.monotonic() < deadline, {
+            n: [stack.redis.hgetall(f"{PREFIX}:call:{u}") for u in us] for n, us in left.items()
+        }
+        await asyncio.sleep(0.2)
+    while any(stack.redis.hget(f"{PREFIX}:agent:{a}", "state") != "available" for a in HOME):
+        assert time.monotonic() < deadline, {
+            a: stack.redis.hget(f"{PREFIX}:agent:{a}", "state") for a in HOME
+        }
+        await asyncio.sleep(0.2)
