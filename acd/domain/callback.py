@@ -1,0 +1,76 @@
+"""Callbacks: when one may be dialled, what an attempt's outcome leads to, and how many may be in
+the queues at once. Pure: time is a parameter.
+
+A callback keeps the caller's place: it joins its skill's queue with the score the caller had
+(join time minus head start), so it is dialled in turn, before callers who joined later. The
+agent is called first; when the agent answers it hears a whisper, then the customer is dialled.
+
+>>> p = CallbackPolicy(attempts=3, retry_delay=120, expiry=3600)
+>>> after_attempt(p, "NOANSWER", attempts=1, requested_at=0.0, now=60.0)
+Retry(at=180.0)
+>>> after_attempt(p, "ANSWER", attempts=1, requested_at=0.0, now=60.0)
+Done(outcome='answered')
+>>> after_attempt(p, "BUSY", attempts=3, requested_at=0.0, now=60.0)
+Done(outcome='failed')
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from acd.domain.hours import BusinessHours
+
+
+@dataclass(frozen=True)
+class CallbackPolicy:
+    attempts: int = 3  # dial attempts of the customer before giving up
+    retry_delay: float = 120.0  # seconds between attempts
+    expiry: float = 4 * 3600.0  # a callback not completed by then is dropped
+    share: float = 0.5  # of the staffed agents, at most this share on callbacks at once
+
+
+@dataclass(frozen=True)
+class Retry:
+    at: float
+
+
+@dataclass(frozen=True)
+class Done:
+    outcome: str  # answered | failed | expired
+
+
+def after_attempt(
+    policy: CallbackPolicy, dial_status: str, attempts: int, requested_at: float, now: float
+) -> Retry | Done:
+    """What follows an attempt whose customer leg ended with `dial_status` (Dial's DIALSTATUS),
+    `attempts` being the attempts made so far (this one included)."""
+    if dial_status == "ANSWER":
+        return Done("answered")
+    if attempts >= policy.attempts:
+        return Done("failed")
+    at = now + policy.retry_delay
+    if at - requested_at >= policy.expiry:
+        return Done("expired")
+    return Retry(at)
+
+
+def may_dial(hours: BusinessHours | None, now: float) -> bool:
+    """Callbacks are only dialled while their hours are open (no hours: always); `now` is epoch
+    seconds."""
+    return hours is None or hours.is_open(datetime.fromtimestamp(now, UTC))
+
+
+def admission_limit(policy: CallbackPolicy, staffed: int) -> int:
+    """How many callbacks may be in the queues or on the phone at once: the configured share of
+    the staffed agents, at least one while anyone is staffed, so they neither starve nor flood.
+
+    >>> admission_limit(CallbackPolicy(share=0.5), staffed=5)
+    2
+    >>> admission_limit(CallbackPolicy(share=0.5), staffed=1), admission_limit(CallbackPolicy(), 0)
+    (1, 0)
+    """
+    if staffed <= 0:
+        return 0
+    return max(1, math.floor(policy.share * staffed))
