@@ -88,7 +88,7 @@ def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> No
         os.chown(d, uid, gid)
     os.chown(paths.var, uid, gid)
     files = {
-        "asterisk.conf": _asterisk_conf(),
+        "asterisk.conf": _asterisk_conf(settings.asterisk.node),
         "pjsip.conf": _pjsip_conf(settings),
         "manager.conf": _manager_conf(settings, ami_secret),
         "globals.conf": _globals_conf(settings),
@@ -104,8 +104,10 @@ def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> No
         tmp.replace(target)
 
 
-def _asterisk_conf() -> str:
-    return """[directories]
+def _asterisk_conf(node: str) -> str:
+    # systemname prefixes every uniqueid with the node's name: calls are keyed by uniqueid in the
+    # shared Redis, and two nodes' counters would otherwise collide.
+    return f"""[directories]
 astetcdir => /etc/asterisk
 astmoddir => /usr/lib/x86_64-linux-gnu/asterisk/modules
 astvarlibdir => /var/lib/asterisk
@@ -119,6 +121,7 @@ astlogdir => /srv/acd/log
 astsbindir => /usr/sbin
 
 [options]
+systemname = {node}
 verbose = 0
 debug = 0
 documentation_language = en_US

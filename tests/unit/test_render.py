@@ -128,3 +128,8 @@ def test_the_multinode_samples_describe_one_floor() -> None:
     assert a.nodes["node-b"] == b.asterisk.sip
     assert b.nodes["node-a"] == a.asterisk.sip
     assert {x.asterisk.ami.port for x in (a, b)} == {5038, 5039}
+
+
+def test_uniqueids_carry_the_node_name() -> None:
+    """Calls are keyed by uniqueid in the shared Redis: each node prefixes them with its name."""
+    assert "systemname = node-b\n" in asterisk._asterisk_conf("node-b")
