@@ -230,6 +230,31 @@ class AgentPolicy(_Frozen):
     auto_login: bool = True
 
 
+class CallbackSettings(_Frozen):
+    """Callbacks: a waiting caller may press 1 (`offer_in_hold`) or take a flow's offer; the
+    callback keeps the caller's place and is dialled agent-first over the best trunk."""
+
+    offer_in_hold: bool = True
+    attempts: Annotated[int, Field(ge=1, le=10)] = 3
+    retry_delay: Annotated[float, Field(ge=1, le=86400)] = 120.0
+    expiry: Annotated[float, Field(ge=60, le=7 * 86400)] = 4 * 3600.0
+    # At most this share of the staffed agents on callbacks at once (at least one).
+    share: Annotated[float, Field(gt=0, le=1)] = 0.5
+    hours: Name | None = None  # a key of `hours`: callbacks are only dialled while it is open
+    ring_timeout: Annotated[int, Field(ge=5, le=120)] = 30  # seconds the customer's phone rings
+    caller_id: Number | None = None  # shown to the customer; default: the number they called
+
+
+class BreakerSettings(_Frozen):
+    """Each outbound trunk's circuit breaker (acd/domain/breaker.py)."""
+
+    window: Annotated[float, Field(gt=0, le=3600)] = 60.0
+    min_calls: Annotated[int, Field(ge=1, le=1000)] = 5
+    failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    open_for: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    probes: Annotated[int, Field(ge=1, le=100)] = 1
+
+
 class Settings(_Frozen):
     """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
 
@@ -252,6 +277,8 @@ class Settings(_Frozen):
     hours: dict[Name, Hours] = Field(default_factory=dict)
     overload: OverloadSettings = OverloadSettings()
     agent_policy: AgentPolicy = AgentPolicy()
+    callbacks: CallbackSettings = CallbackSettings()
+    breaker: BreakerSettings = BreakerSettings()
     # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
     # not absolute precedence: a regular caller who has waited longer than that is served first.
     tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)
@@ -287,6 +314,8 @@ class Settings(_Frozen):
         _no_duplicates([a.id for a in self.agents], "id", where="agents")
         endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
         _no_duplicates(endpoints, "endpoint", where="agents/trunks")
+        if self.callbacks.hours is not None and self.callbacks.hours not in self.hours:
+            raise ValueError(f"callbacks.hours: {self.callbacks.hours!r} is not a key of hours")
         if self.asterisk.node in self.nodes:
             raise ValueError(f"nodes.{self.asterisk.node}: list the other nodes only, not this one")
         for i, agent in enumerate(self.agents):
@@ -305,6 +334,10 @@ class Settings(_Frozen):
                         f"(known: {', '.join(sorted(known))})"
                     )
         return self
+
+    def outbound_trunks(self) -> list[Trunk]:
+        """Trunks that can carry outbound legs (they have an address), in configured order."""
+        return [t for t in self.trunks if t.address is not None]
 
     def agent_contact_for(self, agent: Agent) -> Address:
         return agent.contact or self.agent_contact

@@ -44,6 +44,9 @@ class Supervised(Protocol):
         self, who: str, agent_id: str, action: str, reason: str
     ) -> dict[str, Any]: ...
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int: ...
+    async def callbacks(self) -> list[dict[str, str]]: ...
+    def trunk_summary(self) -> dict[str, dict[str, Any]]: ...
+    async def trunk_action(self, who: str, name: str, action: str) -> dict[str, Any]: ...
 
 
 class ApiError(Exception):
@@ -177,6 +180,19 @@ def build_app(token: str, target: Supervised) -> web.Application:
                 )
         return web.json_response({"updated": await target.set_tiers(who, tiers)})
 
+    async def get_callbacks(_: web.Request) -> web.Response:
+        return web.json_response({"callbacks": await target.callbacks()})
+
+    async def get_trunks(_: web.Request) -> web.Response:
+        return web.json_response({"trunks": target.trunk_summary()})
+
+    async def post_trunk(request: web.Request) -> web.Response:
+        who = _who(request)
+        name, action = request.match_info["trunk"], request.match_info["action"]
+        if name not in target.trunk_summary():
+            raise ApiError(404, "unknown_trunk", f"no outbound trunk {name!r}")
+        return web.json_response(await target.trunk_action(who, name, action))
+
     app = web.Application(middlewares=[guard], client_max_size=8 * 1024 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -190,6 +206,9 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_get("/agents", get_agents)
     app.router.add_put("/agents/{agent}", put_agent)
     app.router.add_put("/tiers", put_tiers)
+    app.router.add_get("/callbacks", get_callbacks)
+    app.router.add_get("/trunks", get_trunks)
+    app.router.add_post(r"/trunks/{trunk}/{action:trip|reset}", post_trunk)
     return app
 
 

@@ -9,9 +9,13 @@ Keys (all under the configured prefix P):
     P:tiers        hash caller ID -> customer tier (e.g. vip)
     P:menu_mode    hash entry number -> normal | fallback | auto (absent: normal)
     P:overload     hash: level (effective), computed, pinned ('' = auto), below_since, updated_at
-    P:callback:UID hash of a callback a caller asked for; P:callbacks:SKILL orders them by the
-                   caller's original place (score = enqueue time - head start)
+    P:callback:ID  hash of a callback a caller asked for (number, skill, the caller's original
+                   score and join time, attempts, state pending|queued|answered|failed|expired|
+                   unknown); P:callbacks:due orders the pending ones by when they may be dialled,
+                   P:callbacks:active holds those in a queue or on the phone. Each attempt is
+                   a virtual caller P:call:cb-ID-N in its queue, at the caller's original place.
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
+    P:trunk_trips  hash trunk -> who tripped its breaker by hand (until reset)
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
@@ -91,6 +95,14 @@ class CallRecord:
         return self.fields.get("agent", "")
 
 
+_LEAVE_QUEUE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
+redis.call('ZREM', ARGV[1] .. ':q:' .. redis.call('HGET', KEYS[1], 'skill'), ARGV[2])
+redis.call('HSET', KEYS[1], 'state', 'left_for_callback')
+return 1
+"""
+
+
 def _script(name: str) -> str:
     return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
@@ -125,6 +137,9 @@ class RedisStore:
         self._agent_event = self._redis.register_script(_script("agent_event"))
         self._requeue = self._redis.register_script(_script("requeue"))
         self._end_call = self._redis.register_script(_script("end_call"))
+        self._callback_admit = self._redis.register_script(_script("callback_admit"))
+        self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
+        self._callback_finish = self._redis.register_script(_script("callback_finish"))
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -466,25 +481,81 @@ class RedisStore:
         return LoadSnapshot(waiting, talking, staffed, by_skill)
 
     async def register_callback(
-        self, *, uid: str, number: str, skill: str, score: float, fields: Mapping[str, str]
+        self,
+        *,
+        uid: str,
+        number: str,
+        skill: str,
+        score: float,
+        enqueued_at: float,
+        now: float,
+        fields: Mapping[str, str],
     ) -> None:
-        """Record a callback request durably, keeping the caller's place (its score)."""
+        """Record a callback request durably, keeping the caller's place (its score and join
+        time), due at once; if the caller was waiting, it leaves the queue in the same step."""
         mapping: dict[str, str] = {
             **fields,
             "uid": uid,
             "number": number,
             "skill": skill,
             "score": repr(score),
+            "enqueued_at": repr(enqueued_at),
+            "requested_at": repr(now),
+            "attempts": "0",
             "state": "pending",
         }
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.hset(self.key("callback", uid), mapping=mapping)  # type: ignore[arg-type]
                 pipe.expire(self.key("callback", uid), CALLBACK_TTL_SECONDS)
-                pipe.zadd(self.key("callbacks", skill), {uid: score})
+                pipe.zadd(self.key("callbacks", "due"), {uid: now})
+                pipe.zrem(self.key("q", skill), uid)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def leave_queue(self, uid: str) -> bool:
+        """Take a waiting caller out of its queue (it asked for a callback), unless an agent was
+        claimed for it meanwhile. The call stays known until its channel hangs up."""
+        return bool(await self._run(self._leave_queue, [self.key("call", uid)], [self.prefix, uid]))
+
+    async def admit_callbacks(
+        self, now: float, limit: int, expiry: float, open_skills: Iterable[str]
+    ) -> tuple[list[str], list[str]]:
+        """Put due callbacks into their queues (see lua/callback_admit.lua). Returns (the skills
+        that got one, the callbacks that expired)."""
+        args: list[Any] = [self.prefix, repr(now), self.node, limit, repr(expiry), CALL_TTL_SECONDS]
+        admitted, expired = await self._run(self._callback_admit, [], args + list(open_skills))
+        return [str(s) for s in admitted], [str(e) for e in expired]
+
+    async def finish_callback_attempt(
+        self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0
+    ) -> bool:
+        """Close the attempt `uid` of `callback` with `outcome` (see lua/callback_finish.lua)."""
+        args = [self.prefix, callback, uid, repr(now), outcome, repr(at), status]
+        return bool(await self._run(self._callback_finish, [], args))
+
+    async def callback(self, callback: str) -> dict[str, str]:
+        raw = await self._call(self._redis.hgetall(self.key("callback", callback)))
+        return {str(k): str(v) for k, v in raw.items()}
+
+    async def callbacks(self) -> list[dict[str, str]]:
+        """Every callback Redis holds (for status and tests), oldest place first."""
+        keys = [k async for k in self._redis.scan_iter(match=self.key("callback", "*"), count=500)]
+        out = []
+        for key in keys:
+            raw = await self._call(self._redis.hgetall(key))
+            out.append({str(k): str(v) for k, v in raw.items()})
+        return sorted(out, key=lambda c: float(c.get("score") or 0))
+
+    async def trunk_trips(self) -> set[str]:
+        return {str(k) for k in await self._call(self._redis.hkeys(self.key("trunk_trips")))}
+
+    async def set_trunk_trip(self, name: str, who: str, now: float) -> None:
+        await self._call(self._redis.hset(self.key("trunk_trips"), name, f"{who} {now!r}"))
+
+    async def clear_trunk_trip(self, name: str) -> None:
+        await self._call(self._redis.hdel(self.key("trunk_trips"), name))
 
     async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
         await self._call(

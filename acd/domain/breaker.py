@@ -72,6 +72,12 @@ class Breaker:
         if self.state(now) == "half_open":
             self._probes_out += 1
 
+    def cancel(self, now: float) -> None:
+        """A call placed through this trunk never reached it (e.g. the agent of a callback did
+        not answer): it frees its probe slot and says nothing about the trunk."""
+        if self.state(now) == "half_open":
+            self._probes_out = max(0, self._probes_out - 1)
+
     def record(self, success: bool, now: float) -> None:
         """The outcome of a call through this trunk: success is any answer or a final response
         from the far end that is not the carrier's failure (e.g. the customer was busy)."""

@@ -8,6 +8,7 @@ restarts the controller; callers keep waiting in Asterisk meanwhile).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -20,12 +21,14 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
+from acd.domain.callback import CallbackPolicy, admission_limit, may_dial
 from acd.domain.flow import Flow
 from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
 from acd.errors import AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
+from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
 
@@ -49,14 +52,25 @@ class Controller:
             ping_timeout=ami.ping_timeout,
             on_connected=self._on_ami_connected,
         )
-        self.dispatcher = Dispatcher(settings, self.store, self.ami)
+        self.trunks = TrunkBoard(settings, self.store)
+        self.dispatcher = Dispatcher(settings, self.store, self.ami, self.trunks)
         self.ami.add_listener(self.dispatcher.on_ami_event)
         self.lookups = LookupClient(settings.lookups)
+        self._callbacks_due = asyncio.Event()
         self.ivr = IvrService(
-            settings, flows, self.store, self.lookups, self.dispatcher.skill_ready
+            settings,
+            flows,
+            self.store,
+            self.lookups,
+            self.dispatcher.skill_ready,
+            on_callback=self._callbacks_due.set,
         )
         self.agi = FastAgiServer(
-            {"inbound": self.ivr.inbound, "announce": self.ivr.announce},
+            {
+                "inbound": self.ivr.inbound,
+                "announce": self.ivr.announce,
+                "callback": self.ivr.hold_callback,
+            },
             host=settings.agi.host,
             port=settings.agi.port,
             command_timeout=settings.agi.command_timeout,
@@ -119,6 +133,7 @@ class Controller:
 
     async def _govern_once(self, state: GovernorState) -> GovernorState:
         await self.dispatcher.sweep_wrapups()
+        await self.trunks.sync_trips()
         load = await self.store.load(self.settings.skill_names())
         now = time.time()
         value = load_of(load.waiting_total, load.talking, load.staffed)
@@ -133,6 +148,36 @@ class Controller:
                 load=round(value, 2) if value != float("inf") else "inf",
             )
         return new
+
+    async def _admit_callbacks(self) -> None:
+        """Every second, or at once when a caller asks for one: due callbacks join their queues
+        at their caller's place, within the callback hours and the share of agents they may
+        take (the admission script is atomic, so several controllers admit each attempt once)."""
+        cb = self.settings.callbacks
+        policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
+        hours = self.settings.hours[cb.hours].to_domain() if cb.hours else None
+        await self.ready.wait()
+        while True:
+            try:
+                now = time.time()
+                if may_dial(hours, now):
+                    load = await self.store.load(self.settings.skill_names())
+                    admitted, expired = await self.store.admit_callbacks(
+                        now,
+                        admission_limit(policy, load.staffed),
+                        cb.expiry,
+                        self.settings.skill_names(),
+                    )
+                    for skill in admitted:
+                        log.info("callback.admitted", queue=skill)
+                        self.dispatcher.skill_ready(skill)
+                    for callback in expired:
+                        log.warning("callback.expired", callback=callback)
+            except StoreUnavailable as exc:
+                log.warning("callback.store_unavailable", error=str(exc))
+            self._callbacks_due.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._callbacks_due.wait(), 1.0)
 
     async def _take_handoffs(self) -> None:
         """Callers of this node that another node's controller claimed an agent for (multi-node:
@@ -175,6 +220,9 @@ class Controller:
             "menu_modes": await self.menu_modes(),
             "flows": sorted(self.ivr.flows),
             "connects": self.dispatcher.connects,
+            "trunks": self.trunks.summary(),
+            "callbacks": await self.callback_counts(),
+            "callbacks_dialled": self.dispatcher.callbacks_dialled,
             "ivr_turns": self.ivr.turns,
         }
 
@@ -243,6 +291,24 @@ class Controller:
             self.dispatcher.agent_ready(agent_id)
         return {"agent": agent_id, "before": before, "state": after}
 
+    async def callback_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for cb in await self.store.callbacks():
+            state = cb.get("state", "")
+            counts[state] = counts.get(state, 0) + 1
+        return counts
+
+    async def callbacks(self) -> list[dict[str, str]]:
+        return await self.store.callbacks()
+
+    def trunk_summary(self) -> dict[str, dict[str, Any]]:
+        return self.trunks.summary()
+
+    async def trunk_action(self, who: str, name: str, action: str) -> dict[str, Any]:
+        if action == "trip":
+            return await self.trunks.trip(who, name)
+        return await self.trunks.reset(who, name)
+
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
         count = await self.store.set_tiers(tiers)
         await self.store.audit(who, "tiers", "", f"{count} caller IDs", time.time())
@@ -271,6 +337,7 @@ class Controller:
                 )
                 tg.create_task(self._govern(), name="governor")
                 tg.create_task(self._take_handoffs(), name="handoffs")
+                tg.create_task(self._admit_callbacks(), name="callbacks")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
             await asyncio.shield(self.lookups.close())

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 import structlog
 
 from acd.adapters.ami import AmiClient
-from acd.adapters.store import Claim, RedisStore
+from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
 from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
+from acd.runtime.ivr import CALLBACK_NUMBER
+from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
 
@@ -60,7 +63,8 @@ class ResyncWork:
 Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
-EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin"})
+EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse"})
+CALLBACK_ACTIVE = ("offered", "connected")
 
 
 class Dispatcher:
@@ -69,6 +73,7 @@ class Dispatcher:
         settings: Settings,
         store: RedisStore,
         ami: AmiClient,
+        trunks: TrunkBoard,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -76,6 +81,12 @@ class Dispatcher:
         self._ami = ami
         self._clock = clock
         self._node = settings.asterisk.node
+        self._trunks = trunks
+        cb = settings.callbacks
+        self._cb_policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
+        self._cb_hours = settings.hours[cb.hours].to_domain() if cb.hours else None
+        self._entry_number = settings.entries[0].number
+        self.callbacks_dialled = 0
         self._agents = {a.id: a for a in settings.agents}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._work: asyncio.Queue[Work] = asyncio.Queue()
@@ -183,6 +194,9 @@ class Dispatcher:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
+        if record.fields.get("kind") == "callback":
+            await self._dial_callback(claim, record, self._settings.agent_dial(agent))
+            return
         bound = structlog.contextvars.bound_contextvars(
             uniqueid=claim.uid, queue=claim.skill, agent=claim.agent_id
         )
@@ -218,6 +232,114 @@ class Dispatcher:
             self.connects += 1
             log.info("dispatch.connecting", dial=dial, handed=handed)
 
+    async def _dial_callback(self, claim: Claim, record: CallRecord, agent_dial: str) -> None:
+        """A callback reached an agent: originate agent-first. The agent's leg gets the attempt's
+        id as its uniqueid, so its events (and its hangup) are this call's."""
+        now = self._clock()
+        callback = record.fields.get("callback", "")
+        number = record.fields.get("number", "")
+        bound = structlog.contextvars.bound_contextvars(
+            uniqueid=claim.uid, callback=callback, queue=claim.skill, agent=claim.agent_id
+        )
+        with bound:
+            if not CALLBACK_NUMBER.match(number):
+                log.error("dispatch.callback_bad_number")
+                await self._store.finish_callback_attempt(callback, claim.uid, now, "failed", "")
+                await self._end_call(claim.uid)
+                return
+            delay = None
+            if not may_dial(self._cb_hours, now):
+                delay, why = 60.0, "closed"
+            trunk = None if delay is not None else self._trunks.choose()
+            if delay is None and trunk is None:
+                delay, why = self._cb_policy.retry_delay, "no trunk"
+            if delay is not None or trunk is None:
+                log.warning("dispatch.callback_deferred", reason=why)
+                await self._store.finish_callback_attempt(
+                    callback, claim.uid, now, "again", "", at=now + (delay or 60.0)
+                )
+                await self._end_call(claim.uid)
+                return
+            await self._store.set_call_field(claim.uid, "trunk", trunk)
+            variables = {
+                "ACD_CALLBACK": callback,
+                "ACD_AGENT": claim.agent_id,
+                "ACD_CB_DIAL": f"PJSIP/{number}@{trunk}",
+                "ACD_CB_TRUNK": trunk,
+                "ACD_CB_CLI": self._settings.callbacks.caller_id
+                or record.fields.get("entry")
+                or self._entry_number,
+                "ACD_CB_RING": str(self._settings.callbacks.ring_timeout),
+            }
+            try:
+                await self._ami.send_action(
+                    "Originate",
+                    {
+                        "Channel": agent_dial,
+                        "Context": "acd-callback",
+                        "Exten": "s",
+                        "Priority": "1",
+                        "ChannelId": claim.uid,
+                        "Timeout": str(self._settings.asterisk.ring_timeout * 1000),
+                        "CallerID": f"Callback <{number}>",
+                        "Async": "true",
+                        "Variable": [f"{k}={v}" for k, v in variables.items()],
+                    },
+                )
+            except AmiActionFailed as exc:
+                log.warning("dispatch.callback_originate_refused", error=exc.message)
+                self._trunks.cancelled(trunk)
+                await self._store.finish_callback_attempt(
+                    callback, claim.uid, now, "again", "", at=now
+                )
+                await self._end_call(claim.uid)
+                return
+            except AmiError:
+                self._trunks.cancelled(trunk)
+                await self._store.requeue(claim.uid)
+                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
+                raise
+            self.callbacks_dialled += 1
+            log.info("dispatch.callback_dialling", trunk=trunk, dial=agent_dial)
+
+    async def _callback_ended(self, event: AmiMessage) -> None:
+        """AcdCallbackEnd: the attempt's customer leg is over; decide what follows."""
+        uid = event.get("Uniqueid") or ""
+        status = event.get("DialStatus") or ""
+        trunk = event.get("Trunk") or ""
+        record = await self._store.call(uid)
+        callback = event.get("Callback") or (record.fields.get("callback", "") if record else "")
+        fields = await self._store.callback(callback)
+        if not fields:
+            return
+        now = self._clock()
+        if status == "":
+            outcome, at = "again", now  # the customer was never dialled
+        else:
+            decision = after_attempt(
+                self._cb_policy,
+                status,
+                int(fields.get("attempts") or 1),
+                float(fields.get("requested_at") or now),
+                now,
+            )
+            outcome, at = (
+                (decision.outcome, 0.0) if isinstance(decision, Done) else ("retry", decision.at)
+            )
+        if await self._store.finish_callback_attempt(callback, uid, now, outcome, status, at=at):
+            if status == "":
+                self._trunks.cancelled(trunk)
+            else:
+                self._trunks.ended(trunk, status)
+            log.info(
+                "dispatch.callback_attempt_ended",
+                uniqueid=uid,
+                callback=callback,
+                trunk=trunk,
+                dial_status=status,
+                outcome=outcome,
+            )
+
     async def _agent(
         self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""
     ) -> bool:
@@ -234,6 +356,8 @@ class Dispatcher:
     async def _end_call(self, uid: str) -> None:
         """The caller is gone: its agent goes to wrap-up (after talking) or back to work."""
         wrap_up = self._settings.agent_policy.wrap_up
+        if uid.startswith("cb-"):
+            await self._end_callback_leg(uid)
         agent, state = await self._store.end_call(uid, self._clock(), wrap_up)
         if not agent:
             return
@@ -243,6 +367,24 @@ class Dispatcher:
         elif state == AgentState.WRAP_UP:
             loop = asyncio.get_running_loop()
             loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
+
+    async def _end_callback_leg(self, uid: str) -> None:
+        """A callback attempt's agent leg is gone. If no AcdCallbackEnd closed the attempt, the
+        customer was never dialled (the agent did not answer): the attempt does not count, the
+        callback is due again at once, and the agent counts as missed."""
+        record = await self._store.call(uid)
+        if record is None:
+            return
+        callback = record.fields.get("callback", "")
+        now = self._clock()
+        missed = record.state == "offered" and record.agent
+        if missed and self._settings.agent_policy.pause_on_missed:
+            await self._agent(record.agent, AgentEvent.MISSED, uid, reason="missed")
+        if await self._store.finish_callback_attempt(callback, uid, now, "again", "", at=now):
+            trunk = record.fields.get("trunk", "")
+            if trunk:
+                self._trunks.cancelled(trunk)
+            log.info("dispatch.callback_not_dialled", uniqueid=uid, callback=callback)
 
     async def _on_event(self, event: AmiMessage) -> None:
         name = event.event
@@ -267,6 +409,22 @@ class Dispatcher:
                 )
         elif name == "UserEvent":
             await self._on_user_event(event)
+        elif name == "OriginateResponse" and uid.startswith("cb-"):
+            record = await self._store.call(uid)
+            if record is None or not record.agent or record.state != "offered":
+                return
+            if event.get("Response") == "Success":
+                await self._store.record_answer(uid, self._clock())
+                await self._agent(record.agent, AgentEvent.ANSWER, uid)
+                log.info("dispatch.callback_agent_answered", uniqueid=uid, agent=record.agent)
+            else:
+                log.info(
+                    "dispatch.callback_agent_missed",
+                    uniqueid=uid,
+                    agent=record.agent,
+                    reason=event.get("Reason"),
+                )
+                await self._end_call(uid)
 
     async def _on_user_event(self, event: AmiMessage) -> None:
         kind = event.get("UserEvent")
@@ -285,9 +443,25 @@ class Dispatcher:
                     await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
                 else:
                     await self._agent(agent, AgentEvent.RELEASE, uid)
+        elif kind == "AcdCallbackEnd":
+            await self._callback_ended(event)
         elif kind == "AcdHoldExpired":
             log.warning("dispatch.hold_expired", uniqueid=uid)
             await self._end_call(uid)
+
+    async def _resync_callback(self, record: CallRecord) -> None:
+        """A callback attempt claimed before we lost sight of it, whose agent leg is gone. Not
+        originated yet: back to the queue's front. Originated: whether the customer was dialled
+        is unknown, and a callback is dialled at most once, so the attempt ends as 'unknown'."""
+        uid, callback, now = record.uid, record.fields.get("callback", ""), self._clock()
+        if not record.fields.get("trunk"):
+            await self._store.requeue(uid)
+            if record.agent:
+                await self._agent(record.agent, AgentEvent.RELEASE, uid)
+            return
+        await self._store.finish_callback_attempt(callback, uid, now, "unknown", "")
+        log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
+        await self._end_call(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
@@ -298,6 +472,11 @@ class Dispatcher:
         for uid in await self._store.calls_of_node(self._settings.asterisk.node):
             record = await self._store.call(uid)
             channel = live.get(uid)
+            if record is not None and record.fields.get("kind") == "callback":
+                if record.state in CALLBACK_ACTIVE and channel is None:
+                    await self._resync_callback(record)
+                    ended += 1
+                continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
                 await self._end_call(uid)
                 ended += 1

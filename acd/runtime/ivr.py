@@ -46,6 +46,9 @@ log = structlog.get_logger(__name__)
 
 _ENTRY = re.compile(r"^[0-9]{2,20}$")
 _CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
+# A number we may call back: what a caller keys in or its caller ID, digits only (and a leading
+# '+'), 5 to 16 digits; it goes into a dial string, so nothing else passes.
+CALLBACK_NUMBER = re.compile(r"^\+?[0-9]{5,16}$")
 ALL_DIGITS = "0123456789*#"
 FALLBACK_LEVEL = 2  # overload level from which auto mode uses the entry's fallback flow
 
@@ -94,6 +97,7 @@ class IvrService:
         lookups: LookupClient,
         on_enqueued: Callable[[str], None],
         clock: Callable[[], float] = time.time,
+        on_callback: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._flows = dict(flows)
@@ -102,6 +106,7 @@ class IvrService:
         self._store = store
         self._lookups = lookups
         self._on_enqueued = on_enqueued
+        self._on_callback = on_callback
         self._clock = clock
         self.turns = 0
 
@@ -204,6 +209,8 @@ class IvrService:
                 await channel.command("SAY NUMBER", str(minutes), "")
                 await channel.stream_file("queue-minutes")
             await channel.stream_file("queue-thankyou")
+            if self._settings.callbacks.offer_in_hold:
+                await channel.stream_file("acd/callback-press-1")
 
     async def _walk(self, call: _Call, steps: list[Step]) -> None:
         while steps:
@@ -247,7 +254,10 @@ class IvrService:
                 log.info("ivr.lookup", node=step.node, outcome=result.outcome)
                 return run.on_lookup(result.outcome, result.data)
             elif isinstance(step, RegisterCallback):
-                await self._register_callback(call, step)
+                if not await self._register_callback(call, step):
+                    # No number we can call: the caller waits in the queue instead.
+                    await self._enqueue(call, Enqueue(step.node, step.skill, step.priority))
+                    return []
             elif isinstance(step, Enqueue):
                 await self._enqueue(call, step)
                 return []
@@ -299,16 +309,103 @@ class IvrService:
             return ""
         return digits
 
-    async def _register_callback(self, call: _Call, step: RegisterCallback) -> None:
+    async def _register_callback(self, call: _Call, step: RegisterCallback) -> bool:
+        """The caller accepted a callback offered by the flow: confirm the number, record it. The
+        caller had no place yet: its place is now (minus its head start)."""
+        number = await self.confirm_number(call.channel, call.caller_id)
+        if number is None:
+            return False
         now = self._clock()
+        head_start = step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0)
         await self._store.register_callback(
             uid=call.channel.uniqueid,
-            number=call.caller_id,
+            number=number,
             skill=step.skill,
-            score=now - step.priority,
-            fields={"entry": call.entry, "flow": call.run.flow.name, "requested_at": repr(now)},
+            score=now - head_start,
+            enqueued_at=now,
+            now=now,
+            fields={
+                "entry": call.entry,
+                "flow": call.run.flow.name,
+                "caller_id": call.caller_id,
+                "node": self._settings.asterisk.node,
+            },
         )
-        log.info("ivr.callback_requested", node=step.node, queue=step.skill)
+        keyed = number != call.caller_id
+        log.info("ivr.callback_requested", node=step.node, queue=step.skill, keyed=keyed)
+        self._on_callback()
+        return True
+
+    async def confirm_number(self, channel: AgiChannel, caller_id: str) -> str | None:
+        """Which number to call back: the caller ID, confirmed with '#', or another one keyed in
+        and ended with '#'. Two tries; None when no valid number was given."""
+        usable = caller_id if CALLBACK_NUMBER.match(caller_id) else ""
+        for _ in range(2):
+            if usable:
+                digit = _dtmf_or_nothing(
+                    await channel.stream_file("acd/callback-number-is", ALL_DIGITS)
+                )
+                if not digit:
+                    reply = await channel.command("SAY DIGITS", usable, ALL_DIGITS)
+                    code = int(reply.result) if reply.result.isdigit() else 0
+                    digit = _dtmf_or_nothing(chr(code) if 0 < code < 128 else "")
+                if not digit:
+                    digit = _dtmf_or_nothing(
+                        await channel.stream_file("acd/callback-confirm-or-enter", ALL_DIGITS)
+                    )
+            else:
+                digit = _dtmf_or_nothing(
+                    await channel.stream_file("acd/callback-enter-number", ALL_DIGITS)
+                )
+            if not digit:
+                digit = _dtmf_or_nothing(await channel.wait_for_digit(5000))
+            if digit == "#" and usable:
+                return usable
+            keyed = ""
+            while digit and digit != "#" and len(keyed) < 17:
+                keyed += digit
+                digit = _dtmf_or_nothing(await channel.wait_for_digit(5000))
+            if CALLBACK_NUMBER.match(keyed):
+                return keyed
+            if keyed:
+                log.info("ivr.callback_number_invalid", length=len(keyed))
+                await channel.stream_file("invalid")
+        return None
+
+    async def hold_callback(self, channel: AgiChannel) -> None:
+        """A waiting caller pressed 1 in the hold context: confirm the number, then the callback
+        takes the caller's place (its score and join time) and the caller leaves the queue.
+        ACD_RESULT=callback tells the dialplan to say goodbye and hang up."""
+        uid = channel.uniqueid
+        call = await self._store.call(uid)
+        if not self._settings.callbacks.offer_in_hold or call is None or call.state != "queued":
+            return  # not waiting (or being connected right now): back to the music
+        number = await self.confirm_number(channel, call.fields.get("caller_id", ""))
+        if number is None:
+            return
+        now = self._clock()
+        fields = call.fields
+        # Taken out of the queue first: if an agent claimed the caller meanwhile, it stays.
+        if not await self._store.leave_queue(uid):
+            log.info("ivr.callback_too_late", uniqueid=uid)
+            return
+        await self._store.register_callback(
+            uid=uid,
+            number=number,
+            skill=fields.get("skill", ""),
+            score=float(fields.get("score") or now),
+            enqueued_at=float(fields.get("enqueued_at") or now),
+            now=now,
+            fields={
+                "entry": fields.get("entry", ""),
+                "caller_id": fields.get("caller_id", ""),
+                "node": self._settings.asterisk.node,
+                "from_hold": "1",
+            },
+        )
+        await channel.set_variable("ACD_RESULT", "callback")
+        log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
+        self._on_callback()
 
     async def _enqueue(self, call: _Call, step: Enqueue) -> None:
         now = self._clock()

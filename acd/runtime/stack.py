@@ -62,8 +62,52 @@ def state_dir(settings: Settings) -> Path:
     return path
 
 
+class RedisProcess:
+    """The redis-server `acd up` started (or None if one already answered): restarted when it
+    dies, from its append-only file, so what the controllers wrote survives."""
+
+    def __init__(self, host: str, port: int, data: Path) -> None:
+        self.host, self.port, self.data = host, port, data
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        with (self.data / "redis.log").open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    "redis-server",
+                    str(REDIS_CONF),
+                    "--port",
+                    str(self.port),
+                    "--dir",
+                    str(self.data),
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        proc = self.proc
+        _wait_for(
+            lambda: _port_open(self.host, self.port) or proc.poll() is not None, "redis-server", 30
+        )
+        if proc.poll() is not None:
+            raise AcdError(
+                f"redis-server exited with {proc.returncode}; see {self.data / 'redis.log'}"
+            )
+        log.info("stack.redis_started", port=self.port, pid=proc.pid, restarts=self.restarts)
+
+    def keep_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log.error("stack.redis_exited", returncode=self.proc.returncode)
+            self.restarts += 1
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, "redis-server")
+
+
 @contextlib.contextmanager
-def redis_server(settings: Settings) -> Iterator[subprocess.Popen[bytes] | None]:
+def redis_server(settings: Settings) -> Iterator[RedisProcess | None]:
     """Start redis-server on the configured address unless one already answers there."""
     host, port = _redis_address(settings)
     if _port_open(host, port):
@@ -74,21 +118,12 @@ def redis_server(settings: Settings) -> Iterator[subprocess.Popen[bytes] | None]
         raise ConfigError(f"{settings.source}: redis.url: nothing answers on {host}:{port}")
     data = state_dir(settings) / "redis"
     data.mkdir(exist_ok=True)
-    out = (data / "redis.log").open("ab")
-    proc = subprocess.Popen(
-        ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", str(data)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
+    redis = RedisProcess(host, port, data)
     try:
-        _wait_for(lambda: _port_open(host, port) or proc.poll() is not None, "redis-server", 10)
-        if proc.poll() is not None:
-            raise AcdError(f"redis-server exited with {proc.returncode}; see {data / 'redis.log'}")
-        log.info("stack.redis_started", port=port, pid=proc.pid)
-        yield proc
+        redis.start()
+        yield redis
     finally:
-        _stop(proc, "redis-server")
-        out.close()
+        redis.stop()
 
 
 @contextlib.contextmanager
@@ -147,10 +182,12 @@ def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = Tru
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        with redis_server(settings), contextlib.ExitStack() as stack:
+        with redis_server(settings) as redis, contextlib.ExitStack() as stack:
             if with_asterisk:
                 stack.enter_context(asterisk_node(settings))
-            _supervise_controller(config, lambda: stopping)
+            _supervise_controller(
+                config, lambda: stopping, redis.keep_alive if redis else lambda: None
+            )
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -159,7 +196,9 @@ def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = Tru
                 pidfile.unlink()
 
 
-def _supervise_controller(config: Path, stopping: Callable[[], bool]) -> None:
+def _supervise_controller(
+    config: Path, stopping: Callable[[], bool], keep_alive: Callable[[], None]
+) -> None:
     backoff = 0.5
     while not stopping():
         started = time.monotonic()
@@ -171,6 +210,7 @@ def _supervise_controller(config: Path, stopping: Callable[[], bool]) -> None:
         while proc.poll() is None and not stopping():
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(0.2)
+            keep_alive()
         if proc.poll() is None:
             _stop(proc, "controller")
             return

@@ -47,6 +47,8 @@ PORTS = {
     "orders": 8190,
     "dead_phone": 5179,
     "timed_phone": 5178,
+    "carrier": 5190,  # the primary outbound carrier (a SIPp UAS a test starts)
+    "standby": 5191,  # the standby carrier
 }
 
 
@@ -103,6 +105,18 @@ def deployment_config(state: Path) -> dict[str, Any]:
             "auto_login": False,
         }
     )
+    # Outbound carriers for callbacks: a primary and a standby line, SIPp UASes that the
+    # callback tests start (answering, or failing with 503).
+    config["trunks"] += [
+        {"name": "carrier-out", "address": {"host": "127.0.0.1", "port": PORTS["carrier"]},
+         "role": "primary", "capacity": 10},
+        {"name": "standby-out", "address": {"host": "127.0.0.1", "port": PORTS["standby"]},
+         "role": "standby", "capacity": 10},
+    ]  # fmt: skip
+    config["breaker"] = {
+        "window": 120, "min_calls": 2, "failure_rate": 0.5, "open_for": 8, "probes": 1,
+    }  # fmt: skip
+    config["callbacks"] = {"attempts": 3, "retry_delay": 3, "share": 1.0, "ring_timeout": 10}
     config["lookups"] = {
         "order_status": {
             "url": f"http://127.0.0.1:{PORTS['orders']}/orders/{{order}}",
@@ -207,6 +221,17 @@ class Stack:
 
     def key(self, *parts: str) -> str:
         return ":".join(("acdtest", *parts))
+
+    def forget_callbacks(self) -> None:
+        """Remove every callback and its attempts from Redis (between tests)."""
+        r = self.redis
+        for key in r.keys(self.key("callback*")) + r.keys(self.key("call", "cb-*")):
+            r.delete(key)
+        for key in r.keys(self.key("q", "*")) + r.keys(self.key("calls", "*")):
+            members = r.zrange(key, 0, -1) if r.type(key) == "zset" else r.smembers(key)
+            stale = [m for m in members if m.startswith("cb-")]
+            if stale:
+                (r.zrem if r.type(key) == "zset" else r.srem)(key, *stale)
 
     def controller_pid(self) -> int:
         return int((self.state / "controller.pid").read_text())

@@ -217,17 +217,22 @@ def start_caller(
     return SippRun(proc, log)
 
 
-def start_agent_that_hangs_up(port: int, media_port: int, workdir: Path) -> SippRun:
-    """A SIPp UAS that answers, talks 6 s and hangs up (scenarios/agent_hangs_up.xml)."""
-    log = workdir / f"sipp-agent-{port}.log"
+def start_uas(scenario: str, port: int, media_port: int, workdir: Path) -> SippRun:
+    """A SIPp UAS running scenarios/NAME.xml for every call it gets (calls in parallel)."""
+    log = workdir / f"sipp-{scenario}-{port}.log"
     cmd = [
-        "sipp", "-sf", str(SCENARIOS / "agent_hangs_up.xml"), "-i", "127.0.0.1",
-        "-p", str(port), "-mp", str(media_port), "-timeout", "300s", "-nostdin",
-        "-trace_err", "-error_file", str(workdir / f"sipp-agent-{port}.err"),
+        "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1",
+        "-p", str(port), "-mp", str(media_port), "-timeout", "600s", "-nostdin",
+        "-trace_err", "-error_file", str(workdir / f"sipp-{scenario}-{port}.err"),
     ]  # fmt: skip
     with log.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
     return SippRun(proc, log)
+
+
+def start_agent_that_hangs_up(port: int, media_port: int, workdir: Path) -> SippRun:
+    """A SIPp UAS that answers, talks 6 s and hangs up (scenarios/agent_hangs_up.xml)."""
+    return start_uas("agent_hangs_up", port, media_port, workdir)
 
 
 def start_agents_uas(port: int, media_port: int, workdir: Path, timeout_s: int = 600) -> SippRun:

@@ -248,13 +248,11 @@ async def test_two_nodes_serve_every_caller_once_across_the_trunk(
     for node in NODES:
         assert stack.redis.llen(f"{PREFIX}:connect:{node}") == 0
     deadline = time.monotonic() + 10
-    while left := {
-        n: stack.redis.smembers(f"{PREFIX}:calls:{n}")
-        for n in NODES
-        if stack.redis.scard(f"{PREFIX}:calls:{n}")
-    }:
+    while left := {n: stack.redis.smembers(f"{PREFIX}:calls:{n}") for n in NODES} | {}:
+        if not any(left.values()):
+            break
         assert time.monotonic() < deadline, {
-            n: [stack.redis.hgetall(f"{PREFIX}:call:{u}") for u in us] for n, us in left.items()
+            n: {u: stack.redis.hgetall(f"{PREFIX}:call:{u}") for u in us} for n, us in left.items()
         }
         await asyncio.sleep(0.2)
     while any(stack.redis.hget(f"{PREFIX}:agent:{a}", "state") != "available" for a in HOME):

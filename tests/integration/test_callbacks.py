@@ -1,0 +1,306 @@
+"""Callbacks and trunk breakers through the real stack: SIPp customers ask for a callback while
+waiting, SIPp carriers (answering, or failing with 503) take the outbound legs, and the SIPp UAS
+answers for the agents. Assertions are on AMI (the agent-first originate, the dial strings, the
+Dial outcomes) and on Redis (the callback records), and on the admin API for breaker states."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from acd.protocol.ami import AmiMessage
+from tests.integration import sipp
+from tests.integration.conftest import PORTS, EventLog, Stack, caller_uid
+from tests.integration.sipp import Script
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
+
+ORDERS_AGENTS = ("1001", "1003")
+
+
+def _agents(stack: Stack, action: str, *agents: str) -> None:
+    for agent in agents:
+        result = stack.acd("agent", action, agent)
+        assert result.returncode == 0, result.stderr
+
+
+def _api(stack: Stack, method: str, path: str) -> dict[str, Any]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{PORTS['admin']}{path}",
+        method=method,
+        headers={"Authorization": f"Bearer {stack.admin_token}", "X-Acd-User": "test"},
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        return dict(json.load(response))
+
+
+@pytest.fixture
+def orders_paused(stack: Stack) -> Iterator[None]:
+    """The orders agents start paused (callbacks wait at their place); afterwards no callback
+    and no trip is left behind, and the agents are back."""
+    _agents(stack, "pause", *ORDERS_AGENTS)
+    try:
+        yield
+    finally:
+        stack.forget_callbacks()
+        stack.redis.delete(stack.key("trunk_trips"))
+        for agent in ORDERS_AGENTS:
+            if stack.redis.hget(stack.key("agent", agent), "state") == "paused":
+                _agents(stack, "resume", agent)
+
+
+async def _ask_for_callback(stack: Stack, events: EventLog, caller_id: str) -> str:
+    """A customer joins the orders queue (2, then 0), presses 1 while waiting, confirms the
+    number with #, hears the confirmation and is hung up on. Returns its uniqueid."""
+    caller = stack.call(
+        Script().at(1.0, "20").at(6.0, "1").at(8.5, "#"), caller_id, remote_hangup=True
+    )
+    try:
+        uid = await caller_uid(events, caller_id)
+        assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
+    finally:
+        caller.stop()
+    return uid
+
+
+def _dials(events: EventLog, number: str) -> list[AmiMessage]:
+    """DialBegin events of customer legs to `number` (DialString NUMBER@TRUNK)."""
+    return [
+        e
+        for e in events.events
+        if e.event == "DialBegin" and (e.get("DialString") or "").startswith(f"{number}@")
+    ]
+
+
+def _callback_ends(events: EventLog, callback: str) -> list[str]:
+    return [
+        e.get("DialStatus") or ""
+        for e in events.events
+        if e.event == "UserEvent"
+        and e.get("UserEvent") == "AcdCallbackEnd"
+        and e.get("Callback") == callback
+    ]
+
+
+async def _until(check: Any, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        await asyncio.sleep(0.2)
+
+
+async def test_a_callback_keeps_its_place_and_is_dialled_agent_first(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """A waiting caller presses 1 and confirms: the callback takes its place in the orders
+    queue (its original score), ahead of a caller who joined later. When an agent frees up,
+    the agent is called first (its leg's uniqueid is the attempt's id), then the customer over
+    the primary carrier; dialled once, answered, and recorded so in Redis."""
+    carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
+    later = None
+    try:
+        uid = await _ask_for_callback(stack, ami_events, "5554001")
+        attempt = f"cb-{uid}-1"
+        cb = stack.redis.hgetall(stack.key("callback", uid))
+        assert cb["number"] == "5554001"
+        assert cb["from_hold"] == "1"
+        await _until(
+            lambda: stack.redis.zscore(stack.key("q", "orders"), attempt) is not None,
+            "the callback did not join the orders queue",
+        )
+        assert stack.redis.zscore(stack.key("q", "orders"), attempt) == float(cb["score"])
+        later = stack.call(Script().at(1.0, "20").wait(40), "5554002")
+        later_uid = await caller_uid(ami_events, "5554002")
+        await _until(
+            lambda: stack.redis.zscore(stack.key("q", "orders"), later_uid) is not None,
+            "the later caller did not queue",
+        )
+        assert stack.redis.zrange(stack.key("q", "orders"), 0, -1) == [attempt, later_uid]
+
+        _agents(stack, "resume", "1003")
+        created = await ami_events.wait_for(
+            lambda e: e.event == "Newchannel" and e.get("Uniqueid") == attempt, timeout=20
+        )
+        assert {e.get("Channel", "")[: len("PJSIP/agent-1003-")] for e in created} == {
+            "PJSIP/agent-1003-"
+        }, [e.get("Channel") for e in created]
+        (dial,) = await ami_events.wait_for(
+            lambda e: e.event == "DialBegin" and (e.get("DialString") or "").startswith("5554001@"),
+            timeout=20,
+        )
+        assert dial.get("Uniqueid") == attempt
+        assert dial.get("DialString") == "5554001@carrier-out"
+        # The later caller still waits while the callback is on the phone.
+        assert stack.redis.zscore(stack.key("q", "orders"), later_uid) is not None
+        await ami_events.wait_for(
+            lambda e: (
+                e.event == "DialEnd"
+                and e.get("Uniqueid") == attempt
+                and e.get("DialStatus") == "ANSWER"
+            ),
+            timeout=20,
+        )
+        await _until(
+            lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
+            "the callback was not recorded as answered",
+            timeout=30,
+        )
+        assert _callback_ends(ami_events, uid) == ["ANSWER"]
+        assert stack.redis.hget(stack.key("callback", uid), "attempts") == "1"
+        assert stack.redis.scard(stack.key("callbacks", "active")) == 0
+        assert len(_dials(ami_events, "5554001")) == 1
+    finally:
+        if later is not None:
+            later.stop()
+        carrier.stop()
+
+
+async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """The primary carrier answers 503: the first two callbacks fail on it (CONGESTION) and the
+    breaker opens (2 of 2 failed); their retries go out over the standby trunk and are answered.
+    The primary recovers; after the open time the breaker is half-open, a third callback is its
+    probe, is answered over the primary, and the breaker closes."""
+    failing = sipp.start_uas("carrier_503", PORTS["carrier"], 19600, stack.workdir)
+    standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
+    healthy = None
+    try:
+        first = await _ask_for_callback(stack, ami_events, "5554101")
+        second = await _ask_for_callback(stack, ami_events, "5554102")
+        _agents(stack, "resume", *ORDERS_AGENTS)
+        for number, uid in (("5554101", first), ("5554102", second)):
+            await _until(
+                lambda uid=uid: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
+                f"callback {number} was not answered",
+                timeout=90,
+            )
+            strings = [e.get("DialString") for e in _dials(ami_events, number)]
+            assert strings == [f"{number}@carrier-out", f"{number}@standby-out"], strings
+            assert _callback_ends(ami_events, uid) == ["CONGESTION", "ANSWER"]
+        trunks = _api(stack, "GET", "/trunks")["trunks"]
+        assert trunks["carrier-out"]["state"] in ("open", "half_open")
+        assert trunks["standby-out"]["state"] == "closed"
+
+        failing.stop()
+        healthy = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19800, stack.workdir)
+        await _until(
+            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "half_open",
+            "the breaker did not go half-open",
+            timeout=30,
+        )
+        _agents(stack, "pause", *ORDERS_AGENTS)  # so that the third caller waits
+        third = await _ask_for_callback(stack, ami_events, "5554103")
+        _agents(stack, "resume", *ORDERS_AGENTS)
+        await _until(
+            lambda: stack.redis.hget(stack.key("callback", third), "state") == "answered",
+            "the probe callback was not answered",
+            timeout=60,
+        )
+        assert [e.get("DialString") for e in _dials(ami_events, "5554103")] == [
+            "5554103@carrier-out"
+        ]
+        await _until(
+            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "closed",
+            "the breaker did not close after the probe",
+            timeout=30,
+        )
+    finally:
+        for run in (failing, standby, healthy):
+            if run is not None:
+                run.stop()
+
+
+async def test_a_breaker_tripped_by_hand_sends_callbacks_to_standby(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """POST /trunks/carrier-out/trip: the next callback goes out over the standby trunk; the
+    trip is audited, and reset closes the breaker again."""
+    standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
+    try:
+        assert _api(stack, "POST", "/trunks/carrier-out/trip")["state"] == "open"
+        uid = await _ask_for_callback(stack, ami_events, "5554201")
+        _agents(stack, "resume", "1003")
+        await _until(
+            lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
+            "the callback was not answered",
+        )
+        assert [e.get("DialString") for e in _dials(ami_events, "5554201")] == [
+            "5554201@standby-out"
+        ]
+        assert _api(stack, "POST", "/trunks/carrier-out/reset")["state"] == "closed"
+        audit = stack.redis.xrange(stack.key("audit"))
+        assert any(
+            f["what"] == "trunk carrier-out" and f["after"] == "tripped" and f["who"] == "test"
+            for _, f in audit
+        )
+    finally:
+        standby.stop()
+
+
+async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """Two callbacks wait (no orders agent). The controller is killed (SIGKILL) and restarted by
+    `acd up`, then redis-server is killed (SIGKILL) and restarted from its append-only file.
+    Both callbacks are still there, and once agents are back each is dialled exactly once."""
+    carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
+    try:
+        uids = {
+            number: await _ask_for_callback(stack, ami_events, number)
+            for number in ("5554301", "5554302")
+        }
+        await _until(
+            lambda: all(
+                stack.redis.hget(stack.key("callback", u), "state") == "queued"
+                for u in uids.values()
+            ),
+            "the callbacks were not admitted",
+        )
+        before = {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()}
+
+        pid = stack.controller_pid()
+        os.kill(pid, signal.SIGKILL)
+        await _until(lambda: stack.controller_pid() != pid, "no new controller", timeout=30)
+        await asyncio.to_thread(stack.wait_ready, 60)
+        assert {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()} == before
+
+        await asyncio.sleep(1.5)  # appendfsync everysec
+        redis_pid = int(stack.redis.info("server")["process_id"])
+        os.kill(redis_pid, signal.SIGKILL)
+        await _until(_redis_back(stack, redis_pid), "redis-server was not restarted", timeout=30)
+        after = {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()}
+        assert after == before
+        await asyncio.to_thread(stack.wait_ready, 60)
+
+        _agents(stack, "resume", *ORDERS_AGENTS)
+        for number, uid in uids.items():
+            await _until(
+                lambda uid=uid: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
+                f"callback {number} was not answered",
+                timeout=60,
+            )
+        await asyncio.sleep(3)  # any second dial would show by now
+        for number, uid in uids.items():
+            assert len(_dials(ami_events, number)) == 1, number
+            assert _callback_ends(ami_events, uid) == ["ANSWER"]
+    finally:
+        carrier.stop()
+
+
+def _redis_back(stack: Stack, old_pid: int) -> Any:
+    def check() -> bool:
+        try:
+            return int(stack.redis.info("server")["process_id"]) != old_pid
+        except Exception:  # noqa: BLE001 - down until restarted
+            return False
+
+    return check
