@@ -120,14 +120,28 @@ class EscalationStep(_Frozen):
     overflow: list[Name] = Field(default_factory=list)
 
 
+class Overflow(_Frozen):
+    """New callers of a queue go to a standby destination (e.g. an outsourced centre) over the
+    best trunk when the wait estimate or the queue length passes these (or at overload level 4)."""
+
+    number: Number
+    ewt_above: Annotated[float, Field(gt=0)] | None = None
+    waiting_above: Annotated[int, Field(ge=0)] | None = None
+
+
 class Skill(_Frozen):
     """A skill and its queue: callers first accept agents at or above `min_level`; the
-    escalation steps widen that ring as they wait (applied to callers already waiting)."""
+    escalation steps widen that ring as they wait (applied to callers already waiting).
+    New callers are offered a callback when the wait estimate passes `callback_offer_ewt`, or
+    `ewt_target` from overload level 3; `overflow` sends them elsewhere instead."""
 
     name: Name
     description: str = ""
     min_level: SkillLevel = 1
     escalation: list[EscalationStep] = Field(default_factory=list)
+    ewt_target: Annotated[float, Field(gt=0, le=86400)] = 120.0
+    callback_offer_ewt: Annotated[float, Field(ge=0, le=86400)] | None = None
+    overflow_to: Overflow | None = None
 
     @field_validator("escalation")
     @classmethod

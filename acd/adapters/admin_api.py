@@ -45,7 +45,7 @@ class Supervised(Protocol):
     ) -> dict[str, Any]: ...
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int: ...
     async def callbacks(self) -> list[dict[str, str]]: ...
-    def trunk_summary(self) -> dict[str, dict[str, Any]]: ...
+    async def trunk_summary(self) -> dict[str, dict[str, Any]]: ...
     async def trunk_action(self, who: str, name: str, action: str) -> dict[str, Any]: ...
 
 
@@ -184,12 +184,12 @@ def build_app(token: str, target: Supervised) -> web.Application:
         return web.json_response({"callbacks": await target.callbacks()})
 
     async def get_trunks(_: web.Request) -> web.Response:
-        return web.json_response({"trunks": target.trunk_summary()})
+        return web.json_response({"trunks": await target.trunk_summary()})
 
     async def post_trunk(request: web.Request) -> web.Response:
         who = _who(request)
         name, action = request.match_info["trunk"], request.match_info["action"]
-        if name not in target.trunk_summary():
+        if name not in await target.trunk_summary():
             raise ApiError(404, "unknown_trunk", f"no outbound trunk {name!r}")
         return web.json_response(await target.trunk_action(who, name, action))
 

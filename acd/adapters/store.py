@@ -15,6 +15,7 @@ Keys (all under the configured prefix P):
                    P:callbacks:active holds those in a queue or on the phone. Each attempt is
                    a virtual caller P:call:cb-ID-N in its queue, at the caller's original place.
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
+    P:trunk_legs:NAME hash of the legs holding a channel of that trunk (uid -> node)
     P:trunk_trips  hash trunk -> who tripped its breaker by hand (until reset)
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
@@ -30,7 +31,11 @@ from importlib import resources
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from acd.config import Agent
 from acd.domain.agent import BUSY, AgentEvent, AgentState
@@ -119,12 +124,16 @@ class RedisStore:
     ) -> None:
         """`node`: this controller's Asterisk node; claims of callers held by other nodes are
         handed to their controllers (P:connect:NODE). Empty: no hand-off (tools, benchmarks)."""
+        # After a Redis restart every pooled connection is dead: a command retries on a fresh
+        # connection (explicitly: from_url leaves the default retry without effect).
         self._redis: aioredis.Redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
             health_check_interval=10,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=5),
+            retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
         self.prefix = prefix
         self.node = node
@@ -139,6 +148,7 @@ class RedisStore:
         self._end_call = self._redis.register_script(_script("end_call"))
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
         self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
+        self._trunk_claim = self._redis.register_script(_script("trunk_claim"))
         self._callback_finish = self._redis.register_script(_script("callback_finish"))
 
     def key(self, *parts: str) -> str:
@@ -547,6 +557,24 @@ class RedisStore:
             raw = await self._call(self._redis.hgetall(key))
             out.append({str(k): str(v) for k, v in raw.items()})
         return sorted(out, key=lambda c: float(c.get("score") or 0))
+
+    async def claim_trunk(self, uid: str, candidates: Iterable[tuple[str, int]]) -> str | None:
+        """A channel for leg `uid` on the first candidate (name, capacity) with one free."""
+        args: list[Any] = [self.prefix, uid, self.node]
+        for name, capacity in candidates:
+            args += [name, capacity]
+        if len(args) == 3:
+            return None
+        result = await self._run(self._trunk_claim, [], args)
+        return str(result) if result else None
+
+    async def release_trunk(self, name: str, uid: str) -> bool:
+        return bool(await self._call(self._redis.hdel(self.key("trunk_legs", name), uid)))
+
+    async def trunk_legs(self, name: str) -> dict[str, str]:
+        """Legs holding a channel of trunk `name`: uid -> node."""
+        raw = await self._call(self._redis.hgetall(self.key("trunk_legs", name)))
+        return {str(k): str(v) for k, v in raw.items()}
 
     async def trunk_trips(self) -> set[str]:
         return {str(k) for k in await self._call(self._redis.hkeys(self.key("trunk_trips")))}

@@ -56,6 +56,41 @@ def after_attempt(
     return Retry(at)
 
 
+OFFER_LEVEL = 3  # from this overload level callers whose wait passes the target get an offer
+OVERFLOW_LEVEL = 4  # at this level new callers of a queue with an overflow go there
+
+
+def should_offer(ewt: float, level: int, offer_ewt: float | None, target: float) -> bool:
+    """Whether a caller about to queue is offered a callback: its wait estimate passes the
+    queue's offer threshold, or, from overload level 3, the queue's answer-time target.
+
+    >>> should_offer(300, 0, None, 120), should_offer(300, 3, None, 120)
+    (False, True)
+    >>> should_offer(61, 0, 60, 120)
+    True
+    """
+    if offer_ewt is not None and ewt > offer_ewt:
+        return True
+    return level >= OFFER_LEVEL and ewt > target
+
+
+def should_overflow(
+    ewt: float, waiting: int, level: int, ewt_above: float | None, waiting_above: int | None
+) -> bool:
+    """Whether a new caller of a queue that has an overflow destination goes there.
+
+    >>> should_overflow(10, 50, 0, None, 40), should_overflow(10, 5, 4, None, None)
+    (True, True)
+    >>> should_overflow(10, 5, 3, 600, 40)
+    False
+    """
+    if level >= OVERFLOW_LEVEL:
+        return True
+    if ewt_above is not None and ewt > ewt_above:
+        return True
+    return waiting_above is not None and waiting > waiting_above
+
+
 def may_dial(hours: BusinessHours | None, now: float) -> bool:
     """Callbacks are only dialled while their hours are open (no hours: always); `now` is epoch
     seconds."""

@@ -64,6 +64,7 @@ class Controller:
             self.lookups,
             self.dispatcher.skill_ready,
             on_callback=self._callbacks_due.set,
+            trunks=self.trunks,
         )
         self.agi = FastAgiServer(
             {
@@ -220,7 +221,7 @@ class Controller:
             "menu_modes": await self.menu_modes(),
             "flows": sorted(self.ivr.flows),
             "connects": self.dispatcher.connects,
-            "trunks": self.trunks.summary(),
+            "trunks": await self.trunks.summary(),
             "callbacks": await self.callback_counts(),
             "callbacks_dialled": self.dispatcher.callbacks_dialled,
             "ivr_turns": self.ivr.turns,
@@ -301,8 +302,8 @@ class Controller:
     async def callbacks(self) -> list[dict[str, str]]:
         return await self.store.callbacks()
 
-    def trunk_summary(self) -> dict[str, dict[str, Any]]:
-        return self.trunks.summary()
+    async def trunk_summary(self) -> dict[str, dict[str, Any]]:
+        return await self.trunks.summary()
 
     async def trunk_action(self, who: str, name: str, action: str) -> dict[str, Any]:
         if action == "trip":

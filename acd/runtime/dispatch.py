@@ -250,7 +250,7 @@ class Dispatcher:
             delay = None
             if not may_dial(self._cb_hours, now):
                 delay, why = 60.0, "closed"
-            trunk = None if delay is not None else self._trunks.choose()
+            trunk = None if delay is not None else await self._trunks.choose(claim.uid)
             if delay is None and trunk is None:
                 delay, why = self._cb_policy.retry_delay, "no trunk"
             if delay is not None or trunk is None:
@@ -288,14 +288,14 @@ class Dispatcher:
                 )
             except AmiActionFailed as exc:
                 log.warning("dispatch.callback_originate_refused", error=exc.message)
-                self._trunks.cancelled(trunk)
+                await self._trunks.cancelled(trunk, claim.uid)
                 await self._store.finish_callback_attempt(
                     callback, claim.uid, now, "again", "", at=now
                 )
                 await self._end_call(claim.uid)
                 return
             except AmiError:
-                self._trunks.cancelled(trunk)
+                await self._trunks.cancelled(trunk, claim.uid)
                 await self._store.requeue(claim.uid)
                 await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 raise
@@ -328,9 +328,9 @@ class Dispatcher:
             )
         if await self._store.finish_callback_attempt(callback, uid, now, outcome, status, at=at):
             if status == "":
-                self._trunks.cancelled(trunk)
+                await self._trunks.cancelled(trunk, uid)
             else:
-                self._trunks.ended(trunk, status)
+                await self._trunks.ended(trunk, uid, status)
             log.info(
                 "dispatch.callback_attempt_ended",
                 uniqueid=uid,
@@ -383,7 +383,7 @@ class Dispatcher:
         if await self._store.finish_callback_attempt(callback, uid, now, "again", "", at=now):
             trunk = record.fields.get("trunk", "")
             if trunk:
-                self._trunks.cancelled(trunk)
+                await self._trunks.cancelled(trunk, uid)
             log.info("dispatch.callback_not_dialled", uniqueid=uid, callback=callback)
 
     async def _on_event(self, event: AmiMessage) -> None:
@@ -443,6 +443,11 @@ class Dispatcher:
                     await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
                 else:
                     await self._agent(agent, AgentEvent.RELEASE, uid)
+        elif kind == "AcdTransferEnd":
+            # An overflow leg over a trunk we chose: the breaker learns from it.
+            trunk = event.get("Trunk") or ""
+            if trunk:
+                await self._trunks.ended(trunk, uid, event.get("DialStatus") or "")
         elif kind == "AcdCallbackEnd":
             await self._callback_ended(event)
         elif kind == "AcdHoldExpired":
@@ -495,7 +500,14 @@ class Dispatcher:
                 # Its call ended unseen: through wrap-up (already over) back to work.
                 await self._store.agent_event(agent_id, AgentEvent.CALL_ENDED, now, wrap_until=now)
         await self.sweep_wrapups()
-        log.info("dispatch.resynced", channels=len(live), ended=ended, requeued=requeued)
+        released = await self._trunks.reconcile(live)
+        log.info(
+            "dispatch.resynced",
+            channels=len(live),
+            ended=ended,
+            requeued=requeued,
+            trunk_channels_released=released,
+        )
         for skill in self._settings.skill_names():
             self._work.put_nowait(SkillWork(skill))
         # Escalation timers of callers who were already waiting (ours were lost in a restart).

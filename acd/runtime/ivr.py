@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -22,6 +23,7 @@ from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
+from acd.domain.callback import should_offer, should_overflow
 from acd.domain.ewt import estimated_wait
 from acd.domain.flow import (
     DTMF,
@@ -41,6 +43,9 @@ from acd.domain.flow import (
     Transfer,
 )
 from acd.errors import AcdError, AgiHangup
+
+if TYPE_CHECKING:
+    from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
 
@@ -98,6 +103,7 @@ class IvrService:
         on_enqueued: Callable[[str], None],
         clock: Callable[[], float] = time.time,
         on_callback: Callable[[], None] = lambda: None,
+        trunks: TrunkBoard | None = None,
     ) -> None:
         self._settings = settings
         self._flows = dict(flows)
@@ -107,6 +113,8 @@ class IvrService:
         self._lookups = lookups
         self._on_enqueued = on_enqueued
         self._on_callback = on_callback
+        self._trunks = trunks
+        self._skills = {sk.name: sk for sk in settings.skills}
         self._clock = clock
         self.turns = 0
 
@@ -259,7 +267,8 @@ class IvrService:
                     await self._enqueue(call, Enqueue(step.node, step.skill, step.priority))
                     return []
             elif isinstance(step, Enqueue):
-                await self._enqueue(call, step)
+                if not await self._overflow_or_offer(call, step):
+                    await self._enqueue(call, step)
                 return []
             elif isinstance(step, Transfer):
                 await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{step.number}@{step.trunk}")
@@ -406,6 +415,49 @@ class IvrService:
         await channel.set_variable("ACD_RESULT", "callback")
         log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
         self._on_callback()
+
+    async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool:
+        """Before a caller queues: the queue's overflow to a standby destination, or a callback
+        offer when the wait is long. True when the caller was handled (transferred, or called
+        back later); False: it queues."""
+        skill = self._skills.get(step.skill)
+        if skill is None:
+            return False
+        now = self._clock()
+        load = await self._store.load([step.skill])
+        ewt = await self._estimate(step.skill, None, load, now)
+        level = call.run.facts.overload_level
+        over = skill.overflow_to
+        waiting = load.waiting.get(step.skill, 0)
+        if (
+            over is not None
+            and self._trunks is not None
+            and should_overflow(ewt, waiting, level, over.ewt_above, over.waiting_above)
+        ):
+            trunk = await self._trunks.choose(call.channel.uniqueid)
+            if trunk is not None:
+                channel = call.channel
+                await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{over.number}@{trunk}")
+                await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
+                await channel.set_variable("ACD_RESULT", "transfer")
+                log.info("ivr.overflow", queue=step.skill, trunk=trunk, ewt=round(ewt, 1))
+                return True
+            log.warning("ivr.overflow_no_trunk", queue=step.skill)
+        if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target):
+            return False
+        digit = _dtmf_or_nothing(await call.channel.stream_file("acd/callback-offer", "12"))
+        if not digit:
+            digit = _dtmf_or_nothing(await call.channel.wait_for_digit(5000))
+        log.info("ivr.callback_offered", queue=step.skill, ewt=round(ewt, 1), accepted=digit == "1")
+        if digit != "1":
+            return False
+        registered = await self._register_callback(
+            call, RegisterCallback(step.node, step.skill, step.priority)
+        )
+        if registered:
+            await call.channel.stream_file("acd/callback-confirmed")
+            await call.channel.set_variable("ACD_RESULT", "hangup")
+        return registered
 
     async def _enqueue(self, call: _Call, step: Enqueue) -> None:
         now = self._clock()

@@ -1,28 +1,24 @@
-"""The outbound trunks of this controller: a circuit breaker per trunk, channels in use, and the
-choice of trunk for each outbound leg (acd/domain/breaker.py decides; this keeps the state).
+"""The outbound trunks: a circuit breaker per trunk, channels in use, and the choice of trunk for
+each outbound leg (acd/domain/breaker.py decides; this keeps the state).
 
-Breakers judge the calls this controller places; a supervisor's trip is kept in Redis
-(P:trunk_trips), so it survives restarts and applies to every controller (re-read each tick).
+Channels in use are shared by every controller: each leg holds a channel of its trunk in Redis
+(P:trunk_legs:NAME, taken by one Lua script against the capacity), released when the leg ends and
+reconciled with the live channels after every AMI (re)connect. Breakers judge the legs this
+controller placed; a supervisor's trip is kept in Redis (P:trunk_trips), so it survives restarts
+and applies to every controller (re-read each governor tick).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 
 from acd.adapters.store import RedisStore
 from acd.config import Settings
-from acd.domain.breaker import (
-    Breaker,
-    BreakerPolicy,
-    TrunkView,
-    choose_trunk,
-    failure_status,
-    summarise,
-)
+from acd.domain.breaker import Breaker, BreakerPolicy, failure_status, summarise
 from acd.errors import AcdError
 
 log = structlog.get_logger(__name__)
@@ -49,25 +45,31 @@ class TrunkBoard:
         self._trunks = settings.outbound_trunks()
         self._store = store
         self._clock = clock
+        self._node = settings.asterisk.node
         self.breakers = {t.name: Breaker(t.name, policy) for t in self._trunks}
-        self.in_use = {t.name: 0 for t in self._trunks}
 
-    def choose(self) -> str | None:
-        """The trunk for a new outbound leg (counted in use until `ended` or `cancelled`)."""
+    async def choose(self, uid: str) -> str | None:
+        """A channel for the outbound leg `uid`: on the first primary whose breaker lets calls
+        through and which has a free channel, else on the first such standby. None when no
+        trunk can take it. Held until `ended` or `cancelled`."""
         now = self._clock()
-        views = [TrunkView(t.name, t.role, t.capacity, self.in_use[t.name]) for t in self._trunks]
-        name = choose_trunk(views, self.breakers, now)
+        candidates = [
+            (t.name, t.capacity)
+            for role in ("primary", "standby")
+            for t in self._trunks
+            if t.role == role and self.breakers[t.name].allows(now)
+        ]
+        name = await self._store.claim_trunk(uid, candidates)
         if name is not None:
-            self.in_use[name] += 1
             self.breakers[name].placed(now)
         return name
 
-    def ended(self, name: str, dial_status: str) -> None:
-        """The leg through `name` ended with Dial's status: the breaker learns from it."""
+    async def ended(self, name: str, uid: str, dial_status: str) -> None:
+        """The leg `uid` through `name` ended with Dial's status: the breaker learns from it."""
         if name not in self.breakers:
             return
+        await self._store.release_trunk(name, uid)
         now = self._clock()
-        self.in_use[name] = max(0, self.in_use[name] - 1)
         breaker = self.breakers[name]
         before = breaker.state(now)
         breaker.record(not failure_status(dial_status), now)
@@ -75,11 +77,22 @@ class TrunkBoard:
         if after != before:
             log.warning("trunk.breaker_changed", trunk=name, before=before, after=after)
 
-    def cancelled(self, name: str) -> None:
-        """The leg through `name` was never placed after all."""
+    async def cancelled(self, name: str, uid: str) -> None:
+        """The leg `uid` was never placed through `name` after all."""
         if name in self.breakers:
-            self.in_use[name] = max(0, self.in_use[name] - 1)
+            await self._store.release_trunk(name, uid)
             self.breakers[name].cancel(self._clock())
+
+    async def reconcile(self, live: Iterable[str]) -> int:
+        """Release the channels held by this node's legs that are no longer up (ended while
+        nobody was listening). Returns how many were released."""
+        alive = set(live)
+        released = 0
+        for name in self.breakers:
+            for uid, node in (await self._store.trunk_legs(name)).items():
+                if node == self._node and uid not in alive:
+                    released += await self._store.release_trunk(name, uid)
+        return released
 
     async def sync_trips(self) -> None:
         """Apply the trips kept in Redis (set or cleared through any controller)."""
@@ -98,7 +111,7 @@ class TrunkBoard:
         breaker.trip(self._clock())
         await self._store.audit(who, f"trunk {name}", before, "tripped", self._clock())
         log.warning("admin.trunk_tripped", who=who, trunk=name)
-        return self.summary()[name]
+        return (await self.summary())[name]
 
     async def reset(self, who: str, name: str) -> dict[str, Any]:
         breaker = self._get(name)
@@ -107,12 +120,16 @@ class TrunkBoard:
         breaker.reset()
         await self._store.audit(who, f"trunk {name}", before, "reset", self._clock())
         log.info("admin.trunk_reset", who=who, trunk=name)
-        return self.summary()[name]
+        return (await self.summary())[name]
 
-    def summary(self) -> dict[str, dict[str, Any]]:
+    def names(self) -> list[str]:
+        return list(self.breakers)
+
+    async def summary(self) -> dict[str, dict[str, Any]]:
         out = summarise(self.breakers.values(), self._clock())
         for t in self._trunks:
-            out[t.name].update(role=t.role, capacity=t.capacity, in_use=self.in_use[t.name])
+            legs = await self._store.trunk_legs(t.name)
+            out[t.name].update(role=t.role, capacity=t.capacity, in_use=len(legs))
         return out
 
     def _get(self, name: str) -> Breaker:

@@ -222,3 +222,45 @@ async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
     assert call.fields["tier"] == "vip"
     assert call.fields["priority"] == "0"
     assert float(call.fields["head_start"]) == 120.0  # tiers.vip in acd.yaml
+
+
+@pytest.mark.parametrize(
+    ("caller", "digits", "number", "invalid_heard"),
+    [
+        # '#' confirms the caller ID
+        ("5551234", ["1", "1", "#"], "5551234", False),
+        # another number keyed in and ended with '#'
+        ("5551234", ["1", "1", "1", "3", "9", "1", "2", "3", "4", "5", "6", "7", "8", "#"],
+         "13912345678", False),
+        # too short: refused, then the caller ID confirmed on the second try
+        ("5551234", ["1", "1", "1", "2", "3", "#", "#"], "5551234", True),
+        # no usable caller ID: the caller is asked to key the number
+        ("anonymous", ["1", "1", "8", "6", "1", "3", "9", "0", "0", "0", "#"], "86139000", False),
+    ],
+)  # fmt: skip
+async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
+    shipped: Harness, caller: str, digits: list[str], number: str, invalid_heard: bool
+) -> None:
+    """promo-lite: 1 (orders), 1 (accept the offer), then the number: the callback is recorded
+    with the confirmed or keyed number, and the call ends with the confirmation."""
+    await shipped.store.set_menu_mode("1000", "fallback")
+    commands = await _call(shipped, digits, "2.1", caller=caller)
+    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    assert ("invalid" in streamed) is invalid_heard
+    assert streamed[-1] == "acd/callback-confirmed"
+    assert variables(commands)["ACD_RESULT"] == "hangup"
+    callback = await shipped.store.callback("2.1")
+    assert (callback["number"], callback["skill"], callback["state"]) == (
+        number,
+        "orders",
+        "pending",
+    )
+
+
+async def test_no_callback_number_means_the_caller_queues_instead(shipped: Harness) -> None:
+    """Accepting the offer but giving no number twice: no callback, the caller queues."""
+    await shipped.store.set_menu_mode("1000", "fallback")
+    commands = await _call(shipped, ["1", "1", "", "", "", ""], "2.2")
+    assert await shipped.store.callback("2.2") == {}
+    assert variables(commands)["ACD_QUEUE"] == "orders"
+    assert shipped.queued == ["orders"]

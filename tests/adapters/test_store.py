@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -255,3 +257,38 @@ async def test_no_caller_claimed_before_its_ring_allows(
         joined = arrivals[int(claim.uid[1:])]
         assert check_at - joined >= 20
         assert await ringed.claim_for_skill("aftersales", now=check_at) is None
+
+
+async def test_commands_go_on_after_redis_restarts(tmp_path: Path) -> None:
+    """redis-server killed and started again: the pooled connections are dead, and the next
+    commands run on fresh ones instead of failing."""
+    sock = tmp_path / "r.sock"
+
+    def start() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["redis-server", "--port", "0", "--unixsocket", str(sock), "--save", "",
+             "--appendonly", "no", "--dir", str(tmp_path)],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        for _ in range(200):
+            if sock.exists():
+                break
+            time.sleep(0.02)
+        return proc
+
+    proc = start()
+    store = RedisStore(f"unix://{sock}", "t")
+    try:
+        await store.register_agents([_agent("a", presale=3)], now=1.0)
+        await asyncio.gather(*(store.agent("a") for _ in range(5)))  # several pooled connections
+        proc.kill()
+        proc.wait()
+        sock.unlink(missing_ok=True)
+        proc = start()
+        assert await store.agent("a") == {}  # a fresh, empty server answers
+        await store.register_agents([_agent("a", presale=3)], now=2.0)
+        assert (await store.agent("a"))["state"] == "available"
+    finally:
+        await store.close()
+        proc.kill()
+        proc.wait()

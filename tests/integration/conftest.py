@@ -116,6 +116,10 @@ def deployment_config(state: Path) -> dict[str, Any]:
     config["breaker"] = {
         "window": 120, "min_calls": 2, "failure_rate": 0.5, "open_for": 8, "probes": 1,
     }  # fmt: skip
+    # Orders overflow to a standby centre (at overload level 4 only: no test queues 100 callers).
+    for skill in config["skills"]:
+        if skill["name"] == "orders":
+            skill["overflow_to"] = {"number": "88001234", "waiting_above": 100}
     config["callbacks"] = {"attempts": 3, "retry_delay": 3, "share": 1.0, "ring_timeout": 10}
     config["lookups"] = {
         "order_status": {

@@ -18,7 +18,7 @@ import pytest
 
 from acd.protocol.ami import AmiMessage
 from tests.integration import sipp
-from tests.integration.conftest import PORTS, EventLog, Stack, caller_uid
+from tests.integration.conftest import PORTS, EventLog, Stack, caller_uid, played
 from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -57,11 +57,12 @@ def orders_paused(stack: Stack) -> Iterator[None]:
                 _agents(stack, "resume", agent)
 
 
-async def _ask_for_callback(stack: Stack, events: EventLog, caller_id: str) -> str:
+async def _ask_for_callback(stack: Stack, events: EventLog, caller_id: str, keyed: str = "") -> str:
     """A customer joins the orders queue (2, then 0), presses 1 while waiting, confirms the
-    number with #, hears the confirmation and is hung up on. Returns its uniqueid."""
+    number with # (or keys `keyed` then #), hears the confirmation and is hung up on. Returns
+    its uniqueid."""
     caller = stack.call(
-        Script().at(1.0, "20").at(6.0, "1").at(8.5, "#"), caller_id, remote_hangup=True
+        Script().at(1.0, "20").at(6.0, "1").at(8.5, keyed + "#"), caller_id, remote_hangup=True
     )
     try:
         uid = await caller_uid(events, caller_id)
@@ -222,19 +223,20 @@ async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby
 async def test_a_breaker_tripped_by_hand_sends_callbacks_to_standby(
     stack: Stack, ami_events: EventLog, orders_paused: None
 ) -> None:
-    """POST /trunks/carrier-out/trip: the next callback goes out over the standby trunk; the
-    trip is audited, and reset closes the breaker again."""
+    """POST /trunks/carrier-out/trip: the next callback (to a number the caller keyed in) goes
+    out over the standby trunk; the trip is audited, and reset closes the breaker again."""
     standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
     try:
         assert _api(stack, "POST", "/trunks/carrier-out/trip")["state"] == "open"
-        uid = await _ask_for_callback(stack, ami_events, "5554201")
+        uid = await _ask_for_callback(stack, ami_events, "5554201", keyed="13900004201")
+        assert stack.redis.hget(stack.key("callback", uid), "number") == "13900004201"
         _agents(stack, "resume", "1003")
         await _until(
             lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
             "the callback was not answered",
         )
-        assert [e.get("DialString") for e in _dials(ami_events, "5554201")] == [
-            "5554201@standby-out"
+        assert [e.get("DialString") for e in _dials(ami_events, "13900004201")] == [
+            "13900004201@standby-out"
         ]
         assert _api(stack, "POST", "/trunks/carrier-out/reset")["state"] == "closed"
         audit = stack.redis.xrange(stack.key("audit"))
@@ -304,3 +306,72 @@ def _redis_back(stack: Stack, old_pid: int) -> Any:
             return False
 
     return check
+
+
+async def test_from_overload_level_3_a_long_wait_brings_a_callback_offer(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """Level pinned at 3, no orders agent: a caller about to queue for orders (wait estimate
+    past the 120 s target) hears the callback offer, presses 1, confirms, and is called back
+    later; its place is its time of asking."""
+    assert stack.acd("level", "3").returncode == 0
+    try:
+        caller = stack.call(
+            Script().at(1.0, "20").at(4.0, "1").at(6.5, "#"), "5554401", remote_hangup=True
+        )
+        try:
+            uid = await caller_uid(ami_events, "5554401")
+            assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
+        finally:
+            caller.stop()
+        heard = played(ami_events, uid)
+        assert "acd/callback-offer" in heard
+        assert heard[-1] == "acd/callback-confirmed"
+        cb = stack.redis.hgetall(stack.key("callback", uid))
+        assert cb["number"] == "5554401"
+        assert cb["skill"] == "orders"
+        assert "from_hold" not in cb
+        assert float(cb["score"]) == pytest.approx(float(cb["requested_at"]), abs=1e-6)
+        # It never queued as a live caller.
+        assert not any(
+            e.event == "MusicOnHoldStart" and e.get("Uniqueid") == uid for e in ami_events.events
+        )
+    finally:
+        assert stack.acd("level", "auto").returncode == 0
+
+
+async def test_at_overload_level_4_new_callers_overflow_to_the_standby_centre(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Level pinned at 4: a caller for orders (which overflows to 88001234) is transferred over
+    the best trunk, the primary carrier, instead of queueing; the leg's end frees the trunk."""
+    carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
+    assert stack.acd("level", "4").returncode == 0
+    try:
+        caller = stack.call(Script().at(1.0, "20"), "5554501", remote_hangup=True)
+        try:
+            uid = await caller_uid(ami_events, "5554501")
+            assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
+        finally:
+            caller.stop()
+        (dial,) = [
+            e for e in ami_events.events if e.event == "DialBegin" and e.get("Uniqueid") == uid
+        ]
+        assert dial.get("DialString") == "88001234@carrier-out"
+        ends = [
+            e
+            for e in ami_events.events
+            if e.event == "UserEvent"
+            and e.get("UserEvent") == "AcdTransferEnd"
+            and e.get("Uniqueid") == uid
+        ]
+        assert [(e.get("Trunk"), e.get("DialStatus")) for e in ends] == [("carrier-out", "ANSWER")]
+        assert stack.redis.hgetall(stack.key("call", uid)) == {}
+        await _until(
+            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["in_use"] == 0,
+            "the trunk channel was not released",
+            timeout=10,
+        )
+    finally:
+        assert stack.acd("level", "auto").returncode == 0
+        carrier.stop()

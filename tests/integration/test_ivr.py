@@ -282,7 +282,8 @@ async def test_accepting_the_callback_offer_records_it_and_hangs_up(
             heard = played(ami_events, uid)
             assert heard[:3] == ["acd/lite-menu", "acd/callback-offer", "acd/callback-number-is"]
             assert heard[-1] == "acd/callback-confirmed"
-            assert "SAY DIGITS 5551312" in " ".join(agi_commands(ami_events, uid))
+            said = [shlex.split(c)[2:3] for c in agi_commands(ami_events, uid) if "SAY DIGITS" in c]
+            assert said == [["5551312"]]
             callback = stack.redis.hgetall(stack.key("callback", uid))
             assert callback["number"] == "5551312"
             assert callback["skill"] == "orders"

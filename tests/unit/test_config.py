@@ -69,6 +69,22 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
         ),
         (lambda c: c.pop("skills"), "skills: Field required"),
         (lambda c: c["redis"].update(url="http://x"), "redis.url: 'http://x' is not allowed here"),
+        (
+            lambda c: c.update(callbacks={"hours": "nights"}),
+            "callbacks.hours: 'nights' is not a key of hours",
+        ),
+        (
+            lambda c: c.update(breaker={"failure_rate": 1.5}),
+            "breaker.failure_rate: Input should be less than or equal to 1",
+        ),
+        (
+            lambda c: c["skills"][0].update(overflow_to={"number": "12;Dial(x)"}),
+            "skills[0].overflow_to.number: '12;Dial(x)' is not allowed here",
+        ),
+        (
+            lambda c: c.update(nodes={"node-a": {"host": "10.0.0.1", "port": 5060}}),
+            "nodes.node-a: list the other nodes only, not this one",
+        ),
     ],
 )
 def test_mistakes_are_reported_with_file_and_key(tmp_path: Path, mutate, message: str) -> None:
