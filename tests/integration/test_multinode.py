@@ -34,8 +34,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 PREFIX = "acdmn"
 AGENTS_PORT = 5270  # a SIPp UAS that answers for every agent, talks 6 s and hangs up
 NODES = {
-    "mn-a": {"host": "127.0.0.2", "sip": 5260, "ami": 5238, "agi": 4773, "admin": 8288},
-    "mn-b": {"host": "127.0.0.3", "sip": 5260, "ami": 5239, "agi": 4774, "admin": 8289},
+    "mn-a": {"host": "127.0.0.2", "sip": 5360, "ami": 5338, "agi": 4873, "admin": 8388},
+    "mn-b": {"host": "127.0.0.3", "sip": 5360, "ami": 5339, "agi": 4874, "admin": 8389},
 }
 # agent -> its node (1001/1002 serve presale, 1003/1004 payment; see acd.yaml)
 HOME = {"1001": "mn-a", "1002": "mn-a", "1003": "mn-b", "1004": "mn-b"}
