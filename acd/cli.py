@@ -1,5 +1,5 @@
 """The `acd` command: start and stop the stack, check flows, and steer a running controller
-through its admin API (menu modes, overload level, flow reload, status)."""
+through its admin API (menu modes, overload level, queues, callbacks, trunks, agents, status)."""
 
 from __future__ import annotations
 
@@ -55,10 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     level = sub.add_parser("level", help="pin the overload level, or give it back to the governor")
     level.add_argument("level", choices=["auto", "0", "1", "2", "3", "4"])
 
-    agent = sub.add_parser("agent", help="log an agent in or out, pause or resume it")
-    agent.add_argument("action", choices=["login", "logout", "pause", "resume"])
+    agent = sub.add_parser(
+        "agent", help="log an agent in or out, pause or resume it, or set its skills"
+    )
+    agent.add_argument("action", choices=["login", "logout", "pause", "resume", "skills"])
     agent.add_argument("agent_id")
+    agent.add_argument("skills", nargs="*", help="with `skills`: SKILL=LEVEL ... (levels 1-10)")
     agent.add_argument("--reason", default="", help="pause reason (a-z 0-9 _ -), e.g. lunch")
+
+    queue = sub.add_parser("queue", help="open, close, pause or resume a queue")
+    queue.add_argument("action", choices=["open", "close", "pause", "resume"])
+    queue.add_argument("name")
+
+    callback = sub.add_parser("callback", help="callback offers on or off (all queues by default)")
+    callback.add_argument("mode", choices=["on", "off"])
+    callback.add_argument("queue", nargs="?")
+
+    trunk = sub.add_parser("trunk", help="outbound trunks and their breakers")
+    trunk.add_argument("action", choices=["list", "trip", "reset"])
+    trunk.add_argument("name", nargs="?")
     sub.add_parser("agents", help="agents and their states")
 
     tiers = sub.add_parser("tiers", help="customer tiers by caller ID")
@@ -68,6 +83,9 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="the controller's status")
     status.add_argument("--json", action="store_true")
+    status.add_argument(
+        "--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)"
+    )
     return parser
 
 
@@ -135,7 +153,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         pinned = "auto" if body["pinned"] is None else f"pinned at {body['pinned']}"
         print(f"overload level {body['level']} ({pinned}; governor says {body['computed']})")
         return 0
+    if command == "agent" and args.action == "skills":
+        body = _api(
+            settings, "PUT", f"/agents/{args.agent_id}/skills", {"skills": _skills(args.skills)}
+        )
+        print(f"agent {body['agent']}: skills {body['before']} -> {body['skills']}")
+        return 0
     if command == "agent":
+        if args.skills:
+            raise AcdError(f"agent {args.action}: unexpected {' '.join(args.skills)}")
         body = _api(
             settings, "PUT", f"/agents/{args.agent_id}",
             {"action": args.action, "reason": args.reason},
@@ -152,8 +178,40 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         body = _api(settings, "PUT", "/tiers", {"tiers": table})
         print(f"{body['updated']} caller IDs updated from {args.csv}")
         return 0
+    if command == "queue":
+        state = {"open": "open", "resume": "open", "close": "closed", "pause": "paused"}
+        body = _api(settings, "PUT", f"/queues/{args.name}", {"state": state[args.action]})
+        print(f"queue {args.name}: {body['state']} ({body['waiting']} waiting)")
+        return 0
+    if command == "callback":
+        payload: dict[str, Any] = {"mode": args.mode}
+        if args.queue:
+            payload["queue"] = args.queue
+        for name, mode in _api(settings, "PUT", "/callbacks/mode", payload)["modes"].items():
+            print(f"queue {name}: callbacks {mode}")
+        return 0
+    if command == "trunk":
+        if args.action == "list":
+            if args.name:
+                raise AcdError("trunk list takes no name")
+            trunks = _api(settings, "GET", "/trunks")["trunks"]
+        else:
+            if not args.name:
+                raise AcdError(f"trunk {args.action} NAME")
+            trunks = {args.name: _api(settings, "POST", f"/trunks/{args.name}/{args.action}")}
+        for name, t in trunks.items():
+            print(_trunk_line(name, t))
+        return 0
     if command == "status":
-        return _status(settings, as_json=args.json)
+        if args.watch is None:
+            return _status(settings, as_json=args.json)
+        import time
+
+        while True:
+            if not args.json:
+                print("\033[2J\033[H", end="")
+            _status(settings, as_json=args.json)
+            time.sleep(max(0.5, args.watch))
     raise AssertionError(command)
 
 
@@ -220,6 +278,27 @@ def _read_tiers(path: Path) -> dict[str, str]:
     return table
 
 
+def _skills(pairs: list[str]) -> dict[str, int]:
+    """SKILL=LEVEL arguments; every malformed one is reported."""
+    if not pairs:
+        raise AcdError("agent skills ID SKILL=LEVEL ...")
+    out: dict[str, int] = {}
+    for pair in pairs:
+        match = re.fullmatch(r"([a-z][a-z0-9_-]{0,39})=([0-9]{1,2})", pair)
+        if not match or not 1 <= int(match.group(2)) <= 10:
+            raise AcdError(f"{pair!r}: expected SKILL=LEVEL with a level from 1 to 10")
+        out[match.group(1)] = int(match.group(2))
+    return out
+
+
+def _trunk_line(name: str, t: dict[str, Any]) -> str:
+    tripped = " (tripped by hand)" if t["tripped"] else ""
+    return (
+        f"trunk {name:<14} {t['role']:<8} {t['state']}{tripped}  {t['in_use']}/{t['capacity']} "
+        f"channels, window {t['window_failures']}/{t['window_calls']} failed"
+    )
+
+
 def _user() -> str:
     try:
         return getpass.getuser()
@@ -242,8 +321,15 @@ def _status(settings: Settings, *, as_json: bool) -> int:
     )
     for number, mode in body["menu_modes"].items():
         print(f"  entry {number:<8} menu {mode}")
-    for name, queue in body["queues"].items():
-        print(f"  queue {name:<12} waiting {queue['waiting']}")
+    for name, q in body["queues"].items():
+        agents = ", ".join(f"{n} {state}" for state, n in sorted(q["agents"].items())) or "none"
+        print(
+            f"  queue {name:<12} {q['state']:<7} waiting {q['waiting']:<4} "
+            f"longest {q['longest_wait']:>6.1f} s  estimate {q['ewt']:>6.1f} s  "
+            f"callbacks {q['callbacks']}  agents: {agents}"
+        )
+    for name, t in body.get("trunks", {}).items():
+        print("  " + _trunk_line(name, t))
     for agent_id, agent in body["agents"].items():
         print(f"  agent {agent_id:<8} {agent['state']}")
     return 0

@@ -45,6 +45,12 @@ class Supervised(Protocol):
     ) -> dict[str, Any]: ...
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int: ...
     async def callbacks(self) -> list[dict[str, str]]: ...
+    async def queues(self) -> dict[str, dict[str, Any]]: ...
+    async def set_queue_state(self, who: str, skill: str, state: str) -> dict[str, Any]: ...
+    async def set_callback_mode(self, who: str, mode: str, skill: str | None) -> dict[str, str]: ...
+    async def set_agent_skills(
+        self, who: str, agent_id: str, skills: dict[str, int]
+    ) -> dict[str, Any]: ...
     async def trunk_summary(self) -> dict[str, dict[str, Any]]: ...
     async def trunk_action(self, who: str, name: str, action: str) -> dict[str, Any]: ...
 
@@ -180,6 +186,47 @@ def build_app(token: str, target: Supervised) -> web.Application:
                 )
         return web.json_response({"updated": await target.set_tiers(who, tiers)})
 
+    async def get_queues(_: web.Request) -> web.Response:
+        return web.json_response({"queues": await target.queues()})
+
+    async def put_queue(request: web.Request) -> web.Response:
+        who = _who(request)
+        body = await _body(request)
+        state = body.get("state")
+        if state not in ("open", "closed", "paused"):
+            raise ApiError(400, "bad_state", "state must be one of open, closed, paused")
+        skill = request.match_info["queue"]
+        if skill not in await target.queues():
+            raise ApiError(404, "unknown_queue", f"no queue {skill!r}")
+        return web.json_response(await target.set_queue_state(who, skill, state))
+
+    async def put_callback_mode(request: web.Request) -> web.Response:
+        who = _who(request)
+        body = await _body(request)
+        mode, queue = body.get("mode"), body.get("queue")
+        if mode not in ("on", "off"):
+            raise ApiError(400, "bad_mode", "mode must be on or off")
+        if queue is not None and (not isinstance(queue, str) or queue not in await target.queues()):
+            raise ApiError(404, "unknown_queue", f"no queue {str(queue)[:40]!r}")
+        return web.json_response({"modes": await target.set_callback_mode(who, mode, queue)})
+
+    async def put_agent_skills(request: web.Request) -> web.Response:
+        who = _who(request)
+        body = await _body(request)
+        skills = body.get("skills")
+        queues = await target.queues()
+        if not isinstance(skills, dict) or not skills:
+            raise ApiError(400, "bad_skills", "skills: a non-empty object of skill -> level 1-10")
+        for name, level in skills.items():
+            if name not in queues:
+                raise ApiError(400, "bad_skills", f"unknown skill {str(name)[:40]!r}")
+            if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 10:
+                raise ApiError(400, "bad_skills", f"{name}: the level must be an integer 1-10")
+        agent_id = request.match_info["agent"]
+        if agent_id not in await target.agents():
+            raise ApiError(404, "unknown_agent", f"no agent {agent_id!r}")
+        return web.json_response(await target.set_agent_skills(who, agent_id, skills))
+
     async def get_callbacks(_: web.Request) -> web.Response:
         return web.json_response({"callbacks": await target.callbacks()})
 
@@ -207,6 +254,10 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_put("/agents/{agent}", put_agent)
     app.router.add_put("/tiers", put_tiers)
     app.router.add_get("/callbacks", get_callbacks)
+    app.router.add_put("/callbacks/mode", put_callback_mode)
+    app.router.add_get("/queues", get_queues)
+    app.router.add_put("/queues/{queue}", put_queue)
+    app.router.add_put("/agents/{agent}/skills", put_agent_skills)
     app.router.add_get("/trunks", get_trunks)
     app.router.add_post(r"/trunks/{trunk}/{action:trip|reset}", post_trunk)
     return app

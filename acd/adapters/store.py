@@ -16,6 +16,7 @@ Keys (all under the configured prefix P):
                    a virtual caller P:call:cb-ID-N in its queue, at the caller's original place.
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
     P:trunk_legs:NAME hash of the legs holding a channel of that trunk (uid -> node)
+    P:queue_state  hash skill -> closed | paused (absent: open); P:callback_mode skill -> off
     P:trunk_trips  hash trunk -> who tripped its breaker by hand (until reset)
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
@@ -149,6 +150,7 @@ class RedisStore:
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
         self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
         self._trunk_claim = self._redis.register_script(_script("trunk_claim"))
+        self._agent_skills = self._redis.register_script(_script("agent_skills"))
         self._callback_finish = self._redis.register_script(_script("callback_finish"))
 
     def key(self, *parts: str) -> str:
@@ -173,16 +175,18 @@ class RedisStore:
         self, agents: Iterable[Agent], now: float, *, login: bool = True
     ) -> list[str]:
         """Add configured agents Redis does not know yet (logged in when `login`); the state of
-        known agents is kept, their endpoint and skills follow the configuration."""
+        known agents is kept, their endpoint and skills follow the configuration (unless a
+        supervisor set the skills)."""
         added = []
         for agent in agents:
             skills = ",".join(f"{s}:{lvl}" for s, lvl in sorted(agent.skills.items()))
             key = self.key("agent", agent.id)
             try:
                 created = await self._redis.hsetnx(key, "state", AgentState.LOGGED_OUT.value)
-                await self._redis.hset(
-                    key, mapping={"id": agent.id, "endpoint": agent.endpoint, "skills": skills}
-                )
+                await self._redis.hset(key, mapping={"id": agent.id, "endpoint": agent.endpoint})
+                # Skills set by a supervisor (`acd agent skills`) outlive restarts.
+                if not await self._redis.hget(key, "skills_set_by"):
+                    await self._redis.hset(key, "skills", skills)
                 await self._redis.sadd(self.key("agents"), agent.id)
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis: {exc}") from exc
@@ -575,6 +579,55 @@ class RedisStore:
         """Legs holding a channel of trunk `name`: uid -> node."""
         raw = await self._call(self._redis.hgetall(self.key("trunk_legs", name)))
         return {str(k): str(v) for k, v in raw.items()}
+
+    async def set_agent_skills(
+        self, agent_id: str, skills: Mapping[str, int], who: str
+    ) -> str | None:
+        """Replace an agent's skills (kept over restarts); returns the skills before
+        ("name:level,..."), or None for an unknown agent. An available agent is re-ranked at
+        once."""
+        text = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
+        before = await self._run(self._agent_skills, [], [self.prefix, agent_id, text, who])
+        return None if before is None or before is False else str(before)
+
+    async def queue_states(self, skills: Iterable[str]) -> dict[str, str]:
+        """open | closed | paused per queue (absent: open)."""
+        raw = await self._call(self._redis.hgetall(self.key("queue_state")))
+        return {s: str(raw.get(s) or "open") for s in skills}
+
+    async def set_queue_state(self, skill: str, state: str) -> str:
+        """Set a queue's state; returns the state before."""
+        key = self.key("queue_state")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(key, skill)
+                if state == "open":
+                    pipe.hdel(key, skill)
+                else:
+                    pipe.hset(key, skill, state)
+                before, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return str(before or "open")
+
+    async def callback_modes(self, skills: Iterable[str]) -> dict[str, str]:
+        """on | off per queue (absent: on)."""
+        raw = await self._call(self._redis.hgetall(self.key("callback_mode")))
+        return {s: str(raw.get(s) or "on") for s in skills}
+
+    async def set_callback_mode(self, skill: str, mode: str) -> str:
+        key = self.key("callback_mode")
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hget(key, skill)
+                if mode == "on":
+                    pipe.hdel(key, skill)
+                else:
+                    pipe.hset(key, skill, mode)
+                before, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return str(before or "on")
 
     async def trunk_trips(self) -> set[str]:
         return {str(k) for k in await self._call(self._redis.hkeys(self.key("trunk_trips")))}

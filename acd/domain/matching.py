@@ -11,6 +11,7 @@ The rules:
 - An available agent's rank in a skill is its level (higher first), then how long it has been idle.
 - A caller's ring widens with its wait (bullseye): agents of its skill at or above the queue's
   minimum level, then, after each escalation step, lower levels and agents of overflow skills.
+- Nobody is dispatched from a paused queue; its callers keep their places.
 - A caller arrives (or a timer fires): the queue's callers, best first, each take the best agent
   their ring accepts. An agent frees up: it takes the best-scored caller whose ring accepts it,
   across the queues of its skills and the queues that overflow into them.
@@ -101,9 +102,13 @@ class Floor:
     rules: Mapping[str, Rule] = field(default_factory=dict)
     callers: dict[str, Caller] = field(default_factory=dict)
     available: dict[str, Agent] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)  # queues nobody is dispatched from
 
     def queue(self, skill: str) -> list[Caller]:
-        """The first SCAN callers of a queue, best first (ties by uid, as Redis orders them)."""
+        """The first SCAN callers of a queue, best first (ties by uid, as Redis orders them);
+        none while the queue is paused."""
+        if skill in self.paused:
+            return []
         waiting = [c for c in self.callers.values() if c.skill == skill]
         return sorted(waiting, key=lambda c: (c.score, c.uid))[:SCAN]
 

@@ -24,13 +24,18 @@ from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.callback import CallbackPolicy, admission_limit, may_dial
 from acd.domain.flow import Flow
 from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
-from acd.errors import AmiActionFailed, StoreUnavailable
+from acd.errors import AcdError, AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
+
+
+class UnknownAgent(AcdError):
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(f"no agent {agent_id!r}")
 
 
 class Controller:
@@ -197,8 +202,7 @@ class Controller:
     # -- what the admin API steers -----------------------------------------------------------
 
     async def status(self) -> dict[str, Any]:
-        load = await self.store.load(self.settings.skill_names())
-        queues = {skill: {"waiting": n} for skill, n in load.waiting.items()}
+        queues = await self.queues()
         agents = {}
         for agent_id in await self.store.agent_ids():
             agent = await self.store.agent(agent_id)
@@ -309,6 +313,66 @@ class Controller:
         if action == "trip":
             return await self.trunks.trip(who, name)
         return await self.trunks.reset(who, name)
+
+    async def queues(self) -> dict[str, dict[str, Any]]:
+        """Per queue: state, callback mode, callers waiting and the longest wait, the estimated
+        wait for a new caller, and its agents by state."""
+        skills = self.settings.skill_names()
+        now = time.time()
+        load = await self.store.load(skills)
+        states = await self.store.queue_states(skills)
+        modes = await self.store.callback_modes(skills)
+        agents = await self.agents()
+        out: dict[str, dict[str, Any]] = {}
+        for skill in skills:
+            head = await self.store.waiting(skill)
+            longest = 0.0
+            if head:
+                record = await self.store.call(head[0])
+                joined = float(record.fields.get("enqueued_at") or now) if record else now
+                longest = max(0.0, now - joined)
+            by_state: dict[str, int] = {}
+            for agent in agents.values():
+                if any(part.split(":")[0] == skill for part in agent["skills"].split(",")):
+                    by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
+            ewt = await self.ivr.estimate(skill, load, now)
+            out[skill] = {
+                "state": states[skill],
+                "callbacks": modes[skill],
+                "waiting": load.waiting.get(skill, 0),
+                "longest_wait": round(longest, 1),
+                "ewt": round(ewt, 1),
+                "agents": by_state,
+            }
+        return out
+
+    async def set_queue_state(self, who: str, skill: str, state: str) -> dict[str, Any]:
+        before = await self.store.set_queue_state(skill, state)
+        await self.store.audit(who, f"queue {skill}", before, state, time.time())
+        log.info("admin.queue_state_set", who=who, queue=skill, before=before, after=state)
+        if state == "open" and before == "paused":
+            self.dispatcher.skill_ready(skill)  # its callers go on from their places, now
+        return (await self.queues())[skill]
+
+    async def set_callback_mode(self, who: str, mode: str, skill: str | None) -> dict[str, str]:
+        skills = [skill] if skill else self.settings.skill_names()
+        for name in skills:
+            before = await self.store.set_callback_mode(name, mode)
+            await self.store.audit(who, f"callbacks {name}", before, mode, time.time())
+            log.info("admin.callback_mode_set", who=who, queue=name, before=before, after=mode)
+        return await self.store.callback_modes(self.settings.skill_names())
+
+    async def set_agent_skills(
+        self, who: str, agent_id: str, skills: dict[str, int]
+    ) -> dict[str, Any]:
+        before = await self.store.set_agent_skills(agent_id, skills, who)
+        if before is None:
+            raise UnknownAgent(agent_id)
+        after = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
+        await self.store.audit(who, f"agent {agent_id} skills", before, after, time.time())
+        log.info("admin.agent_skills_set", who=who, agent=agent_id, before=before, after=after)
+        self.dispatcher.agent_ready(agent_id)  # it may serve a queue it could not before
+        return {"agent": agent_id, "before": before, "skills": after}
 
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
         count = await self.store.set_tiers(tiers)

@@ -173,6 +173,10 @@ class IvrService:
             hours=self._hours,
         )
 
+    async def estimate(self, skill: str, load: LoadSnapshot, now: float) -> float:
+        """Estimated wait for a new caller of `skill` (for status and the wallboard)."""
+        return await self._estimate(skill, None, load, now)
+
     async def _estimate(self, skill: str, uid: str | None, load: LoadSnapshot, now: float) -> float:
         """Estimated wait in `skill`'s queue: for a new caller (uid None), or for one waiting."""
         figures = await self._store.queue_figures(
@@ -217,7 +221,7 @@ class IvrService:
                 await channel.command("SAY NUMBER", str(minutes), "")
                 await channel.stream_file("queue-minutes")
             await channel.stream_file("queue-thankyou")
-            if self._settings.callbacks.offer_in_hold:
+            if self._settings.callbacks.offer_in_hold and await self._callbacks_on(skill):
                 await channel.stream_file("acd/callback-press-1")
 
     async def _walk(self, call: _Call, steps: list[Step]) -> None:
@@ -320,7 +324,11 @@ class IvrService:
 
     async def _register_callback(self, call: _Call, step: RegisterCallback) -> bool:
         """The caller accepted a callback offered by the flow: confirm the number, record it. The
-        caller had no place yet: its place is now (minus its head start)."""
+        caller had no place yet: its place is now (minus its head start). With callbacks off for
+        the queue, or no valid number, the caller queues instead."""
+        if not await self._callbacks_on(step.skill):
+            log.info("ivr.callback_off", queue=step.skill)
+            return False
         number = await self.confirm_number(call.channel, call.caller_id)
         if number is None:
             return False
@@ -389,6 +397,8 @@ class IvrService:
         call = await self._store.call(uid)
         if not self._settings.callbacks.offer_in_hold or call is None or call.state != "queued":
             return  # not waiting (or being connected right now): back to the music
+        if not await self._callbacks_on(call.fields.get("skill", "")):
+            return
         number = await self.confirm_number(channel, call.fields.get("caller_id", ""))
         if number is None:
             return
@@ -416,13 +426,40 @@ class IvrService:
         log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
         self._on_callback()
 
+    async def _callbacks_on(self, skill: str) -> bool:
+        return (await self._store.callback_modes([skill]))[skill] == "on"
+
+    async def _offer(self, call: _Call, step: Enqueue, why: str) -> bool:
+        """Offer a callback instead of the wait; True if the caller took it."""
+        digit = _dtmf_or_nothing(await call.channel.stream_file("acd/callback-offer", "12"))
+        if not digit:
+            digit = _dtmf_or_nothing(await call.channel.wait_for_digit(5000))
+        log.info("ivr.callback_offered", queue=step.skill, why=why, accepted=digit == "1")
+        if digit != "1":
+            return False
+        registered = await self._register_callback(
+            call, RegisterCallback(step.node, step.skill, step.priority)
+        )
+        if registered:
+            await call.channel.stream_file("acd/callback-confirmed")
+            await call.channel.set_variable("ACD_RESULT", "hangup")
+        return registered
+
     async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool:
-        """Before a caller queues: the queue's overflow to a standby destination, or a callback
-        offer when the wait is long. True when the caller was handled (transferred, or called
-        back later); False: it queues."""
+        """Before a caller queues: a closed queue (its announcement, a callback offer, else the
+        dialplan's fallback path), the queue's overflow to a standby destination, or a callback
+        offer when the wait is long. True when the caller was handled; False: it queues."""
         skill = self._skills.get(step.skill)
         if skill is None:
             return False
+        state = (await self._store.queue_states([step.skill]))[step.skill]
+        if state == "closed":
+            log.info("ivr.queue_closed", queue=step.skill)
+            await call.channel.stream_file("acd/queue-closed")
+            if await self._callbacks_on(step.skill) and await self._offer(call, step, "closed"):
+                return True
+            await call.channel.set_variable("ACD_RESULT", "closed")  # the static fallback path
+            return True
         now = self._clock()
         load = await self._store.load([step.skill])
         ewt = await self._estimate(step.skill, None, load, now)
@@ -445,19 +482,9 @@ class IvrService:
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
         if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target):
             return False
-        digit = _dtmf_or_nothing(await call.channel.stream_file("acd/callback-offer", "12"))
-        if not digit:
-            digit = _dtmf_or_nothing(await call.channel.wait_for_digit(5000))
-        log.info("ivr.callback_offered", queue=step.skill, ewt=round(ewt, 1), accepted=digit == "1")
-        if digit != "1":
+        if not await self._callbacks_on(step.skill):
             return False
-        registered = await self._register_callback(
-            call, RegisterCallback(step.node, step.skill, step.priority)
-        )
-        if registered:
-            await call.channel.stream_file("acd/callback-confirmed")
-            await call.channel.set_variable("ACD_RESULT", "hangup")
-        return registered
+        return await self._offer(call, step, f"ewt {round(ewt)} s")
 
     async def _enqueue(self, call: _Call, step: Enqueue) -> None:
         now = self._clock()

@@ -49,6 +49,7 @@ floor_st = st.tuples(
         max_size=25,
     ),
     st.integers(150, 400),
+    st.sets(st.sampled_from(SKILLS), max_size=1),
 )
 
 
@@ -58,11 +59,15 @@ floor_st = st.tuples(
 )
 async def test_the_script_claims_what_the_model_claims(
     store: RedisStore,
-    case: tuple[list[tuple[str, int, int]], list[dict[str, int]], list[tuple[str, str]], int],
+    case: tuple[
+        list[tuple[str, int, int]], list[dict[str, int]], list[tuple[str, str]], int, set[str]
+    ],
 ) -> None:
-    rows, agent_levels, ops, now = case
+    rows, agent_levels, ops, now, paused = case
     await store._redis.flushdb()
-    model = Floor(matching.rules_from_json(RULES))
+    model = Floor(matching.rules_from_json(RULES), paused=set(paused))
+    for skill in paused:
+        await store.set_queue_state(skill, "paused")
     for i, levels in enumerate(agent_levels):
         idle = 10.0 + i + 0.5
         await store.register_agents(

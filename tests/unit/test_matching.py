@@ -188,3 +188,22 @@ def test_only_the_first_scan_callers_of_a_queue_are_looked_at() -> None:
     claim = floor.claim_for_agent("low", now=100.0)
     assert claim is not None
     assert claim.uid == "old"
+
+
+@given(callers_st, agents_st, ops_st, st.sampled_from(SKILLS), st.floats(100, 300))
+def test_nobody_is_taken_from_a_paused_queue(
+    callers: list[Caller],
+    agents: list[Agent],
+    ops: list[tuple[str, str]],
+    paused: str,
+    now: float,
+) -> None:
+    floor = _floor(callers, agents, RULES)
+    floor.paused = {paused}
+    for mode, which in ops:
+        if mode == "skill":
+            claim = floor.claim_for_skill(which, now)
+        else:
+            claim = floor.claim_for_agent(which, now)
+        assert claim is None or claim.skill != paused
+    assert {c.uid for c in callers if c.skill == paused} <= set(floor.callers)

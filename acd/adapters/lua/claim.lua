@@ -43,9 +43,15 @@ local function heads(skill)
   return redis.call('ZRANGE', prefix .. ':q:' .. skill, 0, SCAN - 1, 'WITHSCORES')
 end
 
+-- A paused queue (P:queue_state) is dispatched from by nobody; its callers keep their places.
+local function paused(queue)
+  return redis.call('HGET', prefix .. ':queue_state', queue) == 'paused'
+end
+
 local uid, agent, skill
 if mode == 'skill' then
   skill = which
+  if paused(skill) then return false end
   local h = heads(skill)
   for i = 1, #h, 2 do
     local min, over = ring(skill, waited(h[i]))
@@ -75,6 +81,7 @@ else
   end
   local best
   local function consider(queue, accepts)
+    if paused(queue) then return end
     local h = heads(queue)
     for i = 1, #h, 2 do
       local score = tonumber(h[i + 1])

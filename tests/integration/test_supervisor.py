@@ -1,0 +1,168 @@
+"""The supervisor's toggles through the `acd` CLI, each acting on a live SIPp call: queue pause
+and resume, queue close, callbacks off, an agent's skills, a trunk trip; and `acd status`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from tests.integration.conftest import (
+    EventLog,
+    Stack,
+    agent_of_channel,
+    bridge_partner,
+    caller_uid,
+    played,
+)
+from tests.integration.sipp import Script
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+
+def _acd(stack: Stack, *args: str) -> str:
+    result = stack.acd(*args)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+async def _queued(stack: Stack, skill: str, uid: str, timeout: float = 20) -> None:
+    for _ in range(int(timeout * 10)):
+        if stack.redis.zscore(stack.key("q", skill), uid) is not None:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{uid} did not queue for {skill}")
+
+
+async def test_a_paused_queue_holds_its_callers_until_resumed(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """`acd queue pause presale`: a presale caller queues but no agent is dialled although the
+    presale agents are free; `acd queue resume presale` connects it at once from its place."""
+    assert "paused" in _acd(stack, "queue", "pause", "presale")
+    try:
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5556001")
+        try:
+            uid = await caller_uid(ami_events, "5556001")
+            await _queued(stack, "presale", uid)
+            await asyncio.sleep(3)
+            assert stack.redis.zscore(stack.key("q", "presale"), uid) is not None
+            assert not [
+                e for e in ami_events.events if e.event == "DialBegin" and e.get("Uniqueid") == uid
+            ]
+            status = json.loads(_acd(stack, "status", "--json"))
+            assert status["queues"]["presale"]["state"] == "paused"
+            assert status["queues"]["presale"]["waiting"] == 1
+            assert "open" in _acd(stack, "queue", "resume", "presale")
+            agent = agent_of_channel(
+                (await bridge_partner(ami_events, uid, 15)).get("Channel") or ""
+            )
+            assert agent in ("1001", "1002")
+        finally:
+            caller.stop()
+    finally:
+        _acd(stack, "queue", "open", "presale")
+    audit = [f for _, f in stack.redis.xrange(stack.key("audit"))]
+    assert {"what": "queue presale", "before": "open", "after": "paused"}.items() <= next(
+        f for f in audit if f["what"] == "queue presale"
+    ).items()
+
+
+async def test_a_closed_queue_announces_it_offers_a_callback_then_the_fallback(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """`acd queue close presale`: a new presale caller hears the closed announcement and the
+    callback offer; declining, it goes to the dialplan's static fallback, not to the queue."""
+    _acd(stack, "queue", "close", "presale")
+    try:
+        caller = stack.call(Script().at(1.0, "10").wait(25), "5556002")
+        try:
+            uid = await caller_uid(ami_events, "5556002")
+            await ami_events.wait_for(
+                lambda e: (
+                    e.event == "UserEvent"
+                    and e.get("UserEvent") == "AcdStaticFallback"
+                    and e.get("Uniqueid") == uid
+                ),
+                timeout=30,
+            )
+            heard = played(ami_events, uid)
+            assert heard[-2:] == ["acd/queue-closed", "acd/callback-offer"], heard
+            assert stack.redis.zscore(stack.key("q", "presale"), uid) is None
+        finally:
+            caller.stop()
+    finally:
+        _acd(stack, "queue", "open", "presale")
+
+
+async def test_callbacks_off_refuses_a_waiting_callers_1(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """`acd callback off orders`: a waiting orders caller who presses 1 stays in the queue (no
+    callback recorded); `acd callback on` gives the offer back."""
+    for agent in ("1001", "1003"):
+        _acd(stack, "agent", "pause", agent)
+    out = _acd(stack, "callback", "off", "orders")
+    assert "queue orders: callbacks off" in out
+    assert "queue presale: callbacks on" in out
+    try:
+        caller = stack.call(Script().at(1.0, "20").at(6.0, "1").at(8.5, "#").wait(4), "5556003")
+        try:
+            uid = await caller_uid(ami_events, "5556003")
+            await _queued(stack, "orders", uid)
+            await asyncio.to_thread(caller.wait, 30)
+            assert stack.redis.hgetall(stack.key("callback", uid)) == {}
+            assert "acd/callback-number-is" not in played(ami_events, uid)
+        finally:
+            caller.stop()
+    finally:
+        _acd(stack, "callback", "on")
+        stack.forget_callbacks()
+        for agent in ("1001", "1003"):
+            _acd(stack, "agent", "resume", agent)
+
+
+async def test_an_agents_new_skill_brings_it_callers_of_that_queue(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """The presale agents are paused; `acd agent skills 1004 payment=9 aftersales=4 presale=7`
+    gives 1004 presale, and the waiting presale caller is connected to it."""
+    for agent in ("1001", "1002"):
+        _acd(stack, "agent", "pause", agent)
+    try:
+        caller = stack.call(Script().at(1.0, "10").wait(25), "5556004")
+        try:
+            uid = await caller_uid(ami_events, "5556004")
+            await _queued(stack, "presale", uid)
+            out = _acd(stack, "agent", "skills", "1004", "payment=9", "aftersales=4", "presale=7")
+            assert "-> aftersales:4,payment:9,presale:7" in out
+            agent = agent_of_channel(
+                (await bridge_partner(ami_events, uid, 15)).get("Channel") or ""
+            )
+            assert agent == "1004"
+        finally:
+            caller.stop()
+    finally:
+        _acd(stack, "agent", "skills", "1004", "payment=9", "aftersales=4")
+        for agent in ("1001", "1002"):
+            _acd(stack, "agent", "resume", agent)
+    bad = stack.acd("agent", "skills", "1004", "presale=11")
+    assert bad.returncode == 1
+    assert "level from 1 to 10" in bad.stderr
+
+
+def test_a_trunk_trip_and_reset_from_the_cli(stack: Stack) -> None:
+    """`acd trunk trip carrier-out` opens its breaker by hand, `acd trunk list` shows it, and
+    `acd trunk reset` closes it; an unknown trunk is a clear error."""
+    try:
+        assert "open (tripped by hand)" in _acd(stack, "trunk", "trip", "carrier-out")
+        listing = _acd(stack, "trunk", "list")
+        assert "carrier-out" in listing
+        assert "standby-out" in listing
+        assert "tripped by hand" in listing
+    finally:
+        assert "closed" in _acd(stack, "trunk", "reset", "carrier-out")
+    unknown = stack.acd("trunk", "trip", "nope")
+    assert unknown.returncode == 1
+    assert "404" in unknown.stderr
