@@ -81,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     load = tiers_sub.add_parser("load", help="merge a CSV of caller_id,tier (tier regular removes)")
     load.add_argument("csv", type=Path)
 
+    report = sub.add_parser("report", help="post-peak report from the journey events in Redis")
+    report.add_argument(
+        "--from",
+        dest="start",
+        help="ISO time (UTC if no zone) or epoch seconds; default: 24 h before --to",
+    )
+    report.add_argument("--to", dest="end", help="ISO time or epoch seconds; default: now")
+    fmt = report.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true")
+    fmt.add_argument("--csv", action="store_true")
+
     status = sub.add_parser("status", help="the controller's status")
     status.add_argument("--json", action="store_true")
     status.add_argument(
@@ -202,6 +213,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         for name, t in trunks.items():
             print(_trunk_line(name, t))
         return 0
+    if command == "report":
+        return _report(settings, args)
     if command == "status":
         if args.watch is None:
             return _status(settings, as_json=args.json)
@@ -276,6 +289,96 @@ def _read_tiers(path: Path) -> dict[str, str]:
     if not table:
         raise AcdError(f"{path}: no caller IDs")
     return table
+
+
+def _when(text: str | None, default: float) -> float:
+    """ISO 8601 (UTC when it has no zone) or epoch seconds."""
+    from datetime import UTC, datetime
+
+    if not text:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise AcdError(
+            f"{text!r}: expected an ISO time (2026-11-11T00:00) or epoch seconds"
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _report(settings: Settings, args: argparse.Namespace) -> int:
+    import asyncio
+    import csv
+    import time
+
+    from acd.adapters.store import RedisStore
+    from acd.domain.report import REPEAT_WINDOW, Targets, build_report, csv_rows
+
+    end = _when(args.end, time.time())
+    start = _when(args.start, end - 24 * 3600)
+    if start >= end:
+        raise AcdError("--from must be before --to")
+    r = settings.reports
+    targets = Targets(
+        r.service_seconds, r.service_target, r.short_abandon, r.answer_target, r.abandon_target
+    )
+
+    async def read() -> list[dict[str, str]]:
+        store = RedisStore(settings.redis.url, settings.redis.prefix)
+        try:
+            # A day before, to recognise repeat callers; calls that end after --to, to know how.
+            return await store.journey_range(start - REPEAT_WINDOW, end + 4 * 3600)
+        finally:
+            await store.close()
+
+    report = build_report(asyncio.run(read()), start, end, targets)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    elif args.csv:
+        rows = csv_rows(report)
+        writer = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        _print_report(report)
+    return 0
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def _secs(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    o = report["overall"]
+    t = report["targets"]
+    print(
+        f"arrivals {o['arrivals']}, repeat callers {o['repeat_callers']} ({_pct(o['repeat_rate'])})"
+    )
+    print(
+        f"targets: service level {t['service_level']}, answer within {t['answer_time']:g} s, "
+        f"abandon under {t['abandon_rate']:.0%}"
+    )
+    header = (
+        f"{'queue':<12} {'offered':>7} {'answered':>8} {'abandon':>7} {'SL':>7} "
+        f"{'ASA':>8} {'AHT':>8} {'aband.%':>7} {'cb ok':>6}"
+    )
+    print(header)
+    for name, q in [("all", o), *report["queues"].items()]:
+        print(
+            f"{name:<12} {q['offered']:>7} {q['answered']:>8} {q['abandoned']:>7} "
+            f"{_pct(q['service_level']):>7} {_secs(q['asa']):>8} {_secs(q['aht']):>8} "
+            f"{_pct(q['abandon_rate']):>7} {_pct(q['callback_success']):>6}"
+        )
 
 
 def _skills(pairs: list[str]) -> dict[str, int]:

@@ -269,6 +269,19 @@ class BreakerSettings(_Frozen):
     probes: Annotated[int, Field(ge=1, le=100)] = 1
 
 
+class ReportSettings(_Frozen):
+    """Journey events and the post-peak report: how long events are kept, the service level
+    (answered within `service_seconds`, 80/20 by default), short abandons (not counted against
+    the service), and the targets from the seeds (answer within 2 minutes, abandon under 5%)."""
+
+    retention_days: Annotated[float, Field(gt=0, le=400)] = 35.0
+    service_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
+    service_target: Annotated[float, Field(gt=0, le=1)] = 0.8
+    short_abandon: Annotated[float, Field(ge=0, le=600)] = 5.0
+    answer_target: Annotated[float, Field(gt=0, le=3600)] = 120.0
+    abandon_target: Annotated[float, Field(gt=0, le=1)] = 0.05
+
+
 class Settings(_Frozen):
     """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
 
@@ -293,6 +306,7 @@ class Settings(_Frozen):
     agent_policy: AgentPolicy = AgentPolicy()
     callbacks: CallbackSettings = CallbackSettings()
     breaker: BreakerSettings = BreakerSettings()
+    reports: ReportSettings = ReportSettings()
     # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
     # not absolute precedence: a regular caller who has waited longer than that is served first.
     tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)

@@ -46,6 +46,7 @@ class Supervised(Protocol):
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int: ...
     async def callbacks(self) -> list[dict[str, str]]: ...
     async def queues(self) -> dict[str, dict[str, Any]]: ...
+    async def metrics(self) -> bytes: ...
     async def set_queue_state(self, who: str, skill: str, state: str) -> dict[str, Any]: ...
     async def set_callback_mode(self, who: str, mode: str, skill: str | None) -> dict[str, str]: ...
     async def set_agent_skills(
@@ -186,6 +187,10 @@ def build_app(token: str, target: Supervised) -> web.Application:
                 )
         return web.json_response({"updated": await target.set_tiers(who, tiers)})
 
+    async def get_metrics(_: web.Request) -> web.Response:
+        body = await target.metrics()
+        return web.Response(body=body, content_type="text/plain", charset="utf-8")
+
     async def get_queues(_: web.Request) -> web.Response:
         return web.json_response({"queues": await target.queues()})
 
@@ -256,6 +261,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_get("/callbacks", get_callbacks)
     app.router.add_put("/callbacks/mode", put_callback_mode)
     app.router.add_get("/queues", get_queues)
+    app.router.add_get("/metrics", get_metrics)
     app.router.add_put("/queues/{queue}", put_queue)
     app.router.add_put("/agents/{agent}/skills", put_agent_skills)
     app.router.add_get("/trunks", get_trunks)

@@ -17,6 +17,8 @@ Keys (all under the configured prefix P):
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
     P:trunk_legs:NAME hash of the legs holding a channel of that trunk (uid -> node)
     P:queue_state  hash skill -> closed | paused (absent: open); P:callback_mode skill -> off
+    P:journey      stream of journey events (arrival ... hangup) for reports, trimmed by age;
+                   P:live:UID marks a call that arrived and has not hung up
     P:trunk_trips  hash trunk -> who tripped its breaker by hand (until reset)
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
@@ -589,6 +591,51 @@ class RedisStore:
         text = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
         before = await self._run(self._agent_skills, [], [self.prefix, agent_id, text, who])
         return None if before is None or before is False else str(before)
+
+    async def journey(
+        self,
+        event: str,
+        uid: str,
+        now: float,
+        node: str,
+        fields: Mapping[str, str],
+        min_time: float,
+    ) -> None:
+        """Append a journey event to P:journey (entries older than `min_time` trimmed, roughly).
+        An arrival also marks the call live (P:live:UID) so that its hangup is recorded once."""
+        entry = {"event": event, "uid": uid, "t": repr(now), "node": node, **fields}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(
+                    self.key("journey"),
+                    entry,  # type: ignore[arg-type]
+                    minid=str(int(min_time * 1000)),
+                    approximate=True,
+                )
+                if event == "arrival":
+                    pipe.set(self.key("live", uid), repr(now), ex=CALL_TTL_SECONDS)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def take_live(self, uid: str) -> bool:
+        """Whether `uid` arrived through the IVR and had not hung up yet (then forgets it)."""
+        return bool(await self._call(self._redis.getdel(self.key("live", uid))))
+
+    async def journey_range(self, start: float, end: float) -> list[dict[str, str]]:
+        """Journey events with times in [start, end], oldest first."""
+        out: list[dict[str, str]] = []
+        cursor = str(int(start * 1000))
+        last = str(int(end * 1000))
+        while True:
+            batch = await self._call(
+                self._redis.xrange(self.key("journey"), cursor, last, count=5000)
+            )
+            for entry_id, fields in batch:
+                out.append({str(k): str(v) for k, v in fields.items()})
+                cursor = "(" + str(entry_id)
+            if len(batch) < 5000:
+                return out
 
     async def queue_states(self, skills: Iterable[str]) -> dict[str, str]:
         """open | closed | paused per queue (absent: open)."""

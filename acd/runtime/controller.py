@@ -28,6 +28,7 @@ from acd.errors import AcdError, AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
+from acd.runtime.journey import Recorder
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
@@ -58,7 +59,10 @@ class Controller:
             on_connected=self._on_ami_connected,
         )
         self.trunks = TrunkBoard(settings, self.store)
-        self.dispatcher = Dispatcher(settings, self.store, self.ami, self.trunks)
+        self.recorder = Recorder(
+            self.store, settings.reports.retention_days, settings.asterisk.node
+        )
+        self.dispatcher = Dispatcher(settings, self.store, self.ami, self.trunks, self.recorder)
         self.ami.add_listener(self.dispatcher.on_ami_event)
         self.lookups = LookupClient(settings.lookups)
         self._callbacks_due = asyncio.Event()
@@ -70,6 +74,7 @@ class Controller:
             self.dispatcher.skill_ready,
             on_callback=self._callbacks_due.set,
             trunks=self.trunks,
+            recorder=self.recorder,
         )
         self.agi = FastAgiServer(
             {
@@ -374,6 +379,33 @@ class Controller:
         self.dispatcher.agent_ready(agent_id)  # it may serve a queue it could not before
         return {"agent": agent_id, "before": before, "skills": after}
 
+    async def metrics(self) -> bytes:
+        """Prometheus text: this controller's counters, and gauges read now from Redis/AMI."""
+        r = self.recorder
+        now = time.time()
+        r.ami_up.set(1 if self.ami.connected else 0)
+        ok = await self.store.ping()
+        r.redis_up.set(1 if ok else 0)
+        if ok:
+            for skill, q in (await self.queues()).items():
+                r.queue_waiting.labels(skill).set(q["waiting"])
+                r.queue_longest.labels(skill).set(q["longest_wait"])
+                r.queue_ewt.labels(skill).set(q["ewt"])
+                sl = r.service_level(skill, now, self.settings.reports.service_seconds)
+                if sl is not None:
+                    r.sl.labels(skill).set(sl)
+            counts: dict[str, int] = dict.fromkeys([s.value for s in AgentState], 0)
+            for agent in (await self.agents()).values():
+                counts[str(agent["state"])] = counts.get(str(agent["state"]), 0) + 1
+            for state, n in counts.items():
+                r.agents.labels(state).set(n)
+            r.overload.set((await self.overload())["level"])
+            for name, t in (await self.trunks.summary()).items():
+                for state in ("closed", "open", "half_open"):
+                    r.breaker.labels(name, state).set(1 if t["state"] == state else 0)
+                r.trunk_in_use.labels(name).set(t["in_use"])
+        return r.exposition()
+
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
         count = await self.store.set_tiers(tiers)
         await self.store.audit(who, "tiers", "", f"{count} caller IDs", time.time())
@@ -403,6 +435,7 @@ class Controller:
                 tg.create_task(self._govern(), name="governor")
                 tg.create_task(self._take_handoffs(), name="handoffs")
                 tg.create_task(self._admit_callbacks(), name="callbacks")
+                tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
             await asyncio.shield(self.lookups.close())

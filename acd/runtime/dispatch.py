@@ -23,6 +23,7 @@ from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
 from acd.runtime.ivr import CALLBACK_NUMBER
+from acd.runtime.journey import Recorder
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,7 @@ class Dispatcher:
         store: RedisStore,
         ami: AmiClient,
         trunks: TrunkBoard,
+        recorder: Recorder,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._settings = settings
@@ -82,6 +84,7 @@ class Dispatcher:
         self._clock = clock
         self._node = settings.asterisk.node
         self._trunks = trunks
+        self._recorder = recorder
         cb = settings.callbacks
         self._cb_policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
         self._cb_hours = settings.hours[cb.hours].to_domain() if cb.hours else None
@@ -331,6 +334,15 @@ class Dispatcher:
                 await self._trunks.cancelled(trunk, uid)
             else:
                 await self._trunks.ended(trunk, uid, status)
+            await self._recorder.emit(
+                "callback_attempt",
+                uid,
+                callback=callback,
+                skill=fields.get("skill"),
+                trunk=trunk,
+                status=status,
+                outcome=outcome,
+            )
             log.info(
                 "dispatch.callback_attempt_ended",
                 uniqueid=uid,
@@ -368,6 +380,31 @@ class Dispatcher:
             loop = asyncio.get_running_loop()
             loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
 
+    async def _record_hangup(self, uid: str, cause: str) -> None:
+        """The journey's last event for a caller who came in through the IVR: how it ended."""
+        record = await self._store.call(uid)
+        now = self._clock()
+        fields: dict[str, object] = {"cause": cause}
+        if record is None:
+            fields["outcome"] = "ivr"
+        else:
+            f = record.fields
+            joined = float(f.get("enqueued_at") or now)
+            answered = f.get("answered_at")
+            fields["skill"] = f.get("skill")
+            if answered:
+                fields.update(
+                    outcome="answered",
+                    agent=record.agent,
+                    waited=round(float(answered) - joined, 3),
+                    talked=round(now - float(answered), 3),
+                )
+            elif record.state == "left_for_callback":
+                fields.update(outcome="callback", waited=round(now - joined, 3))
+            else:
+                fields.update(outcome="abandoned", waited=round(now - joined, 3))
+        await self._recorder.emit("hangup", uid, **fields)
+
     async def _end_callback_leg(self, uid: str) -> None:
         """A callback attempt's agent leg is gone. If no AcdCallbackEnd closed the attempt, the
         customer was never dialled (the agent did not answer): the attempt does not count, the
@@ -390,16 +427,29 @@ class Dispatcher:
         name = event.event
         uid = event.get("Uniqueid") or ""
         if name == "Hangup":
+            if await self._store.take_live(uid):
+                await self._record_hangup(uid, event.get("Cause-txt") or "")
             await self._end_call(uid)
         elif name == "DialBegin":
             record = await self._store.call(uid)
             if record is not None and record.agent:
                 await self._agent(record.agent, AgentEvent.RING, uid)
+                await self._recorder.emit(
+                    "ring", uid, skill=record.fields.get("skill"), agent=record.agent
+                )
         elif name == "BridgeEnter":
             record = await self._store.call(uid)
             if record is not None and record.state == "offered" and record.agent:
                 fields = await self._store.record_answer(uid, self._clock())
                 await self._agent(record.agent, AgentEvent.ANSWER, uid)
+                waited = self._clock() - float(fields.get("enqueued_at") or self._clock())
+                await self._recorder.emit(
+                    "answer",
+                    uid,
+                    skill=fields.get("skill"),
+                    agent=record.agent,
+                    waited=round(waited, 3),
+                )
                 log.info(
                     "dispatch.connected",
                     uniqueid=uid,
@@ -452,6 +502,10 @@ class Dispatcher:
             await self._callback_ended(event)
         elif kind == "AcdHoldExpired":
             log.warning("dispatch.hold_expired", uniqueid=uid)
+            record = await self._store.call(uid)
+            await self._recorder.emit(
+                "fallback", uid, skill=record.fields.get("skill") if record else None
+            )
             await self._end_call(uid)
 
     async def _resync_callback(self, record: CallRecord) -> None:

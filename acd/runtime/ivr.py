@@ -45,6 +45,7 @@ from acd.domain.flow import (
 from acd.errors import AcdError, AgiHangup
 
 if TYPE_CHECKING:
+    from acd.runtime.journey import Recorder
     from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
@@ -104,6 +105,7 @@ class IvrService:
         clock: Callable[[], float] = time.time,
         on_callback: Callable[[], None] = lambda: None,
         trunks: TrunkBoard | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self._settings = settings
         self._flows = dict(flows)
@@ -114,9 +116,14 @@ class IvrService:
         self._on_enqueued = on_enqueued
         self._on_callback = on_callback
         self._trunks = trunks
+        self._recorder = recorder
         self._skills = {sk.name: sk for sk in settings.skills}
         self._clock = clock
         self.turns = 0
+
+    async def _emit(self, event: str, uid: str, **fields: object) -> None:
+        if self._recorder is not None:
+            await self._recorder.emit(event, uid, **fields)
 
     @property
     def flows(self) -> Mapping[str, Flow]:
@@ -144,6 +151,14 @@ class IvrService:
                 tier=facts.tier,
                 menu_mode=mode,
                 overload_level=facts.overload_level,
+            )
+            await self._emit(
+                "arrival",
+                channel.uniqueid,
+                entry=entry.number,
+                caller_id=caller_id,
+                tier=facts.tier,
+                flow=flow.name,
             )
             call = _Call(channel, entry.number, caller_id, FlowRun(flow, facts))
             await channel.set_variable("ACD_FLOW", flow.name)
@@ -255,6 +270,7 @@ class IvrService:
                 digit = early or await self._menu_digit(channel, step)
                 self.turns += 1
                 log.info("ivr.menu_choice", node=step.node, digit=digit or None)
+                await self._emit("menu", channel.uniqueid, at=step.node, digit=digit)
                 return run.on_digits(digit)
             elif isinstance(step, CollectDigits):
                 digits = await self._collect(channel, step, early)
@@ -350,6 +366,7 @@ class IvrService:
         )
         keyed = number != call.caller_id
         log.info("ivr.callback_requested", node=step.node, queue=step.skill, keyed=keyed)
+        await self._emit("callback_requested", call.channel.uniqueid, skill=step.skill, via="ivr")
         self._on_callback()
         return True
 
@@ -424,6 +441,7 @@ class IvrService:
         )
         await channel.set_variable("ACD_RESULT", "callback")
         log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
+        await self._emit("callback_requested", uid, skill=fields.get("skill", ""), via="hold")
         self._on_callback()
 
     async def _callbacks_on(self, skill: str) -> bool:
@@ -478,6 +496,7 @@ class IvrService:
                 await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
                 await channel.set_variable("ACD_RESULT", "transfer")
                 log.info("ivr.overflow", queue=step.skill, trunk=trunk, ewt=round(ewt, 1))
+                await self._emit("overflow", channel.uniqueid, skill=step.skill, trunk=trunk)
                 return True
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
         if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target):
@@ -515,4 +534,7 @@ class IvrService:
         ewt = await self._estimate(step.skill, channel.uniqueid, load, now)
         await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
         log.info("ivr.queued", queue=step.skill, priority=step.priority, ewt=round(ewt, 1))
+        await self._emit(
+            "queued", channel.uniqueid, skill=step.skill, tier=run.facts.tier, ewt=round(ewt, 1)
+        )
         self._on_enqueued(step.skill)
