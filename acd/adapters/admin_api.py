@@ -13,6 +13,7 @@ import hmac
 import json
 import re
 from collections.abc import Awaitable, Callable
+from importlib import resources
 from typing import Any, Protocol
 
 import structlog
@@ -27,6 +28,8 @@ _USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
 _REASON = re.compile(r"^[a-z0-9_-]{0,32}$")
 _CALLER = re.compile(r"^\+?[0-9]{2,32}$")
 _TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_QUERY_TOKEN_PATHS = frozenset({"/wallboard", "/events"})
+EVENTS_INTERVAL = 1.0  # seconds between two status pushes on /events
 
 
 class Supervised(Protocol):
@@ -96,6 +99,9 @@ def build_app(token: str, target: Supervised) -> web.Application:
         if request.path != "/healthz":
             header = request.headers.get("Authorization", "")
             given = header.removeprefix("Bearer ").strip() if header.startswith("Bearer ") else ""
+            if not given and request.path in _QUERY_TOKEN_PATHS:
+                # A browser's EventSource cannot send headers: the wallboard passes ?token=.
+                given = request.query.get("token", "")
             if not given or not hmac.compare_digest(given.encode(), token.encode()):
                 return _error(401, "unauthorized", "missing or wrong bearer token")
         try:
@@ -187,6 +193,30 @@ def build_app(token: str, target: Supervised) -> web.Application:
                 )
         return web.json_response({"updated": await target.set_tiers(who, tiers)})
 
+    async def wallboard(_: web.Request) -> web.Response:
+        page = resources.files("acd.adapters").joinpath("web/wallboard.html").read_bytes()
+        return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        """Server-sent events: the status, every second, until the client goes away."""
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+        sequence = 0
+        while True:
+            sequence += 1
+            try:
+                data = json.dumps(await target.status(), separators=(",", ":"))
+                chunk = f"id: {sequence}\nevent: status\ndata: {data}\n\n"
+            except AcdError as exc:
+                chunk = f"id: {sequence}\nevent: problem\ndata: {json.dumps(str(exc))}\n\n"
+            try:
+                await response.write(chunk.encode())
+            except (ConnectionResetError, RuntimeError):
+                return response
+            await asyncio.sleep(EVENTS_INTERVAL)
+
     async def get_metrics(_: web.Request) -> web.Response:
         body = await target.metrics()
         return web.Response(body=body, content_type="text/plain", charset="utf-8")
@@ -262,6 +292,8 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_put("/callbacks/mode", put_callback_mode)
     app.router.add_get("/queues", get_queues)
     app.router.add_get("/metrics", get_metrics)
+    app.router.add_get("/wallboard", wallboard)
+    app.router.add_get("/events", events)
     app.router.add_put("/queues/{queue}", put_queue)
     app.router.add_put("/agents/{agent}/skills", put_agent_skills)
     app.router.add_get("/trunks", get_trunks)

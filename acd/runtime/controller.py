@@ -211,7 +211,11 @@ class Controller:
         agents = {}
         for agent_id in await self.store.agent_ids():
             agent = await self.store.agent(agent_id)
-            agents[agent_id] = {"state": agent.get("state"), "call": agent.get("call") or None}
+            agents[agent_id] = {
+                "state": agent.get("state"),
+                "reason": agent.get("reason") or None,
+                "call": agent.get("call") or None,
+            }
         return {
             "node": self.settings.asterisk.node,
             "components": {
@@ -341,7 +345,9 @@ class Controller:
                 if any(part.split(":")[0] == skill for part in agent["skills"].split(",")):
                     by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
             ewt = await self.ivr.estimate(skill, load, now)
+            sl = self.recorder.service_level(skill, now, self.settings.reports.service_seconds)
             out[skill] = {
+                "service_level": None if sl is None else round(sl, 3),
                 "state": states[skill],
                 "callbacks": modes[skill],
                 "waiting": load.waiting.get(skill, 0),
