@@ -84,7 +84,10 @@ class AgiSettings(_Frozen):
 
 
 class RedisSettings(_Frozen):
-    url: Annotated[str, StringConstraints(pattern=r"^rediss?://")] = "redis://127.0.0.1:6379/0"
+    # redis://, rediss:// or unix:// (a socket: `acd up` then leaves starting Redis to you)
+    url: Annotated[str, StringConstraints(pattern=r"^(rediss?|unix)://")] = (
+        "redis://127.0.0.1:6379/0"
+    )
     prefix: Name = "acd"
 
 

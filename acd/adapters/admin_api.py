@@ -71,14 +71,34 @@ def _error(status: int, code: str, message: str) -> web.Response:
     return web.json_response({"error": {"code": code, "message": message}}, status=status)
 
 
-async def _body(request: web.Request) -> dict[str, Any]:
+async def _body(request: web.Request, *fields: str) -> dict[str, Any]:
+    """The JSON object body, with no field but `fields` (an unknown one is refused: a typo must
+    not pass for a change that was made)."""
     try:
         body = await request.json()
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "bad_json", f"the body is not JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise ApiError(400, "bad_request", "the body must be a JSON object")
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise ApiError(
+            400,
+            "unknown_field",
+            f"unknown field {unknown[0][:40]!r} (expected: {', '.join(fields)})",
+        )
     return body
+
+
+def _integer(value: Any) -> int | None:
+    """A JSON integer (5 or 5.0, as JSON Schema counts them), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
 
 
 def _who(request: web.Request) -> str:
@@ -88,7 +108,9 @@ def _who(request: web.Request) -> str:
     return user
 
 
-def build_app(token: str, target: Supervised) -> web.Application:
+def build_app(
+    token: str, target: Supervised, spec: dict[str, Any] | None = None
+) -> web.Application:
     if not token:
         raise ValueError("the admin API needs a token")
 
@@ -106,6 +128,10 @@ def build_app(token: str, target: Supervised) -> web.Application:
                 return _error(401, "unauthorized", "missing or wrong bearer token")
         try:
             return await handler(request)
+        except web.HTTPException as exc:
+            # No such route or method: the same JSON error shape as everything else.
+            code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status, "http_error")
+            return _error(exc.status, code, exc.reason)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
         except ConfigError as exc:
@@ -129,7 +155,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_menu(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "mode")
         mode = body.get("mode")
         if mode not in ("normal", "fallback", "auto"):
             raise ApiError(400, "bad_mode", "mode must be one of normal, fallback, auto")
@@ -144,13 +170,14 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_overload(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "level")
         level = body.get("level")
         if level == "auto":
             return web.json_response(await target.pin_overload(who, None))
-        if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 4:
+        pinned = _integer(level)
+        if pinned is None or not 0 <= pinned <= 4:
             raise ApiError(400, "bad_level", 'level must be "auto" or an integer from 0 to 4')
-        return web.json_response(await target.pin_overload(who, level))
+        return web.json_response(await target.pin_overload(who, pinned))
 
     async def reload_flows(request: web.Request) -> web.Response:
         names = await target.reload_flows(_who(request))
@@ -161,7 +188,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_agent(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "action", "reason")
         action = body.get("action")
         if action not in ("login", "logout", "pause", "resume"):
             raise ApiError(400, "bad_action", "action must be login, logout, pause or resume")
@@ -179,7 +206,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_tiers(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "tiers")
         tiers = body.get("tiers")
         if not isinstance(tiers, dict) or not tiers or len(tiers) > 100_000:
             raise ApiError(400, "bad_tiers", "tiers: a non-empty object of caller ID -> tier")
@@ -192,6 +219,9 @@ def build_app(token: str, target: Supervised) -> web.Application:
                     "tier name (a-z 0-9 _ -) expected",
                 )
         return web.json_response({"updated": await target.set_tiers(who, tiers)})
+
+    async def openapi(_: web.Request) -> web.Response:
+        return web.json_response(spec or {})
 
     async def wallboard(_: web.Request) -> web.Response:
         page = resources.files("acd.adapters").joinpath("web/wallboard.html").read_bytes()
@@ -226,7 +256,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_queue(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "state")
         state = body.get("state")
         if state not in ("open", "closed", "paused"):
             raise ApiError(400, "bad_state", "state must be one of open, closed, paused")
@@ -237,7 +267,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_callback_mode(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "mode", "queue")
         mode, queue = body.get("mode"), body.get("queue")
         if mode not in ("on", "off"):
             raise ApiError(400, "bad_mode", "mode must be on or off")
@@ -247,20 +277,23 @@ def build_app(token: str, target: Supervised) -> web.Application:
 
     async def put_agent_skills(request: web.Request) -> web.Response:
         who = _who(request)
-        body = await _body(request)
+        body = await _body(request, "skills")
         skills = body.get("skills")
         queues = await target.queues()
         if not isinstance(skills, dict) or not skills:
             raise ApiError(400, "bad_skills", "skills: a non-empty object of skill -> level 1-10")
+        levels: dict[str, int] = {}
         for name, level in skills.items():
             if name not in queues:
                 raise ApiError(400, "bad_skills", f"unknown skill {str(name)[:40]!r}")
-            if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 10:
+            value = _integer(level)
+            if value is None or not 1 <= value <= 10:
                 raise ApiError(400, "bad_skills", f"{name}: the level must be an integer 1-10")
+            levels[name] = value
         agent_id = request.match_info["agent"]
         if agent_id not in await target.agents():
             raise ApiError(404, "unknown_agent", f"no agent {agent_id!r}")
-        return web.json_response(await target.set_agent_skills(who, agent_id, skills))
+        return web.json_response(await target.set_agent_skills(who, agent_id, levels))
 
     async def get_callbacks(_: web.Request) -> web.Response:
         return web.json_response({"callbacks": await target.callbacks()})
@@ -293,6 +326,7 @@ def build_app(token: str, target: Supervised) -> web.Application:
     app.router.add_get("/queues", get_queues)
     app.router.add_get("/metrics", get_metrics)
     app.router.add_get("/wallboard", wallboard)
+    app.router.add_get("/openapi.json", openapi)
     app.router.add_get("/events", events)
     app.router.add_put("/queues/{queue}", put_queue)
     app.router.add_put("/agents/{agent}/skills", put_agent_skills)

@@ -18,6 +18,7 @@ from acd.adapters import admin_api
 from acd.adapters.ami import AmiClient
 from acd.adapters.fastagi import FastAgiServer
 from acd.adapters.lookup import LookupClient
+from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
@@ -417,13 +418,22 @@ class Controller:
         await self.store.audit(who, "tiers", "", f"{count} caller IDs", time.time())
         return count
 
+    def openapi(self) -> dict[str, Any]:
+        s = self.settings
+        return build_spec(
+            skills=s.skill_names(),
+            agents=[a.id for a in s.agents],
+            trunks=self.trunks.names(),
+            entries=[e.number for e in s.entries],
+        )
+
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> None:
         await self.store.register_agents(
             self.settings.agents, time.time(), login=self.settings.agent_policy.auto_login
         )
-        app = admin_api.build_app(self._admin_token, self)
+        app = admin_api.build_app(self._admin_token, self, self.openapi())
         admin = self.settings.admin
         try:
             async with asyncio.TaskGroup() as tg:

@@ -109,6 +109,10 @@ class RedisProcess:
 @contextlib.contextmanager
 def redis_server(settings: Settings) -> Iterator[RedisProcess | None]:
     """Start redis-server on the configured address unless one already answers there."""
+    if settings.redis.url.startswith("unix://"):
+        log.info("stack.redis_socket", url=settings.redis.url)  # run by someone else
+        yield None
+        return
     host, port = _redis_address(settings)
     if _port_open(host, port):
         log.info("stack.redis_found", host=host, port=port)
