@@ -285,6 +285,35 @@ class ReportSettings(_Frozen):
     abandon_target: Annotated[float, Field(gt=0, le=1)] = 0.05
 
 
+class AlertRuleSettings(_Frozen):
+    """A webhook alert: `figure` of one queue (or any) or of the floor past `above` / `below`
+    for `for_seconds`. Queue figures: waiting, longest_wait, ewt, service_level; floor figures:
+    overload_level, breakers_open."""
+
+    name: Name
+    figure: Literal[
+        "waiting", "longest_wait", "ewt", "service_level", "overload_level", "breakers_open"
+    ]
+    queue: Name | None = None
+    above: float | None = None
+    below: float | None = None
+    for_seconds: Annotated[float, Field(ge=0, le=86400)] = 0.0
+
+    @model_validator(mode="after")
+    def _one_threshold(self) -> Self:
+        if (self.above is None) == (self.below is None):
+            raise ValueError("give exactly one of above and below")
+        return self
+
+
+class AlertSettings(_Frozen):
+    """Alerts POSTed as JSON to `webhook` when a rule starts firing and when it resolves."""
+
+    webhook: Annotated[str, StringConstraints(pattern=r"^https?://[^\s]+$")] | None = None
+    timeout: Annotated[float, Field(gt=0, le=30)] = 3.0
+    rules: list[AlertRuleSettings] = Field(default_factory=list)
+
+
 class Settings(_Frozen):
     """The whole deployment. `source` is the file it came from (for messages and relative paths)."""
 
@@ -310,6 +339,7 @@ class Settings(_Frozen):
     callbacks: CallbackSettings = CallbackSettings()
     breaker: BreakerSettings = BreakerSettings()
     reports: ReportSettings = ReportSettings()
+    alerts: AlertSettings = AlertSettings()
     # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
     # not absolute precedence: a regular caller who has waited longer than that is served first.
     tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)
@@ -345,6 +375,9 @@ class Settings(_Frozen):
         _no_duplicates([a.id for a in self.agents], "id", where="agents")
         endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
         _no_duplicates(endpoints, "endpoint", where="agents/trunks")
+        for i, rule in enumerate(self.alerts.rules):
+            if rule.queue is not None and rule.queue not in known:
+                raise ValueError(f"alerts.rules[{i}].queue: unknown queue {rule.queue!r}")
         if self.callbacks.hours is not None and self.callbacks.hours not in self.hours:
             raise ValueError(f"callbacks.hours: {self.callbacks.hours!r} is not a key of hours")
         if self.asterisk.node in self.nodes:

@@ -676,6 +676,12 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return str(before or "on")
 
+    async def alert_changed(self, name: str, status: str) -> bool:
+        """Record an alert's new status; False when it already had it (another controller sent
+        it already)."""
+        before = await self._call(self._redis.set(self.key("alert", name), status, get=True))
+        return bool(before != status)
+
     async def trunk_trips(self) -> set[str]:
         return {str(k) for k in await self._call(self._redis.hkeys(self.key("trunk_trips")))}
 

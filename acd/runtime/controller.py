@@ -12,6 +12,7 @@ import contextlib
 import time
 from typing import Any
 
+import aiohttp
 import structlog
 
 from acd.adapters import admin_api
@@ -22,6 +23,8 @@ from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
 from acd.config import Settings, read_secret
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
+from acd.domain.alerts import AlertRule, AlertState
+from acd.domain.alerts import step as alert_step
 from acd.domain.callback import CallbackPolicy, admission_limit, may_dial
 from acd.domain.flow import Flow
 from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
@@ -93,6 +96,13 @@ class Controller:
             hysteresis=settings.overload.hysteresis,
             cool_down=settings.overload.cool_down,
         )
+        self._alert_rules = [
+            (
+                AlertRule(r.name, r.figure, r.queue, r.above, r.below, r.for_seconds),
+                AlertState(),
+            )
+            for r in settings.alerts.rules
+        ]
         self.resyncs = 0
         self._listening: set[str] = set()
         self.ready = asyncio.Event()
@@ -146,6 +156,8 @@ class Controller:
     async def _govern_once(self, state: GovernorState) -> GovernorState:
         await self.dispatcher.sweep_wrapups()
         await self.trunks.sync_trips()
+        if self._alert_rules:
+            await self._check_alerts()
         load = await self.store.load(self.settings.skill_names())
         now = time.time()
         value = load_of(load.waiting_total, load.talking, load.staffed)
@@ -204,6 +216,49 @@ class Controller:
                 continue
             if uid is not None:
                 self.dispatcher.handed(uid)
+
+    async def _check_alerts(self) -> None:
+        """Evaluate the alert rules on live figures; on a change, POST to the webhook. Redis
+        records each rule's state, so with several controllers a change is sent once."""
+        now = time.time()
+        queues = await self.queues()
+        trunks = await self.trunks.summary()
+        floor = {
+            "overload_level": (await self.overload())["level"],
+            "breakers_open": sum(1 for t in trunks.values() if t["state"] != "closed"),
+        }
+        for rule, state in self._alert_rules:
+            change = alert_step(rule, state, queues, floor, now)
+            if change is None or not await self.store.alert_changed(rule.name, change):
+                continue
+            payload = {
+                "alert": rule.name,
+                "status": change,
+                "figure": rule.figure,
+                "queue": rule.queue,
+                "value": state.value,
+                "above": rule.above,
+                "below": rule.below,
+                "node": self.settings.asterisk.node,
+                "at": now,
+            }
+            log.warning("alert.changed", alert=rule.name, status=change, value=state.value)
+            await self._post_alert(payload)
+
+    async def _post_alert(self, payload: dict[str, Any]) -> None:
+        url = self.settings.alerts.webhook
+        if not url:
+            return
+        timeout = aiohttp.ClientTimeout(total=self.settings.alerts.timeout)
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as session,
+                session.post(url, json=payload) as response,
+            ):
+                if response.status >= 300:
+                    log.warning("alert.webhook_refused", status=response.status)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.warning("alert.webhook_failed", error=str(exc) or type(exc).__name__)
 
     # -- what the admin API steers -----------------------------------------------------------
 

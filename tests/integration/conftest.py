@@ -49,6 +49,7 @@ PORTS = {
     "timed_phone": 5178,
     "carrier": 5190,  # the primary outbound carrier (a SIPp UAS a test starts)
     "standby": 5191,  # the standby carrier
+    "webhook": 8191,  # where alerts are posted (a test listens there)
 }
 
 
@@ -120,6 +121,12 @@ def deployment_config(state: Path) -> dict[str, Any]:
     for skill in config["skills"]:
         if skill["name"] == "orders":
             skill["overflow_to"] = {"number": "88001234", "waiting_above": 100}
+    config["alerts"] = {
+        "webhook": f"http://127.0.0.1:{PORTS['webhook']}/alerts",
+        "timeout": 1.0,
+        "rules": [{"name": "presale-waiting", "figure": "waiting", "queue": "presale",
+                   "above": 0, "for_seconds": 2}],
+    }  # fmt: skip
     config["callbacks"] = {"attempts": 3, "retry_delay": 3, "share": 1.0, "ring_timeout": 10}
     config["lookups"] = {
         "order_status": {

@@ -7,8 +7,10 @@ import asyncio
 import json
 
 import pytest
+from aiohttp import web
 
 from tests.integration.conftest import (
+    PORTS,
     EventLog,
     Stack,
     agent_of_channel,
@@ -166,3 +168,51 @@ def test_a_trunk_trip_and_reset_from_the_cli(stack: Stack) -> None:
     unknown = stack.acd("trunk", "trip", "nope")
     assert unknown.returncode == 1
     assert "404" in unknown.stderr
+
+
+async def test_an_alert_fires_and_resolves_on_the_webhook(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """The test deployment alerts when presale has a caller waiting for 2 s: with the presale
+    agents paused a caller waits and the webhook gets `firing`; an agent resumes, the caller is
+    served, and the webhook gets `resolved`."""
+    received: list[dict[str, object]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.json_response({})
+
+    app = web.Application()
+    app.router.add_post("/alerts", hook)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", PORTS["webhook"]).start()
+    for agent in ("1001", "1002"):
+        _acd(stack, "agent", "pause", agent)
+    try:
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5556010")
+        try:
+            uid = await caller_uid(ami_events, "5556010")
+            await _queued(stack, "presale", uid)
+            for _ in range(100):
+                if any(r["status"] == "firing" for r in received):
+                    break
+                await asyncio.sleep(0.1)
+            firing = [r for r in received if r["status"] == "firing"]
+            assert len(firing) == 1, received
+            assert firing[0]["alert"] == "presale-waiting"
+            assert firing[0]["queue"] == "presale"
+            assert firing[0]["value"] == 1.0
+            _acd(stack, "agent", "resume", "1001")
+            await bridge_partner(ami_events, uid, 15)
+            for _ in range(100):
+                if any(r["status"] == "resolved" for r in received):
+                    break
+                await asyncio.sleep(0.1)
+            assert [r["status"] for r in received] == ["firing", "resolved"]
+        finally:
+            caller.stop()
+    finally:
+        for agent in ("1001", "1002"):
+            stack.acd("agent", "resume", agent)
+        await runner.cleanup()
