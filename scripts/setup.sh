@@ -9,7 +9,7 @@ STATE=$PROJECT/.state
 # The packages of the Asterisk root; changing this list rebuilds the root.
 ROOT_PACKAGES=asterisk,asterisk-core-sounds-en-gsm,asterisk-moh-opsound-gsm
 ROOT_SUITE=sid
-HOST_PACKAGES="debootstrap redis-server sip-tester espeak-ng sox python3-venv procps iproute2 util-linux chromium fonts-dejavu-core"
+HOST_PACKAGES="debootstrap redis-server sip-tester espeak-ng sox python3-venv procps iproute2 util-linux chromium fonts-dejavu-core fonts-liberation"
 
 log() { printf 'setup: %s\n' "$*"; }
 

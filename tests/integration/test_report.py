@@ -92,6 +92,9 @@ async def test_the_report_agrees_with_sipp_and_the_cdrs(stack: Stack, ami_events
     assert 0 <= queues["presale"]["asa"] < 5
     assert queues["presale"]["aht"] > 2
 
+    text = stack.acd("report", "--from", str(start), "--to", str(end)).stdout
+    assert "aftersales" in text
+    print(text)
     csv_out = stack.acd("report", "--from", str(start), "--to", str(end), "--csv").stdout
     overall_row = next(csv.DictReader(csv_out.splitlines()))
     assert overall_row["scope"] == "overall"
