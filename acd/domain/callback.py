@@ -60,16 +60,23 @@ OFFER_LEVEL = 3  # from this overload level callers whose wait passes the target
 OVERFLOW_LEVEL = 4  # at this level new callers of a queue with an overflow go there
 
 
-def should_offer(ewt: float, level: int, offer_ewt: float | None, target: float) -> bool:
+def should_offer(
+    ewt: float, level: int, offer_ewt: float | None, target: float, low_tier: bool = False
+) -> bool:
     """Whether a caller about to queue is offered a callback: its wait estimate passes the
-    queue's offer threshold, or, from overload level 3, the queue's answer-time target.
+    queue's offer threshold, or, from overload level 3, the queue's answer-time target; at level
+    4 every caller of a low tier (no head start) is offered one first, whatever the wait.
 
     >>> should_offer(300, 0, None, 120), should_offer(300, 3, None, 120)
     (False, True)
-    >>> should_offer(61, 0, 60, 120)
-    True
+    >>> should_offer(61, 0, 60, 120), should_offer(0, 4, None, 120, low_tier=True)
+    (True, True)
+    >>> should_offer(0, 4, None, 120, low_tier=False)
+    False
     """
     if offer_ewt is not None and ewt > offer_ewt:
+        return True
+    if level >= OVERFLOW_LEVEL and low_tier:
         return True
     return level >= OFFER_LEVEL and ewt > target
 

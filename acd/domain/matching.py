@@ -12,6 +12,7 @@ The rules:
 - A caller's ring widens with its wait (bullseye): agents of its skill at or above the queue's
   minimum level, then, after each escalation step, lower levels and agents of overflow skills.
 - Nobody is dispatched from a paused queue; its callers keep their places.
+- From overload level 1, callers accept their queue's overflow skills at once ("borrow").
 - A caller arrives (or a timer fires): the queue's callers, best first, each take the best agent
   their ring accepts. An agent frees up: it takes the best-scored caller whose ring accepts it,
   across the queues of its skills and the queues that overflow into them.
@@ -56,16 +57,19 @@ def rules_from_json(raw: Mapping[str, Mapping[str, Any]]) -> dict[str, Rule]:
     return out
 
 
-def ring(rules: Mapping[str, Rule], skill: str, waited: float) -> tuple[int, tuple[str, ...]]:
-    """(minimum level, overflow skills) a caller of `skill` accepts after `waited` seconds."""
+def ring(
+    rules: Mapping[str, Rule], skill: str, waited: float, borrow: bool = False
+) -> tuple[int, tuple[str, ...]]:
+    """(minimum level, overflow skills) a caller of `skill` accepts after `waited` seconds;
+    `borrow` (overload level 1 and above): the overflow skills at once."""
     rule = rules.get(skill)
     if rule is None:
         return 1, ()
     level, over = rule.min_level, tuple[str, ...]()
     for step in rule.steps:
-        if waited >= step.after:
-            if step.min_level is not None:
-                level = step.min_level
+        if waited >= step.after and step.min_level is not None:
+            level = step.min_level
+        if waited >= step.after or borrow:
             over += step.overflow
     return level, over
 
@@ -103,6 +107,7 @@ class Floor:
     callers: dict[str, Caller] = field(default_factory=dict)
     available: dict[str, Agent] = field(default_factory=dict)
     paused: set[str] = field(default_factory=set)  # queues nobody is dispatched from
+    borrow: bool = False  # overload level 1+: overflow skills at once
 
     def queue(self, skill: str) -> list[Caller]:
         """The first SCAN callers of a queue, best first (ties by uid, as Redis orders them);
@@ -118,7 +123,7 @@ class Floor:
 
     def claim_for_skill(self, skill: str, now: float) -> Claim | None:
         for caller in self.queue(skill):
-            level, over = ring(self.rules, skill, now - caller.enqueued_at)
+            level, over = ring(self.rules, skill, now - caller.enqueued_at, self.borrow)
             agent = self.best_agent(skill)
             if agent is not None and agent.levels[skill] >= level:
                 return self._take(caller, agent)
@@ -130,7 +135,7 @@ class Floor:
 
     def accepts(self, caller: Caller, agent: Agent, now: float) -> bool:
         """Whether `caller`'s ring, now, includes `agent`."""
-        level, over = ring(self.rules, caller.skill, now - caller.enqueued_at)
+        level, over = ring(self.rules, caller.skill, now - caller.enqueued_at, self.borrow)
         if caller.skill in agent.levels and agent.levels[caller.skill] >= level:
             return True
         return caller.skill not in agent.levels and any(o in agent.levels for o in over)

@@ -499,7 +499,9 @@ class IvrService:
                 await self._emit("overflow", channel.uniqueid, skill=step.skill, trunk=trunk)
                 return True
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
-        if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target):
+        head_start = step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0)
+        low_tier = head_start <= 0
+        if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target, low_tier):
             return False
         if not await self._callbacks_on(step.skill):
             return False

@@ -50,6 +50,7 @@ floor_st = st.tuples(
     ),
     st.integers(150, 400),
     st.sets(st.sampled_from(SKILLS), max_size=1),
+    st.integers(0, 2),
 )
 
 
@@ -60,12 +61,13 @@ floor_st = st.tuples(
 async def test_the_script_claims_what_the_model_claims(
     store: RedisStore,
     case: tuple[
-        list[tuple[str, int, int]], list[dict[str, int]], list[tuple[str, str]], int, set[str]
+        list[tuple[str, int, int]], list[dict[str, int]], list[tuple[str, str]], int, set[str], int
     ],
 ) -> None:
-    rows, agent_levels, ops, now, paused = case
+    rows, agent_levels, ops, now, paused, level = case
     await store._redis.flushdb()
-    model = Floor(matching.rules_from_json(RULES), paused=set(paused))
+    model = Floor(matching.rules_from_json(RULES), paused=set(paused), borrow=level >= 1)
+    await store._redis.hset("m:overload", "level", str(level))
     for skill in paused:
         await store.set_queue_state(skill, "paused")
     for i, levels in enumerate(agent_levels):

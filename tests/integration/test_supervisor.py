@@ -9,6 +9,7 @@ import json
 import pytest
 from aiohttp import web
 
+from tests.integration import sipp
 from tests.integration.conftest import (
     PORTS,
     EventLog,
@@ -154,17 +155,32 @@ async def test_an_agents_new_skill_brings_it_callers_of_that_queue(
     assert "level from 1 to 10" in bad.stderr
 
 
-def test_a_trunk_trip_and_reset_from_the_cli(stack: Stack) -> None:
-    """`acd trunk trip carrier-out` opens its breaker by hand, `acd trunk list` shows it, and
-    `acd trunk reset` closes it; an unknown trunk is a clear error."""
+async def test_a_trunk_tripped_from_the_cli_moves_a_live_overflow_to_standby(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """`acd trunk trip carrier-out` opens the primary's breaker by hand (`acd trunk list` shows
+    it); at level 4 a new orders caller overflows over the standby trunk instead; `acd trunk
+    reset` closes it again. An unknown trunk is a clear error."""
+    standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
     try:
         assert "open (tripped by hand)" in _acd(stack, "trunk", "trip", "carrier-out")
         listing = _acd(stack, "trunk", "list")
-        assert "carrier-out" in listing
         assert "standby-out" in listing
         assert "tripped by hand" in listing
+        _acd(stack, "level", "4")
+        caller = stack.call(Script().at(1.0, "20"), "5556005", remote_hangup=True)
+        try:
+            uid = await caller_uid(ami_events, "5556005")
+            assert await asyncio.to_thread(caller.wait, 60) == 0
+        finally:
+            caller.stop()
+        dials = [e.get("DialString") for e in ami_events.events
+                 if e.event == "DialBegin" and e.get("Uniqueid") == uid]  # fmt: skip
+        assert dials == ["88001234@standby-out"]
     finally:
+        _acd(stack, "level", "auto")
         assert "closed" in _acd(stack, "trunk", "reset", "carrier-out")
+        standby.stop()
     unknown = stack.acd("trunk", "trip", "nope")
     assert unknown.returncode == 1
     assert "404" in unknown.stderr

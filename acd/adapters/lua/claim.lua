@@ -15,6 +15,10 @@ local mynode = ARGV[6] or ''
 local rules = cjson.decode(ARGV[5])
 local SCAN = 20  -- callers looked at per queue: the best ones, where a match is decided
 
+-- From overload level 1 (P:overload level) queues borrow their overflow skills' agents at once,
+-- whatever the wait: the first action of the overload plan.
+local borrow = (tonumber(redis.call('HGET', prefix .. ':overload', 'level')) or 0) >= 1
+
 local function ring(skill, waited)
   local r = rules[skill]
   if not r then return 1, {} end
@@ -22,6 +26,8 @@ local function ring(skill, waited)
   for _, step in ipairs(r.steps) do
     if waited >= step[1] then
       if step[2] ~= cjson.null then min = step[2] end
+    end
+    if waited >= step[1] or borrow then
       for _, o in ipairs(step[3]) do table.insert(over, o) end
     end
   end
