@@ -57,48 +57,55 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
          "--appendonly", "no", "--dir", str(tmp)],
         stdout=subprocess.DEVNULL,
     )  # fmt: skip
-    while not sock.exists():
-        time.sleep(0.02)
-    config = yaml.safe_load((REPO / "acd.yaml").read_text())
-    config["state_dir"] = str(tmp)
-    config["flows_dir"] = str(REPO / "ivr_flows")
-    config["asterisk"]["config_dir"] = str(REPO / "asterisk-config")
-    config["asterisk"]["sounds_dir"] = str(REPO / ".state" / "sounds")
-    config["asterisk"]["ami"]["port"] = _free_port()  # nothing listens: AMI stays down
-    config["redis"] = {"url": f"unix://{sock}", "prefix": "contract"}
-    port = _free_port()
-    config["admin"] = {"host": "127.0.0.1", "port": port}
-    config["trunks"] += [
-        {"name": "carrier-out", "address": {"host": "127.0.0.1", "port": 5990}},
-        {"name": "standby-out", "address": {"host": "127.0.0.1", "port": 5991}, "role": "standby"},
-    ]
-    (tmp / "acd.yaml").write_text(yaml.safe_dump(config))
-    os.environ["ACD_AMI_SECRET"] = "contract-ami-secret"
-    os.environ["ACD_ADMIN_TOKEN"] = TOKEN
     try:
-        s = load_settings(tmp / "acd.yaml")
-        controller = Controller(s, load_checked_flows(s))
-    finally:
-        del os.environ["ACD_AMI_SECRET"], os.environ["ACD_ADMIN_TOKEN"]
-    loop = asyncio.new_event_loop()
-    ready = threading.Event()
+        while not sock.exists():
+            assert redis.poll() is None, "redis-server exited"
+            time.sleep(0.02)
+        config = yaml.safe_load((REPO / "acd.yaml").read_text())
+        config["state_dir"] = str(tmp)
+        config["flows_dir"] = str(REPO / "ivr_flows")
+        config["asterisk"]["config_dir"] = str(REPO / "asterisk-config")
+        config["asterisk"]["sounds_dir"] = str(REPO / ".state" / "sounds")
+        config["asterisk"]["ami"]["port"] = _free_port()  # nothing listens: AMI stays down
+        config["redis"] = {"url": f"unix://{sock}", "prefix": "contract"}
+        port = _free_port()
+        config["admin"] = {"host": "127.0.0.1", "port": port}
+        config["trunks"] += [
+            {"name": "carrier-out", "address": {"host": "127.0.0.1", "port": 5990}},
+            {
+                "name": "standby-out",
+                "address": {"host": "127.0.0.1", "port": 5991},
+                "role": "standby",
+            },
+        ]
+        (tmp / "acd.yaml").write_text(yaml.safe_dump(config))
+        os.environ["ACD_AMI_SECRET"] = "contract-ami-secret"
+        os.environ["ACD_ADMIN_TOKEN"] = TOKEN
+        try:
+            s = load_settings(tmp / "acd.yaml")
+            controller = Controller(s, load_checked_flows(s))
+        finally:
+            del os.environ["ACD_AMI_SECRET"], os.environ["ACD_ADMIN_TOKEN"]
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
 
-    async def serve() -> None:
-        await controller.store.register_agents(s.agents, time.time())
-        app = admin_api.build_app(TOKEN, controller, controller.openapi())
-        await admin_api.serve(app, "127.0.0.1", port, ready.set)
+        async def serve() -> None:
+            await controller.store.register_agents(s.agents, time.time())
+            app = admin_api.build_app(TOKEN, controller, controller.openapi())
+            await admin_api.serve(app, "127.0.0.1", port, ready.set)
 
-    task = loop.create_task(serve())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    assert ready.wait(15), "the admin API did not start"
-    try:
-        yield Api(f"http://127.0.0.1:{port}", controller.openapi())
+        task = loop.create_task(serve())
+        thread = threading.Thread(target=loop.run_forever, daemon=True)
+        thread.start()
+        assert ready.wait(15), "the admin API did not start"
+        try:
+            yield Api(f"http://127.0.0.1:{port}", controller.openapi())
+        finally:
+            loop.call_soon_threadsafe(task.cancel)
+            time.sleep(0.5)
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(10)
     finally:
-        loop.call_soon_threadsafe(task.cancel)
-        time.sleep(0.5)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(10)
         redis.terminate()
         redis.wait(5)
 

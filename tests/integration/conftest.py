@@ -245,7 +245,11 @@ class Stack:
                 (r.zrem if r.type(key) == "zset" else r.srem)(key, *stale)
 
     def controller_pid(self) -> int:
-        return int((self.state / "controller.pid").read_text())
+        """The running controller's pid; 0 while `acd up` is restarting it."""
+        try:
+            return int((self.state / "controller.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return 0
 
     def wait_ready(self, timeout: float = 30) -> None:
         """Until the (possibly restarted) controller answers /readyz."""

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 
 import pytest
 from aiohttp import web
@@ -42,7 +44,8 @@ async def test_a_paused_queue_holds_its_callers_until_resumed(
     stack: Stack, ami_events: EventLog
 ) -> None:
     """`acd queue pause presale`: a presale caller queues but no agent is dialled although the
-    presale agents are free; `acd queue resume presale` connects it at once from its place."""
+    presale agents are free, even after the controller is killed and restarted; `acd queue
+    resume presale` connects it at once from its place."""
     assert "paused" in _acd(stack, "queue", "pause", "presale")
     try:
         caller = stack.call(Script().at(1.0, "10").wait(30), "5556001")
@@ -57,6 +60,19 @@ async def test_a_paused_queue_holds_its_callers_until_resumed(
             status = json.loads(_acd(stack, "status", "--json"))
             assert status["queues"]["presale"]["state"] == "paused"
             assert status["queues"]["presale"]["waiting"] == 1
+            # The toggle lives in Redis: a restarted controller keeps the queue paused.
+            pid = stack.controller_pid()
+            os.kill(pid, signal.SIGKILL)
+            for _ in range(300):
+                if stack.controller_pid() != pid:
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.to_thread(stack.wait_ready, 60)
+            await asyncio.sleep(2)
+            assert stack.redis.zscore(stack.key("q", "presale"), uid) is not None
+            assert json.loads(_acd(stack, "status", "--json"))["queues"]["presale"]["state"] == (
+                "paused"
+            )
             assert "open" in _acd(stack, "queue", "resume", "presale")
             agent = agent_of_channel(
                 (await bridge_partner(ami_events, uid, 15)).get("Channel") or ""
