@@ -103,10 +103,23 @@ class CallRecord:
         return self.fields.get("agent", "")
 
 
-_LEAVE_QUEUE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
-redis.call('ZREM', ARGV[1] .. ':q:' .. redis.call('HGET', KEYS[1], 'skill'), ARGV[2])
-redis.call('HSET', KEYS[1], 'state', 'left_for_callback')
+_HSET_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+_RETIRE_AGENTS = """
+local prefix = ARGV[1]
+for i = 2, #ARGV do
+  local akey = prefix .. ':agent:' .. ARGV[i]
+  for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
+    redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), ARGV[i])
+  end
+  redis.call('ZREM', prefix .. ':wrapups', ARGV[i])
+  redis.call('SREM', prefix .. ':agents', ARGV[i])
+  redis.call('DEL', akey)
+end
 return 1
 """
 
@@ -150,9 +163,11 @@ class RedisStore:
         self._requeue = self._redis.register_script(_script("requeue"))
         self._end_call = self._redis.register_script(_script("end_call"))
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
-        self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
+        self._callback_register = self._redis.register_script(_script("callback_register"))
         self._trunk_claim = self._redis.register_script(_script("trunk_claim"))
         self._agent_skills = self._redis.register_script(_script("agent_skills"))
+        self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
+        self._hset_existing = self._redis.register_script(_HSET_EXISTING)
         self._callback_finish = self._redis.register_script(_script("callback_finish"))
 
     def key(self, *parts: str) -> str:
@@ -186,17 +201,23 @@ class RedisStore:
             try:
                 created = await self._redis.hsetnx(key, "state", AgentState.LOGGED_OUT.value)
                 await self._redis.hset(key, mapping={"id": agent.id, "endpoint": agent.endpoint})
-                # Skills set by a supervisor (`acd agent skills`) outlive restarts.
-                if not await self._redis.hget(key, "skills_set_by"):
-                    await self._redis.hset(key, "skills", skills)
                 await self._redis.sadd(self.key("agents"), agent.id)
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis: {exc}") from exc
+            # Skills set by a supervisor (`acd agent skills`) outlive restarts; others follow the
+            # configuration, re-ranking an available agent in the same step.
+            await self._run(self._agent_skills, [], [self.prefix, agent.id, skills, ""])
             if created:
                 if agent.auto_login if agent.auto_login is not None else login:
                     await self.agent_event(agent.id, AgentEvent.LOGIN, now)
                 added.append(agent.id)
         return added
+
+    async def retire_agents(self, agent_ids: Iterable[str]) -> None:
+        """Forget agents the deployment no longer has (out of every available set)."""
+        ids = sorted(agent_ids)
+        if ids:
+            await self._run(self._retire_agents, [], [self.prefix, *ids])
 
     async def agent_event(
         self,
@@ -207,15 +228,18 @@ class RedisStore:
         call: str = "",
         reason: str = "",
         wrap_until: float = 0.0,
+        wrapped_by: float | None = None,
     ) -> tuple[bool, str]:
         """Apply `event` atomically if the agent is in one of its source states (and holds
-        `call`, when given). Returns (applied, the state before or the state that refused)."""
+        `call`, when given; and, with `wrapped_by`, only if a wrap-up was due by then). Returns
+        (applied, the state before or the state that refused)."""
         sources = agent_sources(event)
         target = agent_target(event, sources[0])
         result = await self._run(
             self._agent_event,
             [],
             [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
+            + ["" if wrapped_by is None else repr(wrapped_by)]
             + [s.value for s in sources],
         )
         return bool(result[0]), str(result[1])
@@ -274,12 +298,17 @@ class RedisStore:
     async def record_answer(self, uid: str, now: float) -> dict[str, str]:
         """The caller is talking to its agent: note when, and log the wait against the estimate
         given at join (P:ewt_log), for the estimate's error. Returns the call's fields."""
-        fields = (await self.call(uid) or CallRecord(uid, {})).fields
+        record = await self.call(uid)
+        if record is None:
+            return {}  # it hung up meanwhile: nothing to record (and no key to recreate)
+        fields = record.fields
         waited = now - float(fields.get("enqueued_at") or now)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(
-                    self.key("call", uid), mapping={"state": "connected", "answered_at": repr(now)}
+                await self._hset_existing(
+                    keys=[self.key("call", uid)],
+                    args=["state", "connected", "answered_at", repr(now)],
+                    client=pipe,
                 )
                 if "ewt_at_join" in fields:
                     pipe.xadd(
@@ -298,8 +327,10 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return dict(fields)
 
-    async def set_call_field(self, uid: str, name: str, value: str) -> None:
-        await self._call(self._redis.hset(self.key("call", uid), name, value))
+    async def set_call_field(self, uid: str, name: str, value: str) -> bool:
+        """Set a field of a call that still exists (a call that hung up meanwhile is not
+        recreated, without its lifetime). Returns whether it was set."""
+        return bool(await self._run(self._hset_existing, [self.key("call", uid)], [name, value]))
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
@@ -506,9 +537,12 @@ class RedisStore:
         enqueued_at: float,
         now: float,
         fields: Mapping[str, str],
-    ) -> None:
+        leave_queue: bool = False,
+    ) -> bool:
         """Record a callback request durably, keeping the caller's place (its score and join
-        time), due at once; if the caller was waiting, it leaves the queue in the same step."""
+        time), due at once. A waiting caller (`leave_queue`) leaves its queue in the same atomic
+        step, unless an agent was claimed for it meanwhile: then nothing is recorded and this
+        returns False."""
         mapping: dict[str, str] = {
             **fields,
             "uid": uid,
@@ -520,29 +554,30 @@ class RedisStore:
             "attempts": "0",
             "state": "pending",
         }
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key("callback", uid), mapping=mapping)  # type: ignore[arg-type]
-                pipe.expire(self.key("callback", uid), CALLBACK_TTL_SECONDS)
-                pipe.zadd(self.key("callbacks", "due"), {uid: now})
-                pipe.zrem(self.key("q", skill), uid)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-
-    async def leave_queue(self, uid: str) -> bool:
-        """Take a waiting caller out of its queue (it asked for a callback), unless an agent was
-        claimed for it meanwhile. The call stays known until its channel hangs up."""
-        return bool(await self._run(self._leave_queue, [self.key("call", uid)], [self.prefix, uid]))
+        args: list[Any] = [
+            self.prefix, uid, skill, repr(now), CALLBACK_TTL_SECONDS, "1" if leave_queue else "0",
+        ]  # fmt: skip
+        for k, v in mapping.items():
+            args += [k, v]
+        return bool(await self._run(self._callback_register, [], args))
 
     async def admit_callbacks(
-        self, now: float, limit: int, expiry: float, open_skills: Iterable[str]
-    ) -> tuple[list[str], list[str]]:
-        """Put due callbacks into their queues (see lua/callback_admit.lua). Returns (the skills
-        that got one, the callbacks that expired)."""
-        args: list[Any] = [self.prefix, repr(now), self.node, limit, repr(expiry), CALL_TTL_SECONDS]
-        admitted, expired = await self._run(self._callback_admit, [], args + list(open_skills))
-        return [str(s) for s in admitted], [str(e) for e in expired]
+        self, now: float, share: float, expiry: float, staffed: Mapping[str, int]
+    ) -> tuple[list[str], list[str], float | None]:
+        """Put due callbacks into their queues, paced against inbound load (see
+        lua/callback_admit.lua); `staffed`: the skills open for callbacks now, with their staffed
+        agents. Returns (the skills that got one, the callbacks that expired, when the next
+        pending one falls due or None)."""
+        args: list[Any] = [self.prefix, repr(now), self.node, repr(share), repr(expiry)]
+        args.append(CALL_TTL_SECONDS)
+        for skill, n in staffed.items():
+            args += [skill, int(n)]
+        admitted, expired, nxt = await self._run(self._callback_admit, [], args)
+        return (
+            [str(s) for s in admitted],
+            [str(e) for e in expired],
+            float(nxt) if nxt not in (None, "") else None,
+        )
 
     async def finish_callback_attempt(
         self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0

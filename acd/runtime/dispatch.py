@@ -66,6 +66,8 @@ Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
 EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse"})
 CALLBACK_ACTIVE = ("offered", "connected")
+WRAP_UP_SLACK = 0.25  # seconds
+REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
 
 
 class Dispatcher:
@@ -77,7 +79,11 @@ class Dispatcher:
         trunks: TrunkBoard,
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
+        on_callback_slot: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_callback_slot`: called when a callback may be admitted now (an attempt ended, an
+        agent came free)."""
+        self._on_callback_slot = on_callback_slot
         self._settings = settings
         self._store = store
         self._ami = ami
@@ -110,8 +116,10 @@ class Dispatcher:
         self._work.put_nowait(HandoffWork(uid))
 
     def agent_ready(self, agent_id: str) -> None:
-        """An agent may take a caller now (logged in, resumed)."""
+        """An agent may take a caller now (logged in, resumed); a callback may be admitted for
+        it too."""
         self._work.put_nowait(AgentWork(agent_id))
+        self._on_callback_slot()
 
     async def sweep_wrapups(self) -> None:
         """Finish wrap-ups whose time is over (a safety net for timers lost in a restart)."""
@@ -171,8 +179,10 @@ class Dispatcher:
             skill = record.fields.get("skill", "")
             await self._connect(Claim(work.uid, record.agent, skill, self._node), handed=True)
         elif isinstance(work, WrapUpDone):
+            now = self._clock()
+            # Timers fire on the loop's clock: a little slack against the wall clock's.
             done, _ = await self._store.agent_event(
-                work.agent_id, AgentEvent.WRAP_UP_DONE, self._clock()
+                work.agent_id, AgentEvent.WRAP_UP_DONE, now, wrapped_by=now + WRAP_UP_SLACK
             )
             if done:
                 log.info("dispatch.wrap_up_done", agent=work.agent_id)
@@ -193,7 +203,15 @@ class Dispatcher:
             return
         record = await self._store.call(claim.uid)
         agent = self._agents.get(claim.agent_id)
-        if record is None or agent is None:
+        if agent is None:
+            # Redis knows an agent this deployment no longer has: it must not take callers (and
+            # releasing it would only claim it again). The caller goes back to the front.
+            log.warning("dispatch.unknown_agent", uniqueid=claim.uid, agent=claim.agent_id)
+            await self._store.retire_agents([claim.agent_id])
+            if await self._store.requeue(claim.uid):
+                self._work.put_nowait(SkillWork(claim.skill))
+            return
+        if record is None:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
@@ -247,8 +265,8 @@ class Dispatcher:
         with bound:
             if not CALLBACK_NUMBER.match(number):
                 log.error("dispatch.callback_bad_number")
-                await self._store.finish_callback_attempt(callback, claim.uid, now, "failed", "")
-                await self._end_call(claim.uid)
+                await self._close_attempt(callback, claim.uid, now, "failed", "")
+                await self._forget(claim.uid)
                 return
             delay = None
             if not may_dial(self._cb_hours, now):
@@ -258,10 +276,10 @@ class Dispatcher:
                 delay, why = self._cb_policy.retry_delay, "no trunk"
             if delay is not None or trunk is None:
                 log.warning("dispatch.callback_deferred", reason=why)
-                await self._store.finish_callback_attempt(
+                await self._close_attempt(
                     callback, claim.uid, now, "again", "", at=now + (delay or 60.0)
                 )
-                await self._end_call(claim.uid)
+                await self._forget(claim.uid)
                 return
             await self._store.set_call_field(claim.uid, "trunk", trunk)
             variables = {
@@ -292,10 +310,11 @@ class Dispatcher:
             except AmiActionFailed as exc:
                 log.warning("dispatch.callback_originate_refused", error=exc.message)
                 await self._trunks.cancelled(trunk, claim.uid)
-                await self._store.finish_callback_attempt(
-                    callback, claim.uid, now, "again", "", at=now
+                # Not at once: a refusal that would repeat must not spin.
+                await self._close_attempt(
+                    callback, claim.uid, now, "again", "", at=now + REFUSED_RETRY
                 )
-                await self._end_call(claim.uid)
+                await self._forget(claim.uid)
                 return
             except AmiError:
                 await self._trunks.cancelled(trunk, claim.uid)
@@ -304,6 +323,17 @@ class Dispatcher:
                 raise
             self.callbacks_dialled += 1
             log.info("dispatch.callback_dialling", trunk=trunk, dial=agent_dial)
+
+    async def _close_attempt(
+        self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0
+    ) -> bool:
+        """Close a callback attempt (once: see lua/callback_finish.lua); its slot is free."""
+        closed = await self._store.finish_callback_attempt(
+            callback, uid, now, outcome, status, at=at
+        )
+        if closed:
+            self._on_callback_slot()
+        return closed
 
     async def _callback_ended(self, event: AmiMessage) -> None:
         """AcdCallbackEnd: the attempt's customer leg is over; decide what follows."""
@@ -329,7 +359,7 @@ class Dispatcher:
             outcome, at = (
                 (decision.outcome, 0.0) if isinstance(decision, Done) else ("retry", decision.at)
             )
-        if await self._store.finish_callback_attempt(callback, uid, now, outcome, status, at=at):
+        if await self._close_attempt(callback, uid, now, outcome, status, at=at):
             if status == "":
                 await self._trunks.cancelled(trunk, uid)
             else:
@@ -362,14 +392,21 @@ class Dispatcher:
         if applied:
             log.info("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
             if event in (AgentEvent.RELEASE, AgentEvent.RESUME, AgentEvent.LOGIN):
-                self._work.put_nowait(AgentWork(agent_id))
+                self.agent_ready(agent_id)
         return applied
 
     async def _end_call(self, uid: str) -> None:
-        """The caller is gone: its agent goes to wrap-up (after talking) or back to work."""
-        wrap_up = self._settings.agent_policy.wrap_up
+        """The caller is gone (or a callback attempt's agent leg): its agent goes to wrap-up
+        (after talking) or back to work."""
         if uid.startswith("cb-"):
             await self._end_callback_leg(uid)
+        await self._forget(uid)
+
+    async def _forget(self, uid: str) -> None:
+        """Forget a call; a reserved agent is released as it was (nobody rang it), an agent who
+        talked goes to wrap-up. (A callback attempt that is put off before its agent is dialled
+        comes here directly: the agent missed nothing.)"""
+        wrap_up = self._settings.agent_policy.wrap_up
         agent, state = await self._store.end_call(uid, self._clock(), wrap_up)
         if not agent:
             return
@@ -417,7 +454,7 @@ class Dispatcher:
         missed = record.state == "offered" and record.agent
         if missed and self._settings.agent_policy.pause_on_missed:
             await self._agent(record.agent, AgentEvent.MISSED, uid, reason="missed")
-        if await self._store.finish_callback_attempt(callback, uid, now, "again", "", at=now):
+        if await self._close_attempt(callback, uid, now, "again", "", at=now):
             trunk = record.fields.get("trunk", "")
             if trunk:
                 await self._trunks.cancelled(trunk, uid)
@@ -518,17 +555,20 @@ class Dispatcher:
             if record.agent:
                 await self._agent(record.agent, AgentEvent.RELEASE, uid)
             return
-        await self._store.finish_callback_attempt(callback, uid, now, "unknown", "")
+        await self._close_attempt(callback, uid, now, "unknown", "")
         log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
         await self._end_call(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
+        # The node's calls first, then Asterisk's channels: a caller the IVR queues between the
+        # two reads is not judged, where the other way round it would be taken for gone.
+        ours = await self._store.calls_of_node(self._settings.asterisk.node)
         channels = await self._ami.send_list_action("CoreShowChannels")
         live = {c.get("Uniqueid") or c.get("UniqueID") or "": c for c in channels}
         now = self._clock()
         ended = requeued = 0
-        for uid in await self._store.calls_of_node(self._settings.asterisk.node):
+        for uid in ours:
             record = await self._store.call(uid)
             channel = live.get(uid)
             if record is not None and record.fields.get("kind") == "callback":
@@ -537,6 +577,9 @@ class Dispatcher:
                     ended += 1
                 continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
+                # It hung up while we were not listening: its journey ends here.
+                if await self._store.take_live(uid):
+                    await self._record_hangup(uid, "unseen")
                 await self._end_call(uid)
                 ended += 1
                 continue

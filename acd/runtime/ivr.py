@@ -421,11 +421,10 @@ class IvrService:
             return
         now = self._clock()
         fields = call.fields
-        # Taken out of the queue first: if an agent claimed the caller meanwhile, it stays.
-        if not await self._store.leave_queue(uid):
-            log.info("ivr.callback_too_late", uniqueid=uid)
-            return
-        await self._store.register_callback(
+        # One atomic step: out of the queue and into the callbacks. If an agent was claimed for
+        # the caller meanwhile, nothing changes and the caller is connected.
+        registered = await self._store.register_callback(
+            leave_queue=True,
             uid=uid,
             number=number,
             skill=fields.get("skill", ""),
@@ -439,6 +438,9 @@ class IvrService:
                 "from_hold": "1",
             },
         )
+        if not registered:
+            log.info("ivr.callback_too_late", uniqueid=uid)
+            return
         await channel.set_variable("ACD_RESULT", "callback")
         log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
         await self._emit("callback_requested", uid, skill=fields.get("skill", ""), via="hold")
