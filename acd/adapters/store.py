@@ -653,9 +653,16 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    async def take_live(self, uid: str) -> bool:
-        """Whether `uid` arrived through the IVR and had not hung up yet (then forgets it)."""
-        return bool(await self._call(self._redis.getdel(self.key("live", uid))))
+    async def take_live(self, uid: str) -> str | None:
+        """How `uid`, which arrived through the IVR, is marked ('fallback': the dialplan's
+        fallback queue took it; else its arrival time), or None if it is not live (it did not
+        come through the IVR, or its hangup was recorded already). Forgets it."""
+        marker = await self._call(self._redis.getdel(self.key("live", uid)))
+        return None if marker is None else str(marker)
+
+    async def mark_fallback(self, uid: str) -> None:
+        """The dialplan's fallback queue took a live caller: its end will say so."""
+        await self._call(self._redis.set(self.key("live", uid), "fallback", xx=True, keepttl=True))
 
     async def journey_range(self, start: float, end: float) -> list[dict[str, str]]:
         """Journey events with times in [start, end], oldest first."""

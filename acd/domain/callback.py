@@ -107,19 +107,17 @@ def may_dial(hours: BusinessHours | None, now: float) -> bool:
 def admission_limit(policy: CallbackPolicy, staffed: int, inbound_waiting: int) -> int:
     """How many callbacks of a skill may be in its queue or on the phone at once, paced against
     live inbound load: while inbound callers wait, the configured share of the skill's staffed
-    agents (at least one while anyone is staffed), so callbacks do not flood the floor; while
-    none wait, every staffed agent, so callbacks do not starve on a quiet floor.
-    (lua/callback_admit.lua applies the same rule atomically.)
+    agents, so callbacks do not flood the floor; while none wait, every staffed agent, so they
+    do not starve on a quiet floor. At least one: with nobody staffed, it waits at its place in
+    the queue. (lua/callback_admit.lua applies the same rule atomically.)
 
     >>> admission_limit(CallbackPolicy(share=0.5), staffed=5, inbound_waiting=3)
     2
     >>> admission_limit(CallbackPolicy(share=0.5), staffed=5, inbound_waiting=0)
     5
     >>> admission_limit(CallbackPolicy(share=0.1), 1, 9), admission_limit(CallbackPolicy(), 0, 0)
-    (1, 0)
+    (1, 1)
     """
-    if staffed <= 0:
-        return 0
     if inbound_waiting <= 0:
-        return staffed
+        return max(1, staffed)
     return max(1, math.floor(policy.share * staffed))

@@ -67,6 +67,7 @@ Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse"})
 CALLBACK_ACTIVE = ("offered", "connected")
 WRAP_UP_SLACK = 0.25  # seconds
+CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
 
 
@@ -338,10 +339,14 @@ class Dispatcher:
     async def _callback_ended(self, event: AmiMessage) -> None:
         """AcdCallbackEnd: the attempt's customer leg is over; decide what follows."""
         uid = event.get("Uniqueid") or ""
-        status = event.get("DialStatus") or ""
-        trunk = event.get("Trunk") or ""
         record = await self._store.call(uid)
         callback = event.get("Callback") or (record.fields.get("callback", "") if record else "")
+        trunk, status = event.get("Trunk") or "", event.get("DialStatus") or ""
+        await self._attempt_over(uid, callback, trunk, status)
+        await self._forget_dial_mark(uid)
+
+    async def _attempt_over(self, uid: str, callback: str, trunk: str, status: str) -> None:
+        """The customer leg of attempt `uid` ended with Dial's `status` ('' = never dialled)."""
         fields = await self._store.callback(callback)
         if not fields:
             return
@@ -382,6 +387,23 @@ class Dispatcher:
                 outcome=outcome,
             )
 
+    async def _dial_mark(self, uid: str) -> str | None:
+        """What the node's AstDB says of attempt `uid` (acd-callback in the dialplan): None, the
+        customer was never dialled; 'dialling'; or 'ended STATUS'."""
+        try:
+            events = await self._ami.send_list_action(
+                "DBGet", {"Family": CALLBACK_DB_FAMILY, "Key": uid}
+            )
+        except AmiActionFailed:
+            return None  # no such entry
+        return (events[0].get("Val") or "") if events else None
+
+    async def _forget_dial_mark(self, uid: str) -> None:
+        try:
+            await self._ami.send_action("DBDel", {"Family": CALLBACK_DB_FAMILY, "Key": uid})
+        except AmiActionFailed:
+            pass  # never dialled: nothing was written
+
     async def _agent(
         self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""
     ) -> bool:
@@ -417,13 +439,14 @@ class Dispatcher:
             loop = asyncio.get_running_loop()
             loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
 
-    async def _record_hangup(self, uid: str, cause: str) -> None:
-        """The journey's last event for a caller who came in through the IVR: how it ended."""
+    async def _record_hangup(self, uid: str, cause: str, *, fallback: bool = False) -> None:
+        """The journey's last event for a caller who came in through the IVR: how it ended
+        (`fallback`: the dialplan's fallback queue had taken it over)."""
         record = await self._store.call(uid)
         now = self._clock()
         fields: dict[str, object] = {"cause": cause}
         if record is None:
-            fields["outcome"] = "ivr"
+            fields["outcome"] = "fallback" if fallback else "ivr"
         else:
             f = record.fields
             joined = float(f.get("enqueued_at") or now)
@@ -464,8 +487,11 @@ class Dispatcher:
         name = event.event
         uid = event.get("Uniqueid") or ""
         if name == "Hangup":
-            if await self._store.take_live(uid):
-                await self._record_hangup(uid, event.get("Cause-txt") or "")
+            marker = await self._store.take_live(uid)
+            if marker is not None:
+                await self._record_hangup(
+                    uid, event.get("Cause-txt") or "", fallback=marker == "fallback"
+                )
             await self._end_call(uid)
         elif name == "DialBegin":
             record = await self._store.call(uid)
@@ -543,21 +569,33 @@ class Dispatcher:
             await self._recorder.emit(
                 "fallback", uid, skill=record.fields.get("skill") if record else None
             )
+            await self._store.mark_fallback(uid)
             await self._end_call(uid)
 
     async def _resync_callback(self, record: CallRecord) -> None:
         """A callback attempt claimed before we lost sight of it, whose agent leg is gone. Not
-        originated yet: back to the queue's front. Originated: whether the customer was dialled
-        is unknown, and a callback is dialled at most once, so the attempt ends as 'unknown'."""
+        originated yet: back to the queue's front. Originated: the node's AstDB tells whether
+        the customer was dialled and how that ended. Never dialled: the attempt does not count.
+        Ended: decided as if its AcdCallbackEnd had been seen. Dialled with no end recorded
+        (Asterisk itself went down): a callback is dialled at most once, so it ends 'unknown'."""
         uid, callback, now = record.uid, record.fields.get("callback", ""), self._clock()
-        if not record.fields.get("trunk"):
+        trunk = record.fields.get("trunk", "")
+        if not trunk:
             await self._store.requeue(uid)
             if record.agent:
                 await self._agent(record.agent, AgentEvent.RELEASE, uid)
             return
-        await self._close_attempt(callback, uid, now, "unknown", "")
-        log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
-        await self._end_call(uid)
+        mark = await self._dial_mark(uid)
+        if mark is None or mark.startswith("ended"):
+            status = mark.partition(" ")[2].strip() if mark else ""
+            log.info("dispatch.callback_end_recovered", uniqueid=uid, dial_status=status)
+            await self._attempt_over(uid, callback, trunk, status)
+        else:
+            await self._close_attempt(callback, uid, now, "unknown", "")
+            await self._trunks.cancelled(trunk, uid)
+            log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
+        await self._forget_dial_mark(uid)
+        await self._forget(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
@@ -578,8 +616,9 @@ class Dispatcher:
                 continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
                 # It hung up while we were not listening: its journey ends here.
-                if await self._store.take_live(uid):
-                    await self._record_hangup(uid, "unseen")
+                marker = await self._store.take_live(uid)
+                if marker is not None:
+                    await self._record_hangup(uid, "unseen", fallback=marker == "fallback")
                 await self._end_call(uid)
                 ended += 1
                 continue

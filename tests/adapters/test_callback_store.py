@@ -7,8 +7,11 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from acd.adapters.store import RedisStore
+from acd.domain.callback import CallbackPolicy, admission_limit
 
 SKILLS = ["orders", "presale"]
 
@@ -76,14 +79,23 @@ async def test_while_inbound_callers_wait_callbacks_keep_to_their_share(store: R
 
 
 async def test_on_a_quiet_floor_callbacks_may_take_every_staffed_agent(store: RedisStore) -> None:
-    """No inbound caller waits: as many callbacks as agents are staffed, not more, and none for a
-    skill nobody is staffed for."""
+    """No inbound caller waits: as many callbacks as agents are staffed, not more; none for a
+    skill that is not open for callbacks now."""
     for i in range(5):
         await _request(store, f"c{i}", score=float(i))
+    assert (await store.admit_callbacks(100.0, 0.25, 3600, {"presale": 9}))[0] == []
     admitted, _, _ = await store.admit_callbacks(100.0, 0.25, 3600, {"orders": 3, "presale": 9})
     assert admitted == ["orders"] * 3
     assert (await store.admit_callbacks(100.0, 0.25, 3600, {"orders": 3}))[0] == []
-    assert (await store.admit_callbacks(100.0, 0.25, 3600, {"orders": 0, "presale": 9}))[0] == []
+
+
+async def test_with_nobody_staffed_one_callback_waits_at_its_place(store: RedisStore) -> None:
+    """Nobody staffed for the skill: one callback joins the queue at its place, not more."""
+    for i in range(3):
+        await _request(store, f"c{i}", score=float(i))
+    assert (await store.admit_callbacks(100.0, 0.5, 3600, {"orders": 0}))[0] == ["orders"]
+    assert (await store.admit_callbacks(100.0, 0.5, 3600, {"orders": 0}))[0] == []
+    assert await store.waiting("orders") == ["cb-c0-1"]
 
 
 async def test_a_closed_skill_or_an_old_request_is_not_admitted(store: RedisStore) -> None:
@@ -155,3 +167,26 @@ async def test_trunk_channels_hold_capacity_across_controllers(redis_url: str) -
     finally:
         await a.close()
         await b.close()
+
+
+@given(
+    st.integers(0, 12),
+    st.sampled_from([0.1, 0.25, 0.5, 1.0]),
+    st.integers(0, 4),
+    st.integers(0, 15),
+)
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+async def test_the_admission_script_paces_as_the_domain_rule_says(
+    store: RedisStore, staffed_n: int, share: float, inbound: int, due: int
+) -> None:
+    """However many are due, the script admits what admission_limit allows, no more."""
+    await store._redis.flushdb()
+    for i in range(inbound):
+        await store.enqueue(uid=f"in{i}", skill="orders", score=900.0 + i, node="n1", fields={})
+    for i in range(due):
+        await _request(store, f"c{i}", score=float(i))
+    admitted, _, _ = await store.admit_callbacks(100.0, share, 3600, {"orders": staffed_n})
+    limit = admission_limit(CallbackPolicy(share=share), staffed_n, inbound)
+    assert len(admitted) == min(due, limit)

@@ -6,8 +6,9 @@
 --   agents are staffed for it.
 -- Pacing against live inbound load (acd/domain/callback.py admission_limit, the same rule):
 -- while inbound callers wait in a skill's queue, callbacks of that skill in the queue or on the
--- phone stay within `share` of its staffed agents (at least one); while none wait, they may take
--- every staffed agent. So callbacks neither starve nor flood.
+-- phone stay within `share` of its staffed agents; while none wait, they may take every staffed
+-- agent; at least one may always be in play (with nobody staffed it waits at its place in the
+-- queue). So callbacks neither starve nor flood.
 -- First the callbacks in play are checked: an attempt whose virtual caller is gone (its hash
 -- expired, or its claim was dropped) did not happen and the callback is due again; one still
 -- waiting in its queue past the expiry is taken out and expires.
@@ -54,9 +55,8 @@ end
 
 local function limit(skill)
   local n = staffed[skill] or 0
-  if n <= 0 then return 0 end
   local inbound = redis.call('ZCARD', prefix .. ':q:' .. skill) - (queued[skill] or 0)
-  if inbound <= 0 then return n end
+  if inbound <= 0 then return math.max(1, n) end
   return math.max(1, math.floor(share * n))
 end
 
