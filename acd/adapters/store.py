@@ -57,10 +57,11 @@ MENU_MODES = ("normal", "fallback", "auto")
 @dataclass(frozen=True)
 class QueueFigures:
     ahead: int
-    free: int
+    free: int  # free agents the queue's callers accept from the start (its minimum level)
     staffed: int
     handle: float
     rate: float
+    best_free_level: int = 0  # the highest level among the skill's free agents (0: none)
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ class LoadSnapshot:
     waiting: Mapping[str, int]
     talking: int
     staffed: int
-    staffed_by_skill: Mapping[str, int]
+    staffed_by_skill: Mapping[str, int]  # staffed agents at or above the queue's minimum level
 
     @property
     def waiting_total(self) -> int:
@@ -153,6 +154,9 @@ class RedisStore:
         )
         self.prefix = prefix
         self.node = node
+        self._min_levels = {
+            skill: int(rule.get("min", 1)) for skill, rule in (escalation or {}).items()
+        }
         # {skill: {"min": level, "steps": [[after, min_level | None, [overflow skills]]]}}
         self._rules = json.dumps(escalation or {}, separators=(",", ":"))
         if self._rules == "{}":
@@ -274,17 +278,20 @@ class RedisStore:
     async def queue_figures(
         self, skill: str, uid: str | None, staffed: int, default_handle: float, now: float
     ) -> QueueFigures:
-        """What the wait estimate needs about one queue, in one round trip."""
+        """What the wait estimate needs about one queue, in one round trip. Free agents count
+        from the queue's minimum level (the available sets' scores encode the level)."""
+        min_level = self._min_levels.get(skill, 1)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if uid is None:
                     pipe.zcard(self.key("q", skill))
                 else:
                     pipe.zrank(self.key("q", skill), uid)
-                pipe.zcard(self.key("avail", skill))
+                pipe.zcount(self.key("avail", skill), "-inf", f"({(11 - min_level) * 1e10!r}")
+                pipe.zrange(self.key("avail", skill), 0, 0, withscores=True)
                 pipe.zcount(self.key("arrivals", skill), now - ARRIVAL_WINDOW_SECONDS, "+inf")
                 pipe.hget(self.key("stats", skill), "aht")
-                ahead, free, arrivals, aht = await pipe.execute()
+                ahead, free, best, arrivals, aht = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return QueueFigures(
@@ -293,6 +300,7 @@ class RedisStore:
             staffed=staffed,
             handle=float(aht) if aht else default_handle,
             rate=int(arrivals or 0) / ARRIVAL_WINDOW_SECONDS,
+            best_free_level=10 - int(float(best[0][1]) // 1e10) if best else 0,
         )
 
     async def record_answer(self, uid: str, now: float) -> dict[str, str]:
@@ -522,8 +530,8 @@ class RedisStore:
             if state in BUSY:
                 talking += 1
             for part in str(agent_skills or "").split(","):
-                name = part.split(":")[0]
-                if name in by_skill:
+                name, _, level = part.partition(":")
+                if name in by_skill and int(level or 0) >= self._min_levels.get(name, 1):
                     by_skill[name] += 1
         return LoadSnapshot(waiting, talking, staffed, by_skill)
 

@@ -24,7 +24,7 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
 from acd.domain.callback import should_offer, should_overflow
-from acd.domain.ewt import estimated_wait
+from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
     DTMF,
     CollectDigits,
@@ -198,13 +198,23 @@ class IvrService:
             skill, uid, load.staffed_by_skill.get(skill, 0),
             self._settings.overload.handle_seconds, now,
         )  # fmt: skip
-        return estimated_wait(
+        ewt = estimated_wait(
             ahead=figures.ahead,
             free=figures.free,
             staffed=figures.staffed,
             handle=figures.handle,
             rate=figures.rate,
         )
+        config = self._skills.get(skill)
+        if config is None or not config.escalation:
+            return ewt
+        waited = 0.0
+        if uid is not None:
+            record = await self._store.call(uid)
+            joined = record.fields.get("enqueued_at") if record else None
+            waited = now - float(joined) if joined else 0.0
+        steps = [(step.after, step.min_level) for step in config.escalation]
+        return escalated_wait(ewt, waited, steps, figures.best_free_level)
 
     async def announce(self, channel: AgiChannel) -> None:
         """The hold context's periodic announcement: the caller's position and estimated wait.

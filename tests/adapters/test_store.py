@@ -385,3 +385,22 @@ async def test_a_waiting_caller_becomes_a_callback_in_one_step_unless_claimed(
     assert await store.waiting("presale") == []
     assert (await store.call("c2")).state == "left_for_callback"  # type: ignore[union-attr]
     assert (await store.callback("c2"))["state"] == "pending"
+
+
+async def test_the_wait_figures_count_free_agents_from_the_queues_minimum_level(
+    redis_url: str,
+) -> None:
+    """A level-4 agent is free but after-sales callers start at level 6: nobody counts as free
+    or staffed for them yet, and the best free level (4) is what escalation will reach."""
+    s = RedisStore(redis_url, "w", {"aftersales": {"min": 6, "steps": [[20.0, 1, []]]}})
+    try:
+        await s.register_agents([_agent("low", aftersales=4)], now=1.0)
+        figures = await s.queue_figures("aftersales", None, 0, 120.0, now=2.0)
+        assert (figures.free, figures.best_free_level) == (0, 4)
+        assert (await s.load(["aftersales"])).staffed_by_skill == {"aftersales": 0}
+        await s.register_agents([_agent("high", aftersales=7)], now=1.0)
+        figures = await s.queue_figures("aftersales", None, 0, 120.0, now=2.0)
+        assert (figures.free, figures.best_free_level) == (1, 7)
+        assert (await s.load(["aftersales"])).staffed_by_skill == {"aftersales": 1}
+    finally:
+        await s.close()

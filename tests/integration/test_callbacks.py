@@ -263,10 +263,12 @@ async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
             for number in ("5554301", "5554302")
         }
         await _until(
-            lambda: sorted(
-                str(stack.redis.hget(stack.key("callback", u), "state")) for u in uids.values()
-            )
-            == ["pending", "queued"],
+            lambda: (
+                sorted(
+                    str(stack.redis.hget(stack.key("callback", u), "state")) for u in uids.values()
+                )
+                == ["pending", "queued"]
+            ),
             "the first callback was not admitted",
         )
         before = {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()}
