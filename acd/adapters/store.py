@@ -4,7 +4,8 @@ Keys (all under the configured prefix P):
     P:q:SKILL      sorted set of waiting call uids, score = enqueue time - head start (lower first)
     P:call:UID     hash describing one call (skill, channel, node, state, agent...); 1 day TTL
     P:calls:NODE   set of the call uids an Asterisk node holds (for resync after a reconnect)
-    P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since)
+    P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since,
+                   device: Asterisk's last device state of its phone, device_busy 1|0)
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
     P:tiers        hash caller ID -> customer tier (e.g. vip)
     P:menu_mode    hash entry number -> normal | fallback | auto (absent: normal)
@@ -41,7 +42,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from acd.config import Agent
-from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.agent import BUSY, BUSY_DEVICE_STATES, AgentEvent, AgentState
 from acd.domain.agent import sources as agent_sources
 from acd.domain.agent import target as agent_target
 from acd.errors import StoreUnavailable
@@ -233,17 +234,21 @@ class RedisStore:
         reason: str = "",
         wrap_until: float = 0.0,
         wrapped_by: float | None = None,
+        device: str = "",
     ) -> tuple[bool, str]:
         """Apply `event` atomically if the agent is in one of its source states (and holds
-        `call`, when given; and, with `wrapped_by`, only if a wrap-up was due by then). Returns
-        (applied, the state before or the state that refused)."""
+        `call`, when given; and, with `wrapped_by`, only if a wrap-up was due by then).
+        `device`: Asterisk's new device state of the agent's phone, recorded in any case (a
+        transition to available with a busy phone lands in device_busy). Returns (applied, the
+        state before or the state that refused)."""
         sources = agent_sources(event)
         target = agent_target(event, sources[0])
+        busy = "1" if device.upper() in BUSY_DEVICE_STATES else "0"
         result = await self._run(
             self._agent_event,
             [],
             [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
-            + ["" if wrapped_by is None else repr(wrapped_by)]
+            + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
             + [s.value for s in sources],
         )
         return bool(result[0]), str(result[1])
@@ -523,8 +528,9 @@ class RedisStore:
         talking = staffed = 0
         by_skill = dict.fromkeys(skills, 0)
         for state, agent_skills in agents:
-            # Paused agents serve nobody: they count neither as staffed nor as talking.
-            if state in (None, AgentState.LOGGED_OUT, AgentState.PAUSED):
+            # Paused agents, and those whose phone is busy elsewhere, serve nobody: they count
+            # neither as staffed nor as talking.
+            if state in (None, AgentState.LOGGED_OUT, AgentState.PAUSED, AgentState.DEVICE_BUSY):
                 continue
             staffed += 1
             if state in BUSY:

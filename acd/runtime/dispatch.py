@@ -18,7 +18,7 @@ import structlog
 from acd.adapters.ami import AmiClient
 from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
-from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.agent import BUSY, AgentEvent, AgentState, device_event
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
@@ -64,7 +64,9 @@ class ResyncWork:
 Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
-EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse"})
+EVENTS = frozenset(
+    {"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse", "DeviceStateChange"}
+)
 CALLBACK_ACTIVE = ("offered", "connected")
 WRAP_UP_SLACK = 0.25  # seconds
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
@@ -98,6 +100,8 @@ class Dispatcher:
         self._entry_number = settings.entries[0].number
         self.callbacks_dialled = 0
         self._agents = {a.id: a for a in settings.agents}
+        # This node's agents' phones, by the device Asterisk reports their state under.
+        self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._work: asyncio.Queue[Work] = asyncio.Queue()
         self.connects = 0
@@ -405,15 +409,20 @@ class Dispatcher:
             pass  # never dialled: nothing was written
 
     async def _agent(
-        self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""
+        self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = "", device: str = ""
     ) -> bool:
         """Apply an agent event; when it makes the agent available, look for a caller for it."""
         applied, before = await self._store.agent_event(
-            agent_id, event, self._clock(), call=uid, reason=reason
+            agent_id, event, self._clock(), call=uid, reason=reason, device=device
         )
         if applied:
             log.info("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
-            if event in (AgentEvent.RELEASE, AgentEvent.RESUME, AgentEvent.LOGIN):
+            if event in (
+                AgentEvent.RELEASE,
+                AgentEvent.RESUME,
+                AgentEvent.LOGIN,
+                AgentEvent.DEVICE_IDLE,
+            ):
                 self.agent_ready(agent_id)
         return applied
 
@@ -520,6 +529,8 @@ class Dispatcher:
                     waited=round(self._clock() - float(fields.get("enqueued_at") or 0), 2),
                     ewt_at_join=fields.get("ewt_at_join"),
                 )
+        elif name == "DeviceStateChange":
+            await self._device_changed(event.get("Device") or "", event.get("State") or "")
         elif name == "UserEvent":
             await self._on_user_event(event)
         elif name == "OriginateResponse" and uid.startswith("cb-"):
@@ -538,6 +549,18 @@ class Dispatcher:
                     reason=event.get("Reason"),
                 )
                 await self._end_call(uid)
+
+    async def _device_changed(self, device: str, state: str) -> None:
+        """An agent's phone changed state in Asterisk: a phone in use outside the ACD (or
+        unreachable) takes its agent out of the available sets until it is free again. The
+        state is recorded whatever the agent is doing (a call of ours keeps it busy too)."""
+        agent = self._devices.get(device)
+        if agent is None or not state:
+            return
+        event = device_event(state)
+        applied = await self._agent(agent, event, device=state, reason=state)
+        if applied:
+            log.info("dispatch.agent_device", agent=agent, device_state=state)
 
     async def _on_user_event(self, event: AmiMessage) -> None:
         kind = event.get("UserEvent")
@@ -636,12 +659,24 @@ class Dispatcher:
                 # Its call ended unseen: through wrap-up (already over) back to work.
                 await self._store.agent_event(agent_id, AgentEvent.CALL_ENDED, now, wrap_until=now)
         await self.sweep_wrapups()
+        # The agents' phones as Asterisk has them now (changes we missed while away).
+        devices = 0
+        try:
+            changes = await self._ami.send_list_action("DeviceStateList")
+        except AmiActionFailed as exc:  # res_manager_devicestate not loaded: no device states
+            log.warning("dispatch.device_states_unavailable", error=exc.message)
+            changes = []
+        for change in changes:
+            if change.get("Device") in self._devices:
+                await self._device_changed(change.get("Device") or "", change.get("State") or "")
+                devices += 1
         released = await self._trunks.reconcile(live)
         log.info(
             "dispatch.resynced",
             channels=len(live),
             ended=ended,
             requeued=requeued,
+            agent_phones=devices,
             trunk_channels_released=released,
         )
         for skill in self._settings.skill_names():

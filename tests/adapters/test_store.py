@@ -404,3 +404,30 @@ async def test_the_wait_figures_count_free_agents_from_the_queues_minimum_level(
         assert (await s.load(["aftersales"])).staffed_by_skill == {"aftersales": 1}
     finally:
         await s.close()
+
+
+async def test_an_agent_freed_while_its_phone_is_busy_elsewhere_waits_for_the_phone(
+    store: RedisStore,
+) -> None:
+    """The phone is reported in use during a call of ours (recorded, no transition); the call
+    ends before the phone is reported free: the agent is device_busy, out of the available
+    sets, until the phone is free again. Resuming a paused agent with a busy phone does the
+    same."""
+    await store.register_agents([_agent("a", presale=3)], now=1.0)
+    await _enqueue(store, "c1", "presale", 1.0)
+    assert await store.claim_for_skill("presale", now=2.0) is not None
+    applied, _ = await store.agent_event("a", AgentEvent.DEVICE_BUSY, 3.0, device="INUSE")
+    assert not applied
+    assert (await store.agent("a"))["device"] == "INUSE"
+    assert (await store.agent_event("a", AgentEvent.ANSWER, 3.0, call="c1"))[0]
+    assert await store.end_call("c1", 10.0, wrap_up=0.0) == ("a", "device_busy")
+    assert await store._redis.zscore("t:avail:presale", "a") is None
+    assert (await store.agent_event("a", AgentEvent.DEVICE_IDLE, 11.0, device="NOT_INUSE"))[0]
+    assert (await store.agent("a"))["state"] == "available"
+    assert await store._redis.zscore("t:avail:presale", "a") is not None
+    assert (await store.agent_event("a", AgentEvent.PAUSE, 12.0, reason="lunch"))[0]
+    await store.agent_event("a", AgentEvent.DEVICE_BUSY, 13.0, device="RINGING")
+    assert (await store.agent_event("a", AgentEvent.RESUME, 14.0))[0]
+    fields = await store.agent("a")
+    assert (fields["state"], fields["reason"]) == ("device_busy", "RINGING")
+    assert await store._redis.zscore("t:avail:presale", "a") is None

@@ -260,3 +260,49 @@ async def test_the_wait_estimate_is_measured_against_actual_waits(
         stack.acd("agent", "logout", "1010")
         for other in ("1003", "1004"):
             stack.acd("agent", "resume", other)
+
+
+async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_it_is_free(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Agent 1002's phone takes a call the ACD did not place (originated straight to it, 6 s
+    long): Asterisk reports the device in use, the agent becomes device_busy, and a presale
+    caller waits although 1002 is logged in and not paused; when that call hangs up, the
+    device is free again and 1002 takes the caller."""
+    _agent_cli(stack, "pause", "1001", "meeting")
+    assert ami_events.client is not None
+    outside = f"outside-{time.time_ns()}"
+    caller = None
+    try:
+        await ami_events.client.send_action(
+            "Originate",
+            {
+                "Channel": "PJSIP/agent-1002",
+                "Application": "Wait",
+                "Data": "6",
+                "ChannelId": outside,
+                "Async": "true",
+            },
+        )
+        await _until_state(stack, "1002", "device_busy")  # from RINGING on
+        deadline = time.monotonic() + 10
+        while stack.redis.hget(stack.key("agent", "1002"), "reason") != "INUSE":
+            assert time.monotonic() < deadline, "the agent's phone should be reported in use"
+            await asyncio.sleep(0.1)
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5552020")
+        uid = await caller_uid(ami_events, "5552020")
+        await _queued_at(stack, uid)
+        (ended,) = await ami_events.wait_for(
+            lambda e: e.event == "Hangup" and e.get("Uniqueid") == outside, timeout=20
+        )
+        (dial,) = await ami_events.wait_for(
+            lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid, timeout=20
+        )
+        assert (dial.get("DestChannel") or "").startswith("PJSIP/agent-1002-")
+        assert float(dial.get("Timestamp") or 0) >= float(ended.get("Timestamp") or 0)
+        assert await _agent_of(ami_events, uid) == "1002"
+        assert stack.redis.hget(stack.key("agent", "1002"), "device") == "INUSE"  # our call now
+    finally:
+        if caller is not None:
+            caller.stop()
+        stack.acd("agent", "resume", "1001")
