@@ -382,9 +382,10 @@ class IvrService:
 
     async def confirm_number(self, channel: AgiChannel, caller_id: str) -> str | None:
         """Which number to call back: the caller ID, confirmed with '#', or another one keyed in
-        and ended with '#'. Two tries; None when no valid number was given."""
+        and ended with '#', which is read back and confirmed with '#' in its turn (or replaced by
+        yet another). Three rounds; None when no valid number was confirmed."""
         usable = caller_id if CALLBACK_NUMBER.match(caller_id) else ""
-        for _ in range(2):
+        for _ in range(3):
             if usable:
                 digit = _dtmf_or_nothing(
                     await channel.stream_file("acd/callback-number-is", ALL_DIGITS)
@@ -410,7 +411,8 @@ class IvrService:
                 keyed += digit
                 digit = _dtmf_or_nothing(await channel.wait_for_digit(5000))
             if CALLBACK_NUMBER.match(keyed):
-                return keyed
+                usable = keyed  # read back next round, for the caller to confirm
+                continue
             if keyed:
                 log.info("ivr.callback_number_invalid", length=len(keyed))
                 await channel.stream_file("invalid")

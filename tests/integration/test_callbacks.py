@@ -60,11 +60,12 @@ def orders_paused(stack: Stack) -> Iterator[None]:
 
 async def _ask_for_callback(stack: Stack, events: EventLog, caller_id: str, keyed: str = "") -> str:
     """A customer joins the orders queue (2, then 0), presses 1 while waiting, confirms the
-    number with # (or keys `keyed` then #), hears the confirmation and is hung up on. Returns
-    its uniqueid."""
-    caller = stack.call(
-        Script().at(1.0, "20").at(6.0, "1").at(8.5, keyed + "#"), caller_id, remote_hangup=True
-    )
+    number with # (or keys `keyed` then #, hears it read back and confirms it with #), hears the
+    confirmation and is hung up on. Returns its uniqueid."""
+    script = Script().at(1.0, "20").at(6.0, "1").at(8.5, keyed + "#")
+    if keyed:
+        script.press("#")
+    caller = stack.call(script, caller_id, remote_hangup=True)
     try:
         uid = await caller_uid(events, caller_id)
         assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
