@@ -75,6 +75,11 @@ def _parser() -> argparse.ArgumentParser:
     trunk.add_argument("action", choices=["list", "trip", "reset"])
     trunk.add_argument("name", nargs="?")
     sub.add_parser("agents", help="agents and their states")
+    phone = sub.add_parser(
+        "phone-password",
+        help="the SIP password an agent's phone authenticates with (user: its endpoint)",
+    )
+    phone.add_argument("agent_id")
 
     tiers = sub.add_parser("tiers", help="customer tiers by caller ID")
     tiers_sub = tiers.add_subparsers(dest="tiers_command", required=True)
@@ -98,6 +103,27 @@ def _parser() -> argparse.ArgumentParser:
         "--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)"
     )
     return parser
+
+
+def _phone_password(settings: Settings, agent_id: str) -> int:
+    """For provisioning a phone: its SIP user and password, derived from the local secret."""
+    from acd.runtime import asterisk
+
+    agent = next((a for a in settings.agents if a.id == agent_id), None)
+    if agent is None:
+        print(f"acd: no agent {agent_id!r} in {settings.source}", file=sys.stderr)
+        return 1
+    secret = asterisk.agent_phones_secret(settings)
+    if secret is None:
+        print(
+            f"acd: no secret in {settings.resolve(settings.agent_phones.secret_file)}: run "
+            "`make setup` (agents' phones can dial nothing without it)",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"user {agent.endpoint}")
+    print(f"password {asterisk.agent_phone_password(secret, agent.endpoint)}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,6 +161,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if command == "run":
         stack.run_controller(settings)
         return 0
+    if command == "phone-password":
+        return _phone_password(settings, args.agent_id)
     if command == "render":
         from acd.runtime import asterisk
 

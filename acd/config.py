@@ -247,6 +247,32 @@ class AgentPolicy(_Frozen):
     auto_login: bool = True
 
 
+AgentCode = Annotated[str, StringConstraints(pattern=r"^\*[0-9]{1,4}$")]
+AgentAction = Literal["login", "logout", "pause", "resume"]
+DEFAULT_AGENT_CODES: dict[AgentAction, str] = {
+    "login": "*71",
+    "logout": "*72",
+    "pause": "*73",
+    "resume": "*74",
+}
+
+
+class AgentPhones(_Frozen):
+    """Agents' phones dialling in: star codes that log in, log out, pause or resume the agent
+    whose phone dials them. A phone authenticates as its endpoint with a SIP password derived
+    from the generated secret in `secret_file` (`acd agent phone-password ID` prints it); with
+    no secret, agents' phones can dial nothing."""
+
+    codes: dict[AgentAction, AgentCode] = Field(default_factory=lambda: dict(DEFAULT_AGENT_CODES))
+    secret_file: Path = Path(".state/agent-phones.secret")
+
+    @field_validator("codes")
+    @classmethod
+    def _distinct(cls, codes: dict[str, str]) -> dict[str, str]:
+        _no_duplicates(list(codes.values()), "code")
+        return codes
+
+
 class CallbackSettings(_Frozen):
     """Callbacks: a waiting caller may press 1 (`offer_in_hold`) or take a flow's offer; the
     callback keeps the caller's place and is dialled agent-first over the best trunk."""
@@ -337,6 +363,7 @@ class Settings(_Frozen):
     hours: dict[Name, Hours] = Field(default_factory=dict)
     overload: OverloadSettings = OverloadSettings()
     agent_policy: AgentPolicy = AgentPolicy()
+    agent_phones: AgentPhones = AgentPhones()
     callbacks: CallbackSettings = CallbackSettings()
     breaker: BreakerSettings = BreakerSettings()
     reports: ReportSettings = ReportSettings()
@@ -374,6 +401,12 @@ class Settings(_Frozen):
                             f"skills[{i}].escalation[{j}].overflow: {other!r} is not another skill"
                         )
         _no_duplicates([a.id for a in self.agents], "id", where="agents")
+        for i, agent in enumerate(self.agents):
+            if agent.endpoint.isdigit():
+                raise ValueError(
+                    f"agents[{i}].endpoint: {agent.endpoint!r} is all digits; agents' phones "
+                    "are recognised by their SIP user, which no caller's number may match"
+                )
         endpoints = [a.endpoint for a in self.agents] + [t.name for t in self.trunks]
         _no_duplicates(endpoints, "endpoint", where="agents/trunks")
         for i, rule in enumerate(self.alerts.rules):

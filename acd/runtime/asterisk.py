@@ -14,13 +14,15 @@ so several nodes (and a test run beside a developer's stack) share one root with
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import shlex
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from acd.config import Settings
+from acd.config import Settings, read_secret
 from acd.errors import ConfigError
 
 ROOT_MARKER = ".acd-root"
@@ -73,12 +75,35 @@ def check_root(root: Path) -> None:
         )
 
 
+def agent_phones_secret(settings: Settings) -> str | None:
+    """The generated secret agents' SIP passwords derive from, or None when there is none (then
+    agents' phones can dial nothing)."""
+    try:
+        return read_secret(settings, settings.agent_phones.secret_file, "ACD_AGENT_PHONES_SECRET")
+    except ConfigError:
+        return None
+
+
+def agent_phone_password(secret: str, endpoint: str) -> str:
+    """The SIP password of an agent's phone (user: its endpoint): derived from the deployment's
+    generated secret, so that none is stored or committed, and each phone has its own.
+
+    >>> agent_phone_password("s3cret", "agent-1001") == agent_phone_password("s3cret", "agent-1001")
+    True
+    >>> len(agent_phone_password("s3cret", "agent-1001"))
+    24
+    """
+    digest = hmac.new(secret.encode(), f"agent-phone:{endpoint}".encode(), hashlib.sha256)
+    return digest.hexdigest()[:24]
+
+
 def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> None:
     """Write the per-node configuration files and create the node's state directories.
 
     Files are readable by the root's `asterisk` group only. Without a local root (Asterisk runs in
     a container, see docker/), ownership is left to the container and files are world-readable.
     """
+    phones = agent_phones_secret(settings)
     has_root = (paths.root / "etc" / "passwd").exists()
     uid, gid = asterisk_ids(paths.root) if has_root else (os.getuid(), os.getgid())
     paths.etc.mkdir(parents=True, exist_ok=True)
@@ -89,10 +114,10 @@ def render_instance(settings: Settings, paths: NodePaths, ami_secret: str) -> No
     os.chown(paths.var, uid, gid)
     files = {
         "asterisk.conf": _asterisk_conf(settings.asterisk.node),
-        "pjsip.conf": _pjsip_conf(settings),
+        "pjsip.conf": _pjsip_conf(settings, phones),
         "manager.conf": _manager_conf(settings, ami_secret),
         "globals.conf": _globals_conf(settings),
-        "extensions.conf": _entries_conf(settings),
+        "extensions.conf": _entries_conf(settings, phones is not None),
         "queues.conf": _queues_conf(settings),
     }
     for name, text in files.items():
@@ -131,7 +156,7 @@ defaultlanguage = en
 """
 
 
-def _pjsip_conf(settings: Settings) -> str:
+def _pjsip_conf(settings: Settings, phones_secret: str | None = None) -> str:
     sip = settings.asterisk.sip
     out = [
         "[transport-udp]",
@@ -146,6 +171,11 @@ def _pjsip_conf(settings: Settings) -> str:
             f"[{agent.endpoint}](agent-endpoint)",
             f"aors = {agent.endpoint}",
             f"callerid = Agent {agent.id} <{agent.id}>",
+        ]
+        if phones_secret is not None:
+            # The phone dials in (star codes) as its endpoint, with its own password.
+            out += [f"auth = {agent.endpoint}-auth"]
+        out += [
             "",
             f"[{agent.endpoint}]",
             "type = aor",
@@ -153,6 +183,15 @@ def _pjsip_conf(settings: Settings) -> str:
             "max_contacts = 1",
             "",
         ]
+        if phones_secret is not None:
+            out += [
+                f"[{agent.endpoint}-auth]",
+                "type = auth",
+                "auth_type = userpass",
+                f"username = {agent.endpoint}",
+                f"password = {agent_phone_password(phones_secret, agent.endpoint)}",
+                "",
+            ]
     for trunk in settings.trunks:
         out += [f"[{trunk.name}](trunk-endpoint)"]
         if trunk.address is not None:
@@ -218,13 +257,21 @@ ACD_RING_TIMEOUT = {a.ring_timeout}
 """
 
 
-def _entries_conf(settings: Settings) -> str:
+def _entries_conf(settings: Settings, agent_codes: bool = False) -> str:
     out = ["[acd-entries]"]
     for entry in settings.entries:
         out += [
             f"exten => {entry.number},1,Set(ACD_ENTRY={entry.number})",
             " same => n,Goto(acd-entry,s,1)",
         ]
+    # What agents' (authenticated) phones may dial: the star codes, when phones have passwords.
+    out += ["", "[acd-agent-codes]"]
+    if agent_codes:
+        for action, code in sorted(settings.agent_phones.codes.items()):
+            out += [
+                f"exten => {code},1,Set(ACD_AGENT_ACTION={action})",
+                " same => n,Goto(acd-agent-code,s,1)",
+            ]
     # Calls from other nodes reach this node's agents by agent id, and nothing else.
     out += ["", "[acd-internode-agents]"]
     for agent in settings.local_agents():

@@ -17,7 +17,7 @@ import structlog
 
 from acd.adapters import admin_api
 from acd.adapters.ami import AmiClient
-from acd.adapters.fastagi import FastAgiServer
+from acd.adapters.fastagi import AgiChannel, FastAgiServer
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
@@ -40,6 +40,24 @@ log = structlog.get_logger(__name__)
 # Callback admission runs on events and when the next callback falls due; this bounds the wait
 # for what only another controller saw (a callback it recorded, an agent it freed).
 ADMISSION_SAFETY_SECONDS = 5.0
+# What an agent's phone hears after a star code (core sounds).
+AGENT_CODE_PROMPTS = {
+    "login": "agent-loginok",
+    "logout": "agent-loggedoff",
+    "pause": "beep",
+    "resume": "beep",
+}
+
+
+def endpoint_of(channel: str) -> str:
+    """The PJSIP endpoint of a channel name (PJSIP/agent-1001-0000002a -> agent-1001).
+
+    >>> endpoint_of("PJSIP/agent-1001-0000002a"), endpoint_of("Local/x@y-0001;1")
+    ('agent-1001', '')
+    """
+    if not channel.startswith("PJSIP/"):
+        return ""
+    return channel.removeprefix("PJSIP/").rpartition("-")[0]
 
 
 class UnknownAgent(AcdError):
@@ -96,6 +114,7 @@ class Controller:
                 "inbound": self.ivr.inbound,
                 "announce": self.ivr.announce,
                 "callback": self.ivr.hold_callback,
+                "agent": self.agent_code,
             },
             host=settings.agi.host,
             port=settings.agi.port,
@@ -114,6 +133,7 @@ class Controller:
             )
             for r in settings.alerts.rules
         ]
+        self._agent_of_endpoint = {a.endpoint: a.id for a in settings.local_agents()}
         self.resyncs = 0
         self._listening: set[str] = set()
         self.ready = asyncio.Event()
@@ -373,6 +393,26 @@ class Controller:
         if after == AgentState.AVAILABLE:
             self.dispatcher.agent_ready(agent_id)
         return {"agent": agent_id, "before": before, "state": after}
+
+    async def agent_code(self, channel: AgiChannel) -> None:
+        """An agent's phone dialled a star code (the dialplan's acd-agent-code): apply it to the
+        agent whose phone it is, audited as that phone, and answer with a prompt: logged in,
+        logged off, a beep for pause and resume, an error beep when it is not allowed now."""
+        action = channel.env.get("arg_1", "")
+        endpoint = endpoint_of(channel.env.get("channel", ""))
+        agent = self._agent_of_endpoint.get(endpoint)
+        if agent is None or action not in AGENT_CODE_PROMPTS:
+            log.warning("agent_code.refused", endpoint=endpoint[:40], action=action[:16])
+            await channel.stream_file("beeperr")
+            return
+        try:
+            reason = "phone" if action == "pause" else ""
+            await self.agent_action(f"phone {endpoint}", agent, action, reason)
+        except IllegalTransition as exc:
+            log.info("agent_code.not_now", agent=agent, action=action, state=exc.state)
+            await channel.stream_file("beeperr")
+            return
+        await channel.stream_file(AGENT_CODE_PROMPTS[action])
 
     async def callback_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

@@ -127,6 +127,7 @@ def deployment_config(state: Path) -> dict[str, Any]:
         "rules": [{"name": "presale-waiting", "figure": "waiting", "queue": "presale",
                    "above": 0, "for_seconds": 2}],
     }  # fmt: skip
+    config["agent_phones"] = {"secret_file": str(state / "agent-phones.secret")}
     config["tiers"] = {**config["tiers"], "silver": 3}  # a head start short enough to wait out
     config["callbacks"] = {"attempts": 3, "retry_delay": 3, "share": 1.0, "ring_timeout": 10}
     config["lookups"] = {
@@ -274,7 +275,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("state")
     workdir = tmp_path_factory.mktemp("sipp")
-    for name in ("ami.secret", "admin.token"):
+    for name in ("ami.secret", "admin.token", "agent-phones.secret"):
         (state / name).write_text(secrets.token_urlsafe(24))
         os.chmod(state / name, 0o600)
     config_path = state / "acd-test.yaml"

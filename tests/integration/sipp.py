@@ -217,6 +217,24 @@ def start_caller(
     return SippRun(proc, log)
 
 
+def start_agent_phone(
+    code: str, endpoint: str, password: str, target: str, port: int, workdir: Path
+) -> SippRun:
+    """An agent's phone (SIPp UAC) dialling a star code as `endpoint`, authenticating with
+    `password` (scenarios/agent_phone_code.xml)."""
+    log = workdir / f"sipp-phone-{port}.log"
+    cmd = [
+        "sipp", target, "-sf", str(SCENARIOS / "agent_phone_code.xml"), "-s", code,
+        "-key", "endpoint", endpoint, "-au", endpoint, "-ap", password,
+        "-i", "127.0.0.1", "-p", str(port), "-mp", str(40000 + (port % 1000) * 8),
+        "-m", "1", "-timeout", "30s", "-timeout_error", "-nostdin",
+        "-trace_err", "-error_file", str(workdir / f"sipp-phone-{port}.err"),
+    ]  # fmt: skip
+    with log.open("wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
+    return SippRun(proc, log)
+
+
 def start_uas(scenario: str, port: int, media_port: int, workdir: Path) -> SippRun:
     """A SIPp UAS running scenarios/NAME.xml for every call it gets (calls in parallel)."""
     log = workdir / f"sipp-{scenario}-{port}.log"

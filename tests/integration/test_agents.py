@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from acd.runtime import asterisk
 from tests.integration import sipp
 from tests.integration.conftest import (
     PORTS,
@@ -16,6 +17,7 @@ from tests.integration.conftest import (
     agent_of_channel,
     bridge_partner,
     caller_uid,
+    played,
 )
 from tests.integration.sipp import Script
 
@@ -306,3 +308,51 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
         if caller is not None:
             caller.stop()
         stack.acd("agent", "resume", "1001")
+
+
+def _phone(stack: Stack, code: str, endpoint: str, password: str) -> sipp.SippRun:
+    return sipp.start_agent_phone(
+        code, endpoint, password, f"127.0.0.1:{PORTS['sip']}", next(stack._ports), stack.workdir
+    )
+
+
+async def test_an_agent_pauses_and_resumes_from_its_phone_with_star_codes(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Agent 1002's phone authenticates as its endpoint and dials *73: the agent is paused
+    (reason phone), the phone hears a beep, and the audit names the phone; *74 resumes it (free
+    for callers once the phone has hung up). The same code with a wrong password is refused by
+    Asterisk and changes nothing."""
+    secret = (stack.state / "agent-phones.secret").read_text().strip()
+    password = asterisk.agent_phone_password(secret, "agent-1002")
+    await _until_state(stack, "1002", "available")
+    try:
+        wrong = _phone(stack, "*73", "agent-1002", password[::-1])
+        assert await asyncio.to_thread(wrong.wait, 40) != 0
+        assert stack.redis.hget(stack.key("agent", "1002"), "state") == "available"
+
+        phone = _phone(stack, "*73", "agent-1002", password)
+        assert await asyncio.to_thread(phone.wait, 40) == 0, phone.log.read_text()[-2000:]
+        await _until_state(stack, "1002", "paused")
+        assert stack.redis.hget(stack.key("agent", "1002"), "reason") == "phone"
+        (session,) = await ami_events.wait_for(
+            lambda e: (
+                e.event == "AGIExecStart"
+                and (e.get("Channel") or "").startswith("PJSIP/agent-1002-")
+            ),
+            timeout=10,
+        )
+        assert played(ami_events, session.get("Uniqueid") or "") == ["beep"]
+        audit = [entry for _, entry in stack.redis.xrange(stack.key("audit"))]
+        assert audit[-1]["who"] == "phone agent-1002"
+        # Before: available, or already device_busy (the phone is on this very call).
+        assert audit[-1]["what"] == "agent 1002"
+        assert audit[-1]["before"] in ("available", "device_busy")
+
+        phone = _phone(stack, "*74", "agent-1002", password)
+        assert await asyncio.to_thread(phone.wait, 40) == 0, phone.log.read_text()[-2000:]
+        # Resumed; free for callers once the phone has hung up.
+        await _until_state(stack, "1002", "available")
+        assert stack.redis.hget(stack.key("agent", "1002"), "device") == "NOT_INUSE"
+    finally:
+        stack.acd("agent", "resume", "1002")

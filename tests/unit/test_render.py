@@ -9,6 +9,7 @@ import pytest
 from acd.config import load_settings
 from acd.errors import ConfigError
 from acd.runtime import asterisk
+from acd.runtime.controller import endpoint_of
 from acd.runtime.ivr import clean_caller_id
 
 REPO = Path(__file__).resolve().parents[2]
@@ -133,3 +134,71 @@ def test_the_multinode_samples_describe_one_floor() -> None:
 def test_uniqueids_carry_the_node_name() -> None:
     """Calls are keyed by uniqueid in the shared Redis: each node prefixes them with its name."""
     assert "systemname = node-b\n" in asterisk._asterisk_conf("node-b")
+
+
+def test_agents_phones_authenticate_with_passwords_of_their_own() -> None:
+    """With the phones' secret, each agent's endpoint requires authentication as itself, with a
+    password derived from the secret that differs between agents and between deployments; the
+    star codes are rendered into the context the phones dial from."""
+    settings = load_settings(REPO / "acd.yaml")
+    text = asterisk._pjsip_conf(settings, "deployment-secret")
+    passwords = set()
+    for agent in settings.agents:
+        assert f"auth = {agent.endpoint}-auth" in text
+        assert f"[{agent.endpoint}-auth]\ntype = auth\nauth_type = userpass" in text
+        password = asterisk.agent_phone_password("deployment-secret", agent.endpoint)
+        assert f"username = {agent.endpoint}\npassword = {password}\n" in text
+        passwords.add(password)
+    assert len(passwords) == len(settings.agents)
+    assert asterisk.agent_phone_password("other", "agent-1001") not in passwords
+    codes = asterisk._entries_conf(settings, agent_codes=True)
+    section = codes.split("[acd-agent-codes]")[1].split("[acd-internode-agents]")[0]
+    assert "exten => *73,1,Set(ACD_AGENT_ACTION=pause)" in section
+    assert section.count("Goto(acd-agent-code,s,1)") == 4
+
+
+def test_without_the_phones_secret_agents_phones_can_dial_nothing() -> None:
+    """No secret: no auth on the agents' endpoints and no star code in their context (the
+    static dialplan refuses everything else)."""
+    settings = load_settings(REPO / "acd.yaml")
+    assert "type = auth" not in asterisk._pjsip_conf(settings, None)
+    codes = asterisk._entries_conf(settings, agent_codes=False)
+    section = codes.split("[acd-agent-codes]")[1].split("[acd-internode-agents]")[0]
+    assert "exten" not in section
+
+
+def test_an_all_digit_agent_endpoint_is_refused(tmp_path: Path) -> None:
+    """An agent endpoint named like a number could be taken for a caller: a config error."""
+    config = (REPO / "acd.yaml").read_text().replace("endpoint: agent-1001", "endpoint: '1001'")
+    path = tmp_path / "acd.yaml"
+    path.write_text(config)
+    with pytest.raises(ConfigError, match=r"agents\[0\]\.endpoint: '1001' is all digits"):
+        load_settings(path)
+
+
+@pytest.mark.parametrize(
+    ("channel", "endpoint"),
+    [
+        ("PJSIP/agent-1001-0000002a", "agent-1001"),
+        ("PJSIP/acd-node-b-00000003", "acd-node-b"),
+        ("Local/1000@from-trunk-00000001;1", ""),
+        ("", ""),
+    ],
+)
+def test_the_endpoint_of_a_channel(channel: str, endpoint: str) -> None:
+    """A PJSIP channel's name is its endpoint plus a counter; other channels have none."""
+    assert endpoint_of(channel) == endpoint
+
+
+def test_the_cli_prints_an_agents_phone_password_for_provisioning(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`acd phone-password ID`: the phone's SIP user and the password Asterisk will expect; an
+    unknown agent is an error."""
+    from acd import cli
+
+    monkeypatch.setenv("ACD_AGENT_PHONES_SECRET", "deployment-secret")
+    assert cli.main(["--config", str(REPO / "acd.yaml"), "phone-password", "1002"]) == 0
+    password = asterisk.agent_phone_password("deployment-secret", "agent-1002")
+    assert capsys.readouterr().out.splitlines() == ["user agent-1002", f"password {password}"]
+    assert cli.main(["--config", str(REPO / "acd.yaml"), "phone-password", "nobody"]) == 1
