@@ -271,6 +271,8 @@ class BreakerSettings(_Frozen):
     failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     open_for: Annotated[float, Field(gt=0, le=3600)] = 30.0
     probes: Annotated[int, Field(ge=1, le=100)] = 1
+    # Opens when a leg brings a trunk's channels in use to this share of its capacity.
+    saturation: Annotated[float, Field(gt=0, le=1)] = 1.0
 
 
 class ReportSettings(_Frozen):

@@ -43,16 +43,34 @@ def _api(stack: Stack, method: str, path: str) -> dict[str, Any]:
         return dict(json.load(response))
 
 
+def _forget_breakers(stack: Stack) -> None:
+    """Every trunk's breaker back to closed with an empty window (they live in Redis)."""
+    for key in stack.redis.keys(stack.key("trunk", "*")):
+        stack.redis.delete(key)
+
+
+@pytest.fixture
+def fresh_breakers(stack: Stack) -> Iterator[None]:
+    """Every breaker starts closed with an empty window, and is so again afterwards."""
+    _forget_breakers(stack)
+    try:
+        yield
+    finally:
+        _forget_breakers(stack)
+
+
 @pytest.fixture
 def orders_paused(stack: Stack) -> Iterator[None]:
     """The orders agents start paused (callbacks wait at their place); afterwards no callback
-    and no trip is left behind, and the agents are back."""
+    and no open breaker or trip is left behind, and the agents are back. Breakers start closed
+    with an empty window."""
+    _forget_breakers(stack)
     _agents(stack, "pause", *ORDERS_AGENTS)
     try:
         yield
     finally:
         stack.forget_callbacks()
-        stack.redis.delete(stack.key("trunk_trips"))
+        _forget_breakers(stack)
         for agent in ORDERS_AGENTS:
             if stack.redis.hget(stack.key("agent", agent), "state") == "paused":
                 _agents(stack, "resume", agent)
