@@ -423,9 +423,10 @@ def _skills(pairs: list[str]) -> dict[str, int]:
 
 
 def _trunk_line(name: str, t: dict[str, Any]) -> str:
-    tripped = " (tripped by hand)" if t["tripped"] else ""
+    reason = t.get("reason")
+    why = " (tripped by hand)" if t["tripped"] else f" ({reason})" if reason else ""
     return (
-        f"trunk {name:<14} {t['role']:<8} {t['state']}{tripped}  {t['in_use']}/{t['capacity']} "
+        f"trunk {name:<14} {t['role']:<8} {t['state']}{why}  {t['in_use']}/{t['capacity']} "
         f"channels, window {t['window_failures']}/{t['window_calls']} failed"
     )
 

@@ -297,6 +297,11 @@ class BreakerSettings(_Frozen):
     failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     open_for: Annotated[float, Field(gt=0, le=3600)] = 30.0
     probes: Annotated[int, Field(ge=1, le=100)] = 1
+    # Opens when a leg brings a trunk's channels in use to this share of its capacity.
+    saturation: Annotated[float, Field(gt=0, le=1)] = 1.0
+    # Seconds a carrier has to ring or send early media; after that Dial gives up and the leg
+    # counts as the carrier's failure (NOPROGRESS). Shorter than callbacks.ring_timeout.
+    progress_timeout: Annotated[int, Field(ge=1, le=30)] = 8
 
 
 class ReportSettings(_Frozen):
@@ -431,6 +436,16 @@ class Settings(_Frozen):
                         f"agents[{i}].skills.{skill_name}: unknown skill "
                         f"(known: {', '.join(sorted(known))})"
                     )
+        return self
+
+    @model_validator(mode="after")
+    def _progress_before_ring(self) -> Self:
+        # Otherwise the ring timeout ends a silent carrier's leg first, as a customer's NOANSWER.
+        if self.breaker.progress_timeout >= self.callbacks.ring_timeout:
+            raise ValueError(
+                f"breaker.progress_timeout ({self.breaker.progress_timeout} s) must be shorter "
+                f"than callbacks.ring_timeout ({self.callbacks.ring_timeout} s)"
+            )
         return self
 
     def outbound_trunks(self) -> list[Trunk]:

@@ -114,14 +114,26 @@ def build_spec(
     trunk = _obj(
         {
             "state": {"enum": ["closed", "open", "half_open"]},
+            "reason": {"enum": ["failures", "saturated", "tripped", None]},
             "tripped": {"type": "boolean"},
+            "probes_out": {"type": "integer"},
             "role": {"enum": ["primary", "standby"]},
             "capacity": {"type": "integer"},
             "in_use": {"type": "integer"},
             "window_calls": {"type": "integer"},
             "window_failures": {"type": "integer"},
         },
-        ["state", "tripped", "role", "capacity", "in_use", "window_calls", "window_failures"],
+        [
+            "state",
+            "reason",
+            "tripped",
+            "probes_out",
+            "role",
+            "capacity",
+            "in_use",
+            "window_calls",
+            "window_failures",
+        ],
     )
     agent_change = _obj(
         {"agent": {"type": "string"}, "before": {"type": "string"}, "state": {"type": "string"}},

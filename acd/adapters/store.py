@@ -17,10 +17,13 @@ Keys (all under the configured prefix P):
                    a virtual caller P:call:cb-ID-N in its queue, at the caller's original place.
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
     P:trunk_legs:NAME hash of the legs holding a channel of that trunk (uid -> node)
+    P:trunk:NAME   that trunk's circuit breaker (JSON from acd/domain/breaker.py: open since,
+                   why, probe legs, window buckets; absent: closed, nothing counted), changed
+                   with its channels in one step (lua/trunk_commit.lua)
     P:queue_state  hash skill -> closed | paused (absent: open); P:callback_mode skill -> off
     P:journey      stream of journey events (arrival ... hangup) for reports, trimmed by age;
                    P:live:UID marks a call that arrived and has not hung up
-    P:trunk_trips  hash trunk -> who tripped its breaker by hand (until reset)
+    P:trunk_trips  (older releases) hash trunk -> who tripped it; moved into P:trunk:NAME
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
@@ -77,6 +80,16 @@ class LoadSnapshot:
     @property
     def waiting_total(self) -> int:
         return sum(self.waiting.values())
+
+
+@dataclass(frozen=True)
+class TrunkSnapshot:
+    """One trunk as read in one round trip: its breaker's state as stored ('' = none), its
+    channels in use, and whether the leg asked about holds one of them."""
+
+    state: str
+    in_use: int
+    held: bool = False
 
 
 @dataclass(frozen=True)
@@ -169,7 +182,7 @@ class RedisStore:
         self._end_call = self._redis.register_script(_script("end_call"))
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
         self._callback_register = self._redis.register_script(_script("callback_register"))
-        self._trunk_claim = self._redis.register_script(_script("trunk_claim"))
+        self._trunk_commit = self._redis.register_script(_script("trunk_commit"))
         self._agent_skills = self._redis.register_script(_script("agent_skills"))
         self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
         self._hset_existing = self._redis.register_script(_HSET_EXISTING)
@@ -613,18 +626,58 @@ class RedisStore:
             out.append({str(k): str(v) for k, v in raw.items()})
         return sorted(out, key=lambda c: float(c.get("score") or 0))
 
-    async def claim_trunk(self, uid: str, candidates: Iterable[tuple[str, int]]) -> str | None:
-        """A channel for leg `uid` on the first candidate (name, capacity) with one free."""
-        args: list[Any] = [self.prefix, uid, self.node]
-        for name, capacity in candidates:
-            args += [name, capacity]
-        if len(args) == 3:
-            return None
-        result = await self._run(self._trunk_claim, [], args)
-        return str(result) if result else None
+    async def trunk_snapshot(self, name: str, uid: str = "") -> TrunkSnapshot:
+        """Trunk `name`'s breaker state and channels in use, and whether leg `uid` holds one."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.get(self.key("trunk", name))
+                pipe.hlen(self.key("trunk_legs", name))
+                pipe.hexists(self.key("trunk_legs", name), uid or "-")
+                state, in_use, held = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return TrunkSnapshot(str(state or ""), int(in_use), bool(held) and bool(uid))
 
-    async def release_trunk(self, name: str, uid: str) -> bool:
-        return bool(await self._call(self._redis.hdel(self.key("trunk_legs", name), uid)))
+    async def trunk_snapshots(self, names: Iterable[str]) -> dict[str, TrunkSnapshot]:
+        """Every named trunk's breaker state and channels in use, in one round trip."""
+        names = list(names)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.get(self.key("trunk", name))
+                    pipe.hlen(self.key("trunk_legs", name))
+                raw = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return {
+            name: TrunkSnapshot(str(raw[2 * i] or ""), int(raw[2 * i + 1]))
+            for i, name in enumerate(names)
+        }
+
+    async def commit_trunk(
+        self, name: str, seen: TrunkSnapshot, state: str, op: str = "", uid: str = ""
+    ) -> bool:
+        """Write trunk `name`'s new breaker `state` and take (`op` take) or release (release)
+        leg `uid`'s channel, in one step, if the trunk is still as `seen` (the channels in use
+        are checked for a take only). False on a conflict: read again and decide again."""
+        count = str(seen.in_use) if op == "take" else ""
+        args = [seen.state, count, state, op, uid, self.node]
+        keys = [self.key("trunk", name), self.key("trunk_legs", name)]
+        return bool(await self._run(self._trunk_commit, keys, args))
+
+    async def trunks_holding(self, uid: str, names: Iterable[str]) -> list[str]:
+        """Which of the named trunks leg `uid` holds a channel of (one round trip)."""
+        names = list(names)
+        if not names:
+            return []
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.hexists(self.key("trunk_legs", name), uid)
+                held = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return [name for name, h in zip(names, held, strict=True) if h]
 
     async def trunk_legs(self, name: str) -> dict[str, str]:
         """Legs holding a channel of trunk `name`: uid -> node."""
@@ -738,14 +791,16 @@ class RedisStore:
         before = await self._call(self._redis.set(self.key("alert", name), status, get=True))
         return bool(before != status)
 
-    async def trunk_trips(self) -> set[str]:
-        return {str(k) for k in await self._call(self._redis.hkeys(self.key("trunk_trips")))}
-
-    async def set_trunk_trip(self, name: str, who: str, now: float) -> None:
-        await self._call(self._redis.hset(self.key("trunk_trips"), name, f"{who} {now!r}"))
-
-    async def clear_trunk_trip(self, name: str) -> None:
-        await self._call(self._redis.hdel(self.key("trunk_trips"), name))
+    async def take_legacy_trunk_trips(self) -> dict[str, str]:
+        """Trips kept by older releases (P:trunk_trips: trunk -> "who time"), removed as read."""
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.key("trunk_trips"))
+                pipe.delete(self.key("trunk_trips"))
+                raw, _ = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return {str(k): str(v) for k, v in raw.items()}
 
     async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
         await self._call(

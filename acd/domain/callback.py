@@ -44,8 +44,9 @@ class Done:
 def after_attempt(
     policy: CallbackPolicy, dial_status: str, attempts: int, requested_at: float, now: float
 ) -> Retry | Done:
-    """What follows an attempt whose customer leg ended with `dial_status` (Dial's DIALSTATUS),
-    `attempts` being the attempts made so far (this one included)."""
+    """What follows an attempt whose customer leg ended with `dial_status` (Dial's DIALSTATUS,
+    or NOPROGRESS from the dialplan when the carrier did not ring in time), `attempts` being
+    the attempts made so far (this one included). Anything but an answer is tried again."""
     if dial_status == "ANSWER":
         return Done("answered")
     if attempts >= policy.attempts:

@@ -254,6 +254,7 @@ ACD_NODE = {a.node}
 ACD_HOLD_PERIOD = {a.hold_period}
 ACD_HOLD_LIMIT = {a.hold_limit}
 ACD_RING_TIMEOUT = {a.ring_timeout}
+ACD_CARRIER_PROGRESS = {settings.breaker.progress_timeout}
 """
 
 

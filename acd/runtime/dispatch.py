@@ -502,6 +502,7 @@ class Dispatcher:
                     uid, event.get("Cause-txt") or "", fallback=marker == "fallback"
                 )
             await self._end_call(uid)
+            await self._trunks.leg_gone(uid)
         elif name == "DialBegin":
             record = await self._store.call(uid)
             if record is not None and record.agent:

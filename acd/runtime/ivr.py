@@ -43,6 +43,7 @@ from acd.domain.flow import (
     Transfer,
 )
 from acd.errors import AcdError, AgiHangup
+from acd.runtime.trunks import NoTrunkFree
 
 if TYPE_CHECKING:
     from acd.runtime.journey import Recorder
@@ -301,9 +302,7 @@ class IvrService:
                     await self._enqueue(call, step)
                 return []
             elif isinstance(step, Transfer):
-                await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{step.number}@{step.trunk}")
-                await channel.set_variable("ACD_RESULT", "transfer")
-                log.info("ivr.transfer", node=step.node, trunk=step.trunk)
+                await self._transfer(call, step)
                 return []
             elif isinstance(step, Hangup):
                 await channel.set_variable("ACD_RESULT", "hangup")
@@ -520,6 +519,24 @@ class IvrService:
         if not await self._callbacks_on(step.skill):
             return False
         return await self._offer(call, step, f"ewt {round(ewt)} s")
+
+    async def _transfer(self, call: _Call, step: Transfer) -> None:
+        """A flow's transfer node. Its trunk is a preference: taken when its breaker lets the
+        call through and it has a free channel, else the best other trunk (primaries, then
+        standbys), like every outbound leg. When no trunk can take the call, NoTrunkFree: the
+        flow's fallback node, else the dialplan's static path (static menu, fallback queue)."""
+        channel = call.channel
+        trunk = step.trunk
+        if self._trunks is not None:
+            chosen = await self._trunks.choose(channel.uniqueid, prefer=step.trunk)
+            if chosen is None:
+                log.warning("ivr.transfer_no_trunk", node=step.node, trunk=step.trunk)
+                raise NoTrunkFree(step.trunk)
+            trunk = chosen
+        await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{step.number}@{trunk}")
+        await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
+        await channel.set_variable("ACD_RESULT", "transfer")
+        log.info("ivr.transfer", node=step.node, trunk=trunk, preferred=step.trunk)
 
     async def _enqueue(self, call: _Call, step: Enqueue) -> None:
         now = self._clock()

@@ -1,11 +1,14 @@
 """The outbound trunks: a circuit breaker per trunk, channels in use, and the choice of trunk for
-each outbound leg (acd/domain/breaker.py decides; this keeps the state).
+each outbound leg (acd/domain/breaker.py decides; Redis keeps the state).
 
-Channels in use are shared by every controller: each leg holds a channel of its trunk in Redis
-(P:trunk_legs:NAME, taken by one Lua script against the capacity), released when the leg ends and
-reconciled with the live channels after every AMI (re)connect. Breakers judge the legs this
-controller placed; a supervisor's trip is kept in Redis (P:trunk_trips), so it survives restarts
-and applies to every controller (re-read each governor tick).
+Everything is shared by every controller: each trunk's breaker is one value in Redis
+(P:trunk:NAME) and each leg holds a channel of its trunk (P:trunk_legs:NAME). A leg takes its
+channel, and while half-open its probe slot, in one atomic step that checks the capacity and the
+breaker together (RedisStore.commit_trunk: read, decide with the pure breaker, commit if nothing
+changed meanwhile, else again); it lets go of both in one step too, whatever ended it (Dial's
+outcome, a cancel, its channel's hangup, the reconcile after an AMI reconnect). An outcome is
+counted by the step that releases the leg's channel, so it counts once, on whichever controller
+saw it, and a supervisor's trip applies everywhere at once.
 """
 
 from __future__ import annotations
@@ -16,12 +19,20 @@ from typing import Any
 
 import structlog
 
-from acd.adapters.store import RedisStore
+from acd.adapters.store import RedisStore, TrunkSnapshot
 from acd.config import Settings
-from acd.domain.breaker import Breaker, BreakerPolicy, failure_status, summarise
-from acd.errors import AcdError
+from acd.domain.breaker import Breaker, BreakerPolicy, TrunkView, judge, summarise, trunk_order
+from acd.errors import AcdError, StoreUnavailable
 
 log = structlog.get_logger(__name__)
+
+# Conflicts mean another controller changed the trunk meanwhile (so someone progresses); this
+# many in a row is something else.
+MAX_ATTEMPTS = 100
+
+# What a decision asks to commit: take or release the leg's channel, or change the state only;
+# None: nothing to commit (refused, or nothing to do).
+Decide = Callable[[Breaker, TrunkSnapshot, float], str | None]
 
 
 class UnknownTrunk(AcdError):
@@ -30,110 +41,191 @@ class UnknownTrunk(AcdError):
         self.name = name
 
 
+class NoTrunkFree(AcdError):
+    """No outbound trunk can take a leg now: every breaker is open or every trunk is full."""
+
+    retriable = True
+
+    def __init__(self, preferred: str = "") -> None:
+        but = f" (preferred: {preferred})" if preferred else ""
+        super().__init__(f"no outbound trunk can take the call{but}")
+
+
 class TrunkBoard:
     def __init__(
         self, settings: Settings, store: RedisStore, clock: Callable[[], float] = time.time
     ) -> None:
         b = settings.breaker
-        policy = BreakerPolicy(
+        self.policy = BreakerPolicy(
             window=b.window,
             min_calls=b.min_calls,
             failure_rate=b.failure_rate,
             open_for=b.open_for,
             probes=b.probes,
+            saturation=b.saturation,
         )
-        self._trunks = settings.outbound_trunks()
+        self._trunks = [TrunkView(t.name, t.role, t.capacity) for t in settings.outbound_trunks()]
         self._store = store
         self._clock = clock
         self._node = settings.asterisk.node
-        self.breakers = {t.name: Breaker(t.name, policy) for t in self._trunks}
+        self._legacy_checked = False
 
-    async def choose(self, uid: str) -> str | None:
-        """A channel for the outbound leg `uid`: on the first primary whose breaker lets calls
-        through and which has a free channel, else on the first such standby. None when no
-        trunk can take it. Held until `ended` or `cancelled`."""
-        now = self._clock()
-        candidates = [
-            (t.name, t.capacity)
-            for role in ("primary", "standby")
-            for t in self._trunks
-            if t.role == role and self.breakers[t.name].allows(now)
-        ]
-        name = await self._store.claim_trunk(uid, candidates)
-        if name is not None:
-            self.breakers[name].placed(now)
-        return name
+    async def choose(self, uid: str, prefer: str | None = None) -> str | None:
+        """A channel for the outbound leg `uid`: on `prefer` (a flow's trunk) if its breaker lets
+        the leg through and it has a free channel, else on the first such primary, else on the
+        first such standby. None when no trunk can take it. Held until `ended`, `cancelled` or
+        `leg_gone`."""
+        for trunk in trunk_order(self._trunks, prefer):
+            if await self._change(trunk.name, uid, _taking(uid, trunk.capacity)):
+                return trunk.name
+        return None
 
     async def ended(self, name: str, uid: str, dial_status: str) -> None:
-        """The leg `uid` through `name` ended with Dial's status: the breaker learns from it."""
-        if name not in self.breakers:
-            return
-        await self._store.release_trunk(name, uid)
-        now = self._clock()
-        breaker = self.breakers[name]
-        before = breaker.state(now)
-        breaker.record(not failure_status(dial_status), now)
-        after = breaker.state(now)
-        if after != before:
-            log.warning("trunk.breaker_changed", trunk=name, before=before, after=after)
+        """The leg `uid` through `name` ended with Dial's status: its channel is free and the
+        breaker learns from it ('' or CANCEL: it was never dialled, or cancelled, which says
+        nothing about the trunk)."""
+        await self._release(name, uid, judge(dial_status))
 
     async def cancelled(self, name: str, uid: str) -> None:
         """The leg `uid` was never placed through `name` after all."""
-        if name in self.breakers:
-            await self._store.release_trunk(name, uid)
-            self.breakers[name].cancel(self._clock())
+        await self._release(name, uid, None)
+
+    async def leg_gone(self, uid: str) -> list[str]:
+        """The channel of leg `uid` hung up: release whatever trunk channel (and probe slot) it
+        still holds, saying nothing about the trunk (an outcome came before, if there was
+        one). Returns the trunks it held a channel of."""
+        held = await self._store.trunks_holding(uid, self.names())
+        for name in held:
+            await self._release(name, uid, None)
+        if held:
+            log.info("trunk.leg_gone", uniqueid=uid, trunks=held)
+        return held
 
     async def reconcile(self, live: Iterable[str]) -> int:
         """Release the channels held by this node's legs that are no longer up (ended while
-        nobody was listening). Returns how many were released."""
+        nobody was listening), with their probe slots. Returns how many were released."""
         alive = set(live)
         released = 0
-        for name in self.breakers:
+        for name in self.names():
             for uid, node in (await self._store.trunk_legs(name)).items():
                 if node == self._node and uid not in alive:
-                    released += await self._store.release_trunk(name, uid)
+                    released += await self._release(name, uid, None)
         return released
 
     async def sync_trips(self) -> None:
-        """Apply the trips kept in Redis (set or cleared through any controller)."""
-        trips = await self._store.trunk_trips()
-        now = self._clock()
-        for name, breaker in self.breakers.items():
-            if name in trips and not breaker.tripped:
-                breaker.trip(now)
-            elif name not in trips and breaker.tripped:
-                breaker.reset()
+        """Trips are part of each breaker's shared state; this moves those an older release
+        kept apart (P:trunk_trips) into it, once."""
+        if self._legacy_checked:
+            return
+        for name, value in (await self._store.take_legacy_trunk_trips()).items():
+            if name in self.names():
+                who = value.split(" ")[0]
+                await self._change(name, "", _tripping(who))
+                log.info("trunk.trip_migrated", trunk=name, who=who)
+        self._legacy_checked = True
 
     async def trip(self, who: str, name: str) -> dict[str, Any]:
-        breaker = self._get(name)
-        before = breaker.state(self._clock())
-        await self._store.set_trunk_trip(name, who, self._clock())
-        breaker.trip(self._clock())
-        await self._store.audit(who, f"trunk {name}", before, "tripped", self._clock())
+        self._get(name)
+        before = (await self.summary())[name]["state"]
+        await self._change(name, "", _tripping(who))
+        await self._store.audit(who, f"trunk {name}", str(before), "tripped", self._clock())
         log.warning("admin.trunk_tripped", who=who, trunk=name)
         return (await self.summary())[name]
 
     async def reset(self, who: str, name: str) -> dict[str, Any]:
-        breaker = self._get(name)
-        before = breaker.state(self._clock())
-        await self._store.clear_trunk_trip(name)
-        breaker.reset()
-        await self._store.audit(who, f"trunk {name}", before, "reset", self._clock())
+        self._get(name)
+        before = (await self.summary())[name]["state"]
+        await self._change(name, "", _resetting)
+        await self._store.audit(who, f"trunk {name}", str(before), "reset", self._clock())
         log.info("admin.trunk_reset", who=who, trunk=name)
         return (await self.summary())[name]
 
     def names(self) -> list[str]:
-        return list(self.breakers)
+        return [t.name for t in self._trunks]
 
     async def summary(self) -> dict[str, dict[str, Any]]:
-        out = summarise(self.breakers.values(), self._clock())
+        """Every trunk with its breaker (state, why, probes out, window statistics) and
+        channels, the same on every controller."""
+        snaps = await self._store.trunk_snapshots(self.names())
+        now = self._clock()
+        breakers = [Breaker.loads(t.name, self.policy, snaps[t.name].state) for t in self._trunks]
+        out = summarise(breakers, now)
         for t in self._trunks:
-            legs = await self._store.trunk_legs(t.name)
-            out[t.name].update(role=t.role, capacity=t.capacity, in_use=len(legs))
+            out[t.name].update(role=t.role, capacity=t.capacity, in_use=snaps[t.name].in_use)
         return out
 
-    def _get(self, name: str) -> Breaker:
-        try:
-            return self.breakers[name]
-        except KeyError:
-            raise UnknownTrunk(name) from None
+    async def _release(self, name: str, uid: str, success: bool | None) -> bool:
+        """Free leg `uid`'s channel of `name` (and its probe slot), the breaker learning
+        `success` (see Breaker.release). False when the leg held no channel there: it was
+        released already, and its outcome, if any, was counted then."""
+        if name not in self.names():
+            return False
+
+        return await self._change(name, uid, _releasing(uid, success))
+
+    async def _change(self, name: str, uid: str, decide: Decide) -> bool:
+        """Read trunk `name`, let `decide` change its breaker, commit both in one step; again on
+        a conflict. Returns whether something was committed (or `decide` had nothing to
+        change)."""
+        for _ in range(MAX_ATTEMPTS):
+            seen = await self._store.trunk_snapshot(name, uid)
+            breaker = Breaker.loads(name, self.policy, seen.state)
+            now = self._clock()
+            before = (breaker.state(now), breaker.reason)
+            op = decide(breaker, seen, now)
+            if op is None:
+                return False
+            state = breaker.dumps()
+            if state == seen.state and op == "":
+                return True
+            if await self._store.commit_trunk(name, seen, state, op, uid):
+                after = (breaker.state(now), breaker.reason)
+                if after != before:
+                    log.warning(
+                        "trunk.breaker_changed",
+                        trunk=name,
+                        before=before[0],
+                        after=after[0],
+                        reason=after[1],
+                        uniqueid=uid or None,
+                    )
+                return True
+        raise StoreUnavailable(f"trunk {name}: {MAX_ATTEMPTS} conflicting changes in a row")
+
+    def _get(self, name: str) -> TrunkView:
+        for t in self._trunks:
+            if t.name == name:
+                return t
+        raise UnknownTrunk(name)
+
+
+def _taking(uid: str, capacity: int) -> Decide:
+    def decide(b: Breaker, seen: TrunkSnapshot, now: float) -> str | None:
+        if seen.held:
+            return ""  # it holds one already (asked twice): nothing to change
+        return "take" if b.take(uid, now, seen.in_use, capacity) else None
+
+    return decide
+
+
+def _releasing(uid: str, success: bool | None) -> Decide:
+    def decide(b: Breaker, seen: TrunkSnapshot, now: float) -> str | None:
+        if not seen.held:
+            return None
+        b.release(uid, now, success)
+        return "release"
+
+    return decide
+
+
+def _tripping(who: str) -> Decide:
+    def decide(b: Breaker, seen: TrunkSnapshot, now: float) -> str | None:
+        b.trip(now, who)
+        return ""
+
+    return decide
+
+
+def _resetting(b: Breaker, seen: TrunkSnapshot, now: float) -> str | None:
+    b.reset()
+    return ""

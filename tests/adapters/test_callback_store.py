@@ -147,28 +147,6 @@ async def test_an_attempt_is_closed_once_and_a_retry_waits_its_turn(store: Redis
     assert (await store.callback("c1"))["current"] == "cb-c1-2"
 
 
-async def test_trunk_channels_hold_capacity_across_controllers(redis_url: str) -> None:
-    """Two controllers taking channels at once never put more legs on a trunk than its
-    capacity; a full primary sends the next leg to the standby; released channels are free."""
-    a, b = RedisStore(redis_url, "cb", node="n1"), RedisStore(redis_url, "cb", node="n2")
-    try:
-        order = [("primary", 3), ("standby", 2)]
-        taken = await asyncio.gather(
-            *(s.claim_trunk(f"leg{i}", order) for i, s in enumerate([a, b] * 4))
-        )
-        assert sorted(str(t) for t in taken) == ["None"] * 3 + ["primary"] * 3 + ["standby"] * 2
-        legs = await a.trunk_legs("primary")
-        assert len(legs) == 3
-        assert set(legs.values()) <= {"n1", "n2"}
-        leg = next(iter(legs))
-        assert await b.release_trunk("primary", leg)
-        assert await a.claim_trunk("again", order) == "primary"
-        assert await a.claim_trunk("none", []) is None
-    finally:
-        await a.close()
-        await b.close()
-
-
 @given(
     st.integers(0, 12),
     st.sampled_from([0.1, 0.25, 0.5, 1.0]),

@@ -116,6 +116,7 @@ def deployment_config(state: Path) -> dict[str, Any]:
     ]  # fmt: skip
     config["breaker"] = {
         "window": 120, "min_calls": 2, "failure_rate": 0.5, "open_for": 8, "probes": 1,
+        "progress_timeout": 2,
     }  # fmt: skip
     # Orders overflow to a standby centre (at overload level 4 only: no test queues 100 callers).
     for skill in config["skills"]:

@@ -43,16 +43,34 @@ def _api(stack: Stack, method: str, path: str) -> dict[str, Any]:
         return dict(json.load(response))
 
 
+def _forget_breakers(stack: Stack) -> None:
+    """Every trunk's breaker back to closed with an empty window (they live in Redis)."""
+    for key in stack.redis.keys(stack.key("trunk", "*")):
+        stack.redis.delete(key)
+
+
+@pytest.fixture
+def fresh_breakers(stack: Stack) -> Iterator[None]:
+    """Every breaker starts closed with an empty window, and is so again afterwards."""
+    _forget_breakers(stack)
+    try:
+        yield
+    finally:
+        _forget_breakers(stack)
+
+
 @pytest.fixture
 def orders_paused(stack: Stack) -> Iterator[None]:
     """The orders agents start paused (callbacks wait at their place); afterwards no callback
-    and no trip is left behind, and the agents are back."""
+    and no open breaker or trip is left behind, and the agents are back. Breakers start closed
+    with an empty window."""
+    _forget_breakers(stack)
     _agents(stack, "pause", *ORDERS_AGENTS)
     try:
         yield
     finally:
         stack.forget_callbacks()
-        stack.redis.delete(stack.key("trunk_trips"))
+        _forget_breakers(stack)
         for agent in ORDERS_AGENTS:
             if stack.redis.hget(stack.key("agent", agent), "state") == "paused":
                 _agents(stack, "resume", agent)
@@ -435,3 +453,119 @@ async def test_at_overload_level_4_new_callers_overflow_to_the_standby_centre(
     finally:
         assert stack.acd("level", "auto").returncode == 0
         carrier.stop()
+
+
+def _user_events(events: EventLog, kind: str, uid: str) -> list[AmiMessage]:
+    return [
+        e
+        for e in events.events
+        if e.event == "UserEvent" and e.get("UserEvent") == kind and e.get("Uniqueid") == uid
+    ]
+
+
+async def test_a_carrier_that_never_answers_opens_its_breaker_and_overflow_moves_to_standby(
+    stack: Stack, ami_events: EventLog, fresh_breakers: None
+) -> None:
+    """Level pinned at 4; the primary carrier takes each INVITE (100 Trying) and says nothing
+    more. Dial gives up after breaker.progress_timeout (2 s; Asterisk reports CHANUNAVAIL),
+    AcdTransferEnd reports NOPROGRESS for carrier-out, and after two such legs its breaker is
+    open (failures). The next caller overflows over the standby trunk, which answers."""
+    silent = sipp.start_uas("carrier_silent", PORTS["carrier"], 19600, stack.workdir)
+    standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
+    assert stack.acd("level", "4").returncode == 0
+    try:
+        for caller_id in ("5554601", "5554602"):
+            caller = stack.call(Script().at(1.0, "20"), caller_id, remote_hangup=True)
+            try:
+                uid = await caller_uid(ami_events, caller_id)
+                (end,) = await ami_events.wait_for(
+                    lambda e, uid=uid: (
+                        e.event == "UserEvent"
+                        and e.get("UserEvent") == "AcdTransferEnd"
+                        and e.get("Uniqueid") == uid
+                    ),
+                    timeout=30,
+                )
+                assert (end.get("Trunk"), end.get("DialStatus")) == ("carrier-out", "NOPROGRESS")
+                (dial_end,) = [
+                    e
+                    for e in ami_events.events
+                    if e.event == "DialEnd" and e.get("Uniqueid") == uid
+                ]
+                assert dial_end.get("DialStatus") == "CHANUNAVAIL"
+                assert ami_events.client is not None
+                await ami_events.client.send_action("Hangup", {"Channel": end.get("Channel")})
+                assert await asyncio.to_thread(caller.wait, 30) == 0
+            finally:
+                caller.stop()
+        await _until(
+            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "open",
+            "the breaker did not open on the legs without progress",
+            timeout=10,
+        )
+        primary = _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]
+        assert (primary["reason"], primary["in_use"]) == ("failures", 0)
+
+        caller = stack.call(Script().at(1.0, "20"), "5554603", remote_hangup=True)
+        try:
+            uid = await caller_uid(ami_events, "5554603")
+            assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
+        finally:
+            caller.stop()
+        dials = [e.get("DialString") for e in ami_events.events
+                 if e.event == "DialBegin" and e.get("Uniqueid") == uid]  # fmt: skip
+        assert dials == ["88001234@standby-out"]
+        ends = _user_events(ami_events, "AcdTransferEnd", uid)
+        assert [(e.get("Trunk"), e.get("DialStatus")) for e in ends] == [("standby-out", "ANSWER")]
+    finally:
+        assert stack.acd("level", "auto").returncode == 0
+        silent.stop()
+        standby.stop()
+
+
+async def test_a_customer_who_rings_and_does_not_answer_does_not_count_against_the_carrier(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """The customer's phone rings (180) and nobody answers within callbacks.ring_timeout:
+    AcdCallbackEnd reports NOANSWER (not NOPROGRESS, although nothing answered), carrier-out's
+    window counts the leg as no failure, its breaker stays closed, and the callback is due
+    again (a retry)."""
+    ringing = sipp.start_uas("customer_rings", PORTS["carrier"], 19600, stack.workdir)
+    try:
+        uid = await _ask_for_callback(stack, ami_events, "5554701")
+        _agents(stack, "resume", "1003")
+        await ami_events.wait_for(
+            lambda e: (
+                e.event == "UserEvent"
+                and e.get("UserEvent") == "AcdCallbackEnd"
+                and e.get("Callback") == uid
+            ),
+            timeout=40,
+        )
+        assert _callback_ends(ami_events, uid) == ["NOANSWER"]
+        assert [e.get("DialString") for e in _dials(ami_events, "5554701")] == [
+            "5554701@carrier-out"
+        ]
+        # The agent back in wrap-up is paused, so that the retry waits.
+        await _until(
+            lambda: stack.redis.hget(stack.key("agent", "1003"), "state") == "wrap_up",
+            "the agent did not go to wrap-up",
+            timeout=10,
+        )
+        _agents(stack, "pause", "1003")
+        await _until(
+            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["window_calls"] == 1,
+            "the unanswered leg was not counted",
+            timeout=10,
+        )
+        primary = _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]
+        assert (primary["state"], primary["window_failures"], primary["in_use"]) == (
+            "closed",
+            0,
+            0,
+        )
+        cb = stack.redis.hgetall(stack.key("callback", uid))
+        assert (cb["last_status"], cb["attempts"]) == ("NOANSWER", "1")
+        assert cb["state"] in ("pending", "queued")
+    finally:
+        ringing.stop()

@@ -1,6 +1,8 @@
-"""Trunk breakers and trunk choice, with time as a parameter (no sleeps)."""
+"""Trunk breakers and the order of trunks, with time as a parameter (no sleeps)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from hypothesis import given
@@ -10,115 +12,286 @@ from acd.domain.breaker import (
     Breaker,
     BreakerPolicy,
     TrunkView,
-    choose_trunk,
     failure_status,
+    judge,
     summarise,
+    trunk_order,
 )
 
 POLICY = BreakerPolicy(window=60, min_calls=3, failure_rate=0.5, open_for=30, probes=2)
 
 
+def _leg(b: Breaker, leg: str, now: float, success: bool | None) -> None:
+    """A leg placed and ended at `now` (on a trunk with channels to spare)."""
+    assert b.take(leg, now, 0, 100)
+    b.release(leg, now, success)
+
+
+def _opened(policy: BreakerPolicy = POLICY) -> Breaker:
+    """A breaker opened by three failures at t=0, 1, 2."""
+    b = Breaker("a", policy)
+    for i, t in enumerate((0.0, 1.0, 2.0)):
+        _leg(b, f"f{i}", t, False)
+    assert (b.state(2.0), b.reason) == ("open", "failures")
+    return b
+
+
 def test_it_opens_on_the_failure_rate_over_the_window_only() -> None:
+    """Two failures of two legs are below min_calls; a third leg makes 2 of 3 failed, and it
+    opens. Failures that left the window do not count."""
     b = Breaker("a", POLICY)
-    b.record(False, 0.0)
-    b.record(False, 1.0)
+    _leg(b, "1", 0.0, False)
+    _leg(b, "2", 1.0, False)
     assert b.state(1.0) == "closed"  # fewer than min_calls
-    b.record(True, 2.0)
-    assert b.state(2.0) == "open"  # 2 of 3 failed
+    _leg(b, "3", 2.0, True)
+    assert (b.state(2.0), b.reason) == ("open", "failures")
     c = Breaker("c", POLICY)
-    c.record(False, 0.0)
-    c.record(False, 1.0)
-    c.record(True, 70.0)  # the two failures left the window
+    _leg(c, "1", 0.0, False)
+    _leg(c, "2", 1.0, False)
+    _leg(c, "3", 70.0, True)  # the two failures left the window
     assert c.state(70.0) == "closed"
     assert c.window(70.0) == (1, 0)
 
 
 def test_half_open_lets_only_the_probes_through_and_closes_on_their_success() -> None:
-    b = Breaker("a", POLICY)
-    for t in (0.0, 1.0, 2.0):
-        b.record(False, t)
+    """After open_for, exactly `probes` legs take a probe slot; both succeeding close it."""
+    b = _opened()
     assert not b.allows(31.9)
+    assert not b.take("early", 31.9, 0, 10)
     assert b.state(32.0) == "half_open"
-    assert b.allows(32.0)
-    b.placed(32.0)
-    b.placed(32.0)
-    assert not b.allows(32.0)  # both probes out
-    b.record(True, 33.0)
+    assert b.take("p1", 32.0, 0, 10)
+    assert b.take("p2", 32.0, 1, 10)
+    assert not b.take("p3", 32.0, 2, 10)  # both probes out
+    assert b.probe_legs == ["p1", "p2"]
+    b.release("p1", 33.0, True)
     assert b.state(33.0) == "half_open"
-    b.record(True, 34.0)
-    assert b.state(34.0) == "closed"
+    b.release("p2", 34.0, True)
+    assert (b.state(34.0), b.reason) == ("closed", None)
+    assert b.window(34.0) == (0, 0)
 
 
 def test_a_failed_probe_opens_it_again_for_the_full_time() -> None:
-    b = Breaker("a", POLICY)
-    for t in (0.0, 1.0, 2.0):
-        b.record(False, t)
-    b.placed(40.0)
-    b.record(False, 41.0)
-    assert b.state(41.0) == "open"
+    """One failed probe: open again from its end, for open_for seconds."""
+    b = _opened()
+    assert b.take("p", 40.0, 0, 10)
+    b.release("p", 41.0, False)
+    assert (b.state(41.0), b.reason) == ("open", "failures")
     assert b.state(70.9) == "open"
     assert b.state(71.0) == "half_open"
 
 
-def test_trip_holds_it_open_until_reset() -> None:
+def test_a_cancelled_probe_frees_its_slot_and_says_nothing() -> None:
+    """A probe whose leg was never dialled frees its slot: the next leg is the probe."""
+    b = _opened(BreakerPolicy(window=60, min_calls=3, failure_rate=0.5, open_for=30, probes=1))
+    assert b.take("p", 40.0, 0, 10)
+    assert not b.allows(40.0)
+    b.release("p", 41.0, None)
+    assert b.state(41.0) == "half_open"
+    assert b.take("q", 41.0, 0, 10)
+    b.release("q", 42.0, True)
+    assert b.state(42.0) == "closed"
+
+
+def test_legs_placed_before_it_opened_say_nothing_afterwards() -> None:
+    """A leg that was up when the breaker opened neither counts while open nor counts as a
+    probe while half-open; its release holds no slot."""
     b = Breaker("a", POLICY)
-    b.trip(0.0)
+    assert b.take("old1", 0.0, 0, 10)
+    assert b.take("old2", 0.0, 1, 10)
+    b.trip(1.0)
+    b.release("old1", 2.0, False)
+    assert b.state(2.0) == "open"
+    c = _opened()
+    assert c.take("old", 1.5, 0, 10) is False  # open: refused
+    assert c.take("p1", 32.0, 0, 10)
+    c.release("other", 33.0, True)  # not a probe
+    assert c.probe_successes == 0
+    assert c.probe_legs == ["p1"]
+
+
+def test_trip_holds_it_open_until_reset() -> None:
+    """A trip opens it at once, for ever, until reset; the summary shows why."""
+    b = Breaker("a", POLICY)
+    b.trip(0.0, who="lee")
     assert b.state(1e6) == "open"
     assert not b.allows(1e6)
-    b.reset()
-    assert b.state(1e6) == "closed"
     assert summarise([b], 1e6)["a"] == {
-        "state": "closed",
-        "tripped": False,
+        "state": "open",
+        "reason": "tripped",
+        "tripped": True,
+        "probes_out": 0,
         "window_calls": 0,
         "window_failures": 0,
     }
+    assert b.tripped_by == "lee"
+    b.reset()
+    assert b.state(1e6) == "closed"
+    assert summarise([b], 1e6)["a"]["reason"] is None
+    assert b.dumps() == ""
 
 
-def test_trunk_choice_prefers_primaries_in_order_then_standby() -> None:
+def test_the_leg_that_saturates_a_trunk_opens_its_breaker() -> None:
+    """Saturation 1.0: the leg that takes the last channel is placed and opens the breaker
+    (saturated); the trunk then recovers like any open breaker: probes after open_for."""
+    b = Breaker("a", BreakerPolicy(open_for=30, probes=1, saturation=1.0))
+    assert b.take("1", 0.0, 0, 2)
+    assert b.state(0.0) == "closed"
+    assert b.take("2", 0.0, 1, 2)
+    assert (b.state(0.0), b.reason) == ("open", "saturated")
+    assert not b.take("3", 10.0, 0, 2)  # channels free again, but it is open
+    b.release("1", 10.0, True)
+    b.release("2", 10.0, True)
+    assert b.state(29.9) == "open"
+    assert b.take("p", 30.0, 0, 2)
+    assert not b.take("x", 30.0, 1, 2)  # one probe only
+    b.release("p", 31.0, True)
+    assert (b.state(31.0), b.reason) == ("closed", None)
+
+
+def test_saturation_is_a_share_of_the_capacity() -> None:
+    """Saturation 0.7 of 10 channels: the seventh leg opens it; a full trunk refuses a leg
+    whatever its breaker says."""
+    b = Breaker("a", BreakerPolicy(saturation=0.7))
+    for n in range(6):
+        assert b.take(str(n), 0.0, n, 10)
+    assert b.state(0.0) == "closed"
+    assert b.take("6", 0.0, 6, 10)
+    assert b.reason == "saturated"
+    assert not Breaker("c").take("x", 0.0, 10, 10)
+
+
+def test_a_probe_does_not_saturate() -> None:
+    """While half-open the probe may take a trunk's last channel: it is judged by its outcome,
+    not opened again for saturation."""
+    b = _opened(BreakerPolicy(min_calls=3, failure_rate=0.5, open_for=30, probes=1))
+    assert b.take("p", 40.0, 0, 1)
+    assert b.state(40.0) == "half_open"
+    b.release("p", 41.0, True)
+    assert b.state(41.0) == "closed"
+
+
+def test_the_state_survives_dumps_and_loads() -> None:
+    """What the store keeps is the whole breaker: probe slots, reason, window."""
+    b = _opened()
+    assert b.take("p1", 32.0, 0, 10)
+    again = Breaker.loads("a", POLICY, b.dumps())
+    assert again == b
+    c = Breaker("c", POLICY)
+    _leg(c, "1", 5.0, False)
+    assert Breaker.loads("c", POLICY, c.dumps()).window(5.0) == (1, 1)
+    # Another window width: the counts start afresh (they were buckets of another size).
+    wider = BreakerPolicy(window=120, min_calls=3)
+    assert Breaker.loads("c", wider, c.dumps()).window(5.0) == (0, 0)
+    assert Breaker.loads("d", POLICY, "") == Breaker("d", POLICY)
+
+
+def test_trunk_order_prefers_the_named_trunk_then_primaries_then_standby() -> None:
+    """Primaries in configured order before standbys; a preferred trunk comes first."""
     views = [
-        TrunkView("p1", "primary", 10, 0),
-        TrunkView("p2", "primary", 10, 0),
-        TrunkView("s1", "standby", 10, 0),
+        TrunkView("s1", "standby", 10),
+        TrunkView("p1", "primary", 10),
+        TrunkView("p2", "primary", 10),
     ]
-    breakers = {name: Breaker(name, POLICY) for name in ("p1", "p2", "s1")}
-    assert choose_trunk(views, breakers, 0.0) == "p1"
-    breakers["p1"].trip(0.0)
-    assert choose_trunk(views, breakers, 0.0) == "p2"
-    breakers["p2"].trip(0.0)
-    assert choose_trunk(views, breakers, 0.0) == "s1"
-    breakers["s1"].trip(0.0)
-    assert choose_trunk(views, breakers, 0.0) is None
-
-
-def test_a_full_trunk_is_passed_over() -> None:
-    views = [TrunkView("p1", "primary", 2, 2), TrunkView("p2", "primary", 2, 1)]
-    assert choose_trunk(views, {}, 0.0) == "p2"
+    assert [t.name for t in trunk_order(views)] == ["p1", "p2", "s1"]
+    assert [t.name for t in trunk_order(views, "p2")] == ["p2", "p1", "s1"]
+    assert [t.name for t in trunk_order(views, "unknown")] == ["p1", "p2", "s1"]
 
 
 @pytest.mark.parametrize(
-    ("status", "failure"),
-    [("CONGESTION", True), ("CHANUNAVAIL", True), ("BUSY", False), ("NOANSWER", False)],
+    ("status", "verdict"),
+    [
+        ("CONGESTION", False),
+        ("CHANUNAVAIL", False),
+        ("NOPROGRESS", False),
+        ("BUSY", True),
+        ("NOANSWER", True),
+        ("ANSWER", True),
+        ("", None),
+        ("CANCEL", None),
+    ],
 )
-def test_only_carrier_failures_count(status: str, failure: bool) -> None:
-    assert failure_status(status) is failure
+def test_only_carrier_failures_count_against_it(status: str, verdict: bool | None) -> None:
+    """503s, no route and no progress in time are the carrier's; a busy or unanswered customer
+    is not; a leg never dialled or cancelled says nothing."""
+    assert judge(status) is verdict
+    assert failure_status(status) is (verdict is False)
 
 
 @given(st.lists(st.tuples(st.floats(0, 1000), st.booleans()), max_size=50))
 def test_it_never_opens_below_the_failure_rate(outcomes: list[tuple[float, bool]]) -> None:
-    """Whatever the sequence, the breaker only opens when the window it saw had at least
-    min_calls calls and at least failure_rate of them failed."""
+    """Whatever the sequence, the breaker only opens when the legs it counted (those whose
+    bucket ends inside the window) were at least min_calls, at least failure_rate of them
+    failed, and every leg of the window proper was among them."""
     b = Breaker("a", POLICY)
+    width = POLICY.bucket
     seen: list[tuple[float, bool]] = []
-    for t, ok in sorted(outcomes):
+    for i, (t, ok) in enumerate(sorted(outcomes)):
         was = b.state(t)
-        b.record(ok, t)
-        if was == "closed":
-            seen = [(u, o) for u, o in seen if u > t - POLICY.window] + [(t, ok)]
-            if b.state(t) == "open":
-                failed = sum(1 for _, o in seen if not o)
-                assert len(seen) >= POLICY.min_calls
-                assert failed / len(seen) >= POLICY.failure_rate
+        if not b.take(str(i), t, 0, 100):
+            continue  # open, or half-open with its probes out
+        b.release(str(i), t, ok)
+        if was != "closed":
+            if b.state(t) == "closed":
                 seen = []
-        elif b.state(t) == "closed":
+            continue
+        seen.append((t, ok))
+        counted = [(u, o) for u, o in seen if (math.floor(u / width) + 1) * width > t - 60]
+        assert all((u, o) in counted for u, o in seen if u > t - 60)
+        assert b.window(t) == (len(counted), sum(1 for _, o in counted if not o)) or (
+            b.state(t) == "open"
+        )
+        if b.state(t) == "open":
+            failed = sum(1 for _, o in counted if not o)
+            assert len(counted) >= POLICY.min_calls
+            assert failed / len(counted) >= POLICY.failure_rate
             seen = []
+
+
+ops = st.lists(
+    st.one_of(
+        st.tuples(st.just("take"), st.integers(0, 5), st.floats(0, 5)),
+        st.tuples(st.just("ok"), st.integers(0, 5), st.floats(0, 5)),
+        st.tuples(st.just("fail"), st.integers(0, 5), st.floats(0, 5)),
+        st.tuples(st.just("cancel"), st.integers(0, 5), st.floats(0, 5)),
+        st.tuples(st.just("trip"), st.just(0), st.floats(0, 5)),
+        st.tuples(st.just("reset"), st.just(0), st.floats(0, 5)),
+    ),
+    max_size=40,
+)
+
+
+@given(ops)
+def test_a_breaker_kept_in_the_store_behaves_as_one_kept_in_memory(
+    steps: list[tuple[str, int, float]],
+) -> None:
+    """Dumping and loading the breaker between every step (what the store does) changes no
+    decision and no state; probe slots never exceed `probes` and legs out never exceed the
+    capacity."""
+    policy = BreakerPolicy(window=10, min_calls=2, failure_rate=0.5, open_for=3, probes=2)
+    memory = Breaker("a", policy)
+    raw = ""
+    held: set[int] = set()
+    now = 0.0
+    for op, leg, dt in steps:
+        now += dt
+        stored = Breaker.loads("a", policy, raw)
+        results = []
+        for b in (memory, stored):
+            if op == "take":
+                results.append(leg not in held and b.take(str(leg), now, len(held), 4))
+            elif op in ("ok", "fail", "cancel") and leg in held:
+                b.release(str(leg), now, {"ok": True, "fail": False}.get(op))
+            elif op == "trip":
+                b.trip(now)
+            elif op == "reset":
+                b.reset()
+        if op == "take" and results[0]:
+            held.add(leg)
+        elif op in ("ok", "fail", "cancel"):
+            held.discard(leg)
+        assert results[:1] == results[1:]
+        assert stored == memory
+        assert stored.state(now) == memory.state(now)
+        assert len(memory.probe_legs) <= policy.probes
+        assert set(memory.probe_legs) <= {str(leg) for leg in held}
+        raw = stored.dumps()

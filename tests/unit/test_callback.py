@@ -23,6 +23,13 @@ def test_no_answer_and_busy_retry_after_the_delay_until_the_attempts_run_out() -
     assert after_attempt(POLICY, "CONGESTION", 3, 0.0, 400.0) == Done("failed")
 
 
+def test_a_carrier_that_gave_no_progress_is_retried() -> None:
+    """NOPROGRESS (the carrier neither rang nor sent early media in time) is retried after the
+    delay, like a busy or unanswered customer, until the attempts run out."""
+    assert after_attempt(POLICY, "NOPROGRESS", 1, 0.0, 10.0) == Retry(110.0)
+    assert after_attempt(POLICY, "NOPROGRESS", 3, 0.0, 400.0) == Done("failed")
+
+
 def test_an_answer_completes_it() -> None:
     assert after_attempt(POLICY, "ANSWER", 1, 0.0, 10.0) == Done("answered")
 

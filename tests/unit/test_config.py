@@ -78,6 +78,14 @@ def test_relative_paths_resolve_against_the_file(tmp_path: Path) -> None:
             "breaker.failure_rate: Input should be less than or equal to 1",
         ),
         (
+            lambda c: c.update(breaker={"saturation": 0}),
+            "breaker.saturation: Input should be greater than 0",
+        ),
+        (
+            lambda c: c.update(callbacks={"ring_timeout": 8}, breaker={"progress_timeout": 8}),
+            "breaker.progress_timeout (8 s) must be shorter than callbacks.ring_timeout (8 s)",
+        ),
+        (
             lambda c: c["skills"][0].update(overflow_to={"number": "12;Dial(x)"}),
             "skills[0].overflow_to.number: '12;Dial(x)' is not allowed here",
         ),
