@@ -173,11 +173,13 @@ def build_report(
     last_seen: dict[str, float] = {}
 
     def tallies(skill: str, t: float) -> list[_Tally]:
+        floor_wide = [overall, hours.setdefault(_hour(t), _Tally())]
+        if not skill:  # an event that does not say its queue counts for the floor only
+            return floor_wide
         return [
-            overall,
+            *floor_wide,
             queues.setdefault(skill, _Tally()),
             queue_hours.setdefault((_hour(t), skill), _Tally()),
-            hours.setdefault(_hour(t), _Tally()),
         ]
 
     def floors(t: float) -> list[_Arrivals]:
@@ -343,9 +345,11 @@ def live_counts(
 ) -> list[LiveCount]:
     """The counters a journey event moves, in the minute the caller queued (as the report counts
     calls in the hour they queued): `queued` offers a call, `answer` answers it (within the
-    target or not), a `hangup` that ended as abandoned (short or not) or fallback concludes it.
-    A hangup of an answered call moves nothing: its `answer` counted it. Events of calls that
-    queued before the window move nothing.
+    target or not), a `hangup` as abandoned concludes it (short or not), and so does `fallback`
+    (the hold limit passed: the dialplan's fallback queue takes the caller; its later hangup,
+    as fallback, moves nothing). The hangup of an answered call moves nothing: its `answer`
+    counted it. Events of calls that queued before the window move nothing. The minute is the
+    event's less `waited` (0 when an event does not say).
 
     >>> live_counts("answer", {"skill": "orders", "waited": "30"}, 600.0, Targets(), 3600)
     [LiveCount(skill='orders', minute=9, counts={'answered': 1})]
@@ -365,7 +369,7 @@ def live_counts(
         counts = {"abandoned": 1}
         if waited < targets.short_abandon:
             counts["short_abandoned"] = 1
-    elif event == "hangup" and fields.get("outcome") == "fallback":
+    elif event == "fallback":
         counts = {"fallback": 1}
     if not counts:
         return []

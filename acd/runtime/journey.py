@@ -9,7 +9,7 @@ how the call ended: answered (talked to an agent), abandoned (hung up while wait
 transfer, or gave up there).
 
 The live service level is shared by every controller: in the same transaction as the event,
-`queued`, `answer` and a `hangup` as abandoned or fallback move per-queue per-minute counters in
+`queued`, `answer`, `fallback` and a `hangup` as abandoned move per-queue per-minute counters in
 Redis (acd.domain.report.live_counts); /metrics, /status, the wallboard and the alerts read them
 summed over the last `reports.service_window` seconds. So the figure is the same on every
 controller, survives restarts, and has the report's definition (short abandons excluded).

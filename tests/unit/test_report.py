@@ -199,6 +199,21 @@ def test_callback_success_counts_concluded_callbacks_only() -> None:
     assert report["overall"]["callback_success"] == 0.6
 
 
+def test_an_event_without_its_queue_counts_for_the_floor_only() -> None:
+    """A callback that expired, recorded without its queue: one more concluded callback for the
+    floor (1 answered of 2), none for a queue, and no nameless queue."""
+    events = [
+        {"event": "callback_attempt", "uid": "x", "t": str(T0), "skill": "orders",
+         "outcome": "answered"},
+        {"event": "callback_expired", "uid": "cb1", "t": str(T0 + 1)},
+    ]  # fmt: skip
+    report = build_report(events, T0, T0 + 60, Targets())
+    assert list(report["queues"]) == ["orders"]
+    assert report["queues"]["orders"]["callback_success"] == 1.0
+    assert report["overall"]["callback_success"] == 0.5
+    assert report["by_hour"][0]["callbacks_concluded"] == 2
+
+
 def test_the_csv_carries_every_figure_of_the_json() -> None:
     """Every figure of the JSON's overall, queue, hour and queue-hour scopes is in the CSV row
     of that scope, with the same value (meets flags as yes/no, endings one column each), and
@@ -279,8 +294,11 @@ def test_the_csv_carries_every_figure_of_the_json() -> None:
          [LiveCount("orders", 10, {"abandoned": 1, "short_abandoned": 1})]),
         ("hangup", {"skill": "orders", "outcome": "abandoned", "waited": "5"}, 610.0,
          [LiveCount("orders", 10, {"abandoned": 1})]),
-        ("hangup", {"skill": "orders", "outcome": "fallback", "waited": "300"}, 610.0,
+        ("fallback", {"skill": "orders", "waited": "300"}, 610.0,
          [LiveCount("orders", 5, {"fallback": 1})]),
+        ("fallback", {"skill": "orders"}, 610.0, [LiveCount("orders", 10, {"fallback": 1})]),
+        # the fallback event counted it
+        ("hangup", {"skill": "orders", "outcome": "fallback", "waited": "300"}, 610.0, []),
         # counted at its answer; how it ended moves nothing
         ("hangup", {"skill": "orders", "outcome": "answered", "waited": "3"}, 610.0, []),
         ("hangup", {"skill": "orders", "outcome": "callback", "waited": "3"}, 610.0, []),
@@ -335,8 +353,9 @@ def test_the_live_counters_and_the_report_agree(calls: list[tuple[float, float, 
     for i, (queued, waited, outcome, skill) in enumerate(calls):
         uid, t = f"c{i}", T0 + queued
         timeline = [("queued", t, {"skill": skill})]
-        if outcome == "answered":
-            timeline.append(("answer", t + waited, {"skill": skill, "waited": str(waited)}))
+        if outcome in ("answered", "fallback"):
+            event = "answer" if outcome == "answered" else "fallback"
+            timeline.append((event, t + waited, {"skill": skill, "waited": str(waited)}))
         timeline.append(
             ("hangup", t + waited + 30,
              {"skill": skill, "outcome": outcome, "waited": str(waited), "talked": "30"})
