@@ -346,16 +346,13 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
     import time
 
     from acd.adapters.store import RedisStore
-    from acd.domain.report import REPEAT_WINDOW, Targets, build_report, csv_rows
+    from acd.domain.report import REPEAT_WINDOW, build_report, csv_rows
+    from acd.runtime.journey import report_targets
 
     end = _when(args.end, time.time())
     start = _when(args.start, end - 24 * 3600)
     if start >= end:
         raise AcdError("--from must be before --to")
-    r = settings.reports
-    targets = Targets(
-        r.service_seconds, r.service_target, r.short_abandon, r.answer_target, r.abandon_target
-    )
 
     async def read() -> list[dict[str, str]]:
         store = RedisStore(settings.redis.url, settings.redis.prefix)
@@ -365,7 +362,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
         finally:
             await store.close()
 
-    report = build_report(asyncio.run(read()), start, end, targets)
+    report = build_report(asyncio.run(read()), start, end, report_targets(settings.reports))
     if args.json:
         print(json.dumps(report, indent=2))
     elif args.csv:
@@ -378,6 +375,9 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+REPORT_HOURS = 24  # the text report shows the busiest hours, at most this many
+
+
 def _pct(value: float | None) -> str:
     return "-" if value is None else f"{value:.1%}"
 
@@ -386,27 +386,74 @@ def _secs(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f} s"
 
 
+def _mark(text: str, met: bool | None) -> str:
+    """A figure, with '!' when it misses its target."""
+    return f"{text}!" if met is False else f"{text} "
+
+
+def _figures_line(label: str, q: dict[str, Any]) -> str:
+    m = q["meets"]
+    return (
+        f"{label} {q['offered']:>7} {q['answered']:>8} {q['abandoned']:>7} "
+        f"{q['short_abandoned']:>5} {_mark(_pct(q['service_level']), m['service_level']):>8} "
+        f"{_mark(_secs(q['asa']), m['answer_time']):>9} {_secs(q['aht']):>8} "
+        f"{_mark(_pct(q['abandon_rate']), m['abandon_rate']):>8} "
+        f"{_pct(q['callback_success']):>6}"
+    )
+
+
+_FIGURES_HEADER = (
+    f"{'offered':>7} {'answered':>8} {'abandon':>7} {'short':>5} {'SL':>7}  {'ASA':>8}  "
+    f"{'AHT':>8} {'aband.%':>7}  {'cb ok':>6}"
+)
+
+
 def _print_report(report: dict[str, Any]) -> None:
+    import time
+
     o = report["overall"]
     t = report["targets"]
+    fmt = "%Y-%m-%dT%H:%MZ"
     print(
-        f"arrivals {o['arrivals']}, repeat callers {o['repeat_callers']} ({_pct(o['repeat_rate'])})"
+        f"from {time.strftime(fmt, time.gmtime(report['from']))} "
+        f"to {time.strftime(fmt, time.gmtime(report['to']))}"
     )
+    first = o["first_contact"]
+    print(
+        f"arrivals {o['arrivals']}, repeat callers within 24 h {o['repeat_callers']} "
+        f"({_pct(o['repeat_rate'])}; first contact "
+        f"{_mark(_pct(first), o['meets']['first_contact']).strip()})"
+    )
+    print("ended: " + (", ".join(f"{k} {n}" for k, n in o["calls_ended"].items()) or "none"))
     print(
         f"targets: service level {t['service_level']}, answer within {t['answer_time']:g} s, "
-        f"abandon under {t['abandon_rate']:.0%}"
+        f"abandon under {t['abandon_rate']:.0%}, first contact over {t['first_contact']:.0%}"
     )
-    header = (
-        f"{'queue':<12} {'offered':>7} {'answered':>8} {'abandon':>7} {'SL':>7} "
-        f"{'ASA':>8} {'AHT':>8} {'aband.%':>7} {'cb ok':>6}"
+    print(
+        f"(short abandons, under {t['short_abandon']:g} s, count against nothing; "
+        "! marks a figure that misses its target)"
     )
-    print(header)
+    print(f"{'queue':<12} {_FIGURES_HEADER}")
     for name, q in [("all", o), *report["queues"].items()]:
-        print(
-            f"{name:<12} {q['offered']:>7} {q['answered']:>8} {q['abandoned']:>7} "
-            f"{_pct(q['service_level']):>7} {_secs(q['asa']):>8} {_secs(q['aht']):>8} "
-            f"{_pct(q['abandon_rate']):>7} {_pct(q['callback_success']):>6}"
-        )
+        print(_figures_line(f"{name:<12}", q))
+    by_hour = [h for h in report["by_hour"] if h["offered"] or h["arrivals"]]
+    if not by_hour:
+        return
+    shown = sorted(
+        sorted(by_hour, key=lambda h: (-h["offered"], -h["arrivals"]))[:REPORT_HOURS],
+        key=lambda h: h["hour"],
+    )
+    left = len(by_hour) - len(shown)
+    quieter = f"; {left} quieter hours in --csv or --json" if left else ""
+    print(f"\nby hour (UTC, of arrival or queueing){quieter}")
+    print(f"{'hour':<17} {'arrivals':>8} {'queue':<12} {_FIGURES_HEADER}")
+    per_queue: dict[str, list[dict[str, Any]]] = {}
+    for row in report["hours"]:
+        per_queue.setdefault(row["hour"], []).append(row)
+    for h in shown:
+        print(_figures_line(f"{h['hour']:<17} {h['arrivals']:>8} {'all':<12}", h))
+        for q in per_queue.get(h["hour"], []):
+            print(_figures_line(f"{'':<17} {'':>8} {q['queue']:<12}", q))
 
 
 def _skills(pairs: list[str]) -> dict[str, int]:

@@ -307,7 +307,8 @@ class BreakerSettings(_Frozen):
 class ReportSettings(_Frozen):
     """Journey events and the post-peak report: how long events are kept, the service level
     (answered within `service_seconds`, 80/20 by default), short abandons (not counted against
-    the service), and the targets from the seeds (answer within 2 minutes, abandon under 5%)."""
+    the service), the targets from the seeds (answer within 2 minutes, abandon under 5%,
+    first-contact resolution over 75%), and the seconds the live service level covers."""
 
     retention_days: Annotated[float, Field(gt=0, le=400)] = 35.0
     service_seconds: Annotated[float, Field(gt=0, le=3600)] = 20.0
@@ -315,6 +316,8 @@ class ReportSettings(_Frozen):
     short_abandon: Annotated[float, Field(ge=0, le=600)] = 5.0
     answer_target: Annotated[float, Field(gt=0, le=3600)] = 120.0
     abandon_target: Annotated[float, Field(gt=0, le=1)] = 0.05
+    first_contact_target: Annotated[float, Field(gt=0, le=1)] = 0.75
+    service_window: Annotated[float, Field(ge=60, le=86400)] = 3600.0
 
 
 class AlertRuleSettings(_Frozen):

@@ -22,7 +22,11 @@ Keys (all under the configured prefix P):
                    with its channels in one step (lua/trunk_commit.lua)
     P:queue_state  hash skill -> closed | paused (absent: open); P:callback_mode skill -> off
     P:journey      stream of journey events (arrival ... hangup) for reports, trimmed by age;
-                   P:live:UID marks a call that arrived and has not hung up
+                   P:live:UID marks a call that arrived and has not hung up;
+                   P:sl:SKILL:MINUTE hash of a queue's live service-level counters for the
+                   callers that queued in that minute (offered, answered, in_target, abandoned,
+                   short_abandoned, fallback), moved with the journey event, expiring after
+                   the live window
     P:trunk_trips  (older releases) hash trunk -> who tripped it; moved into P:trunk:NAME
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
@@ -48,6 +52,7 @@ from acd.config import Agent
 from acd.domain.agent import BUSY, BUSY_DEVICE_STATES, AgentEvent, AgentState
 from acd.domain.agent import sources as agent_sources
 from acd.domain.agent import target as agent_target
+from acd.domain.report import LIVE_FIELDS, MINUTE, LiveCount
 from acd.errors import StoreUnavailable
 
 CALL_TTL_SECONDS = 24 * 3600
@@ -138,6 +143,25 @@ end
 return 1
 """
 
+# ARGV: prefix, first minute, last minute, n, n field names, skills. Per skill, the fields summed
+# over the minutes' P:sl:SKILL:MINUTE hashes.
+_SERVICE_COUNTS = """
+local first, last, n = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local names = {}
+for j = 1, n do names[j] = ARGV[4 + j] end
+local out = {}
+for i = 5 + n, #ARGV do
+  local sums = {}
+  for j = 1, n do sums[j] = 0 end
+  for m = first, last do
+    local v = redis.call('HMGET', ARGV[1] .. ':sl:' .. ARGV[i] .. ':' .. m, unpack(names))
+    for j = 1, n do sums[j] = sums[j] + (tonumber(v[j]) or 0) end
+  end
+  out[#out + 1] = sums
+end
+return out
+"""
+
 
 def _script(name: str) -> str:
     return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
@@ -183,6 +207,7 @@ class RedisStore:
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
         self._callback_register = self._redis.register_script(_script("callback_register"))
         self._trunk_commit = self._redis.register_script(_script("trunk_commit"))
+        self._service_counts = self._redis.register_script(_SERVICE_COUNTS)
         self._agent_skills = self._redis.register_script(_script("agent_skills"))
         self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
         self._hset_existing = self._redis.register_script(_HSET_EXISTING)
@@ -702,12 +727,21 @@ class RedisStore:
         node: str,
         fields: Mapping[str, str],
         min_time: float,
+        live: Iterable[LiveCount] = (),
+        live_window: float = 3600.0,
     ) -> None:
-        """Append a journey event to P:journey (entries older than `min_time` trimmed, roughly).
-        An arrival also marks the call live (P:live:UID) so that its hangup is recorded once."""
+        """Append a journey event to P:journey and move the live counters it causes (`live`,
+        P:sl:SKILL:MINUTE, kept `live_window` seconds past their minute), in one transaction:
+        both or neither. An arrival also marks the call live (P:live:UID) so that its hangup is
+        recorded once.
+
+        Entries older than `min_time` are trimmed, roughly: XADD's `~` MINID drops whole stream
+        nodes (stream-node-max-entries, 100 by default) that are entirely older, at most 100
+        nodes per call, so that no event ever waits on a long trim; the report reads by time,
+        so an old entry left in a node is never counted."""
         entry = {"event": event, "uid": uid, "t": repr(now), "node": node, **fields}
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
+            async with self._redis.pipeline(transaction=True) as pipe:
                 pipe.xadd(
                     self.key("journey"),
                     entry,  # type: ignore[arg-type]
@@ -716,9 +750,31 @@ class RedisStore:
                 )
                 if event == "arrival":
                     pipe.set(self.key("live", uid), repr(now), ex=CALL_TTL_SECONDS)
+                for count in live:
+                    key = self.key("sl", count.skill, str(count.minute))
+                    for name, n in count.counts.items():
+                        pipe.hincrby(key, name, n)
+                    pipe.expireat(key, int((count.minute + 1) * MINUTE + live_window) + 60)
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
+
+    async def service_counts(
+        self, skills: Iterable[str], minutes: range
+    ) -> dict[str, dict[str, int]]:
+        """Each queue's live counters (LIVE_FIELDS) summed over `minutes`, in one round trip."""
+        names = list(skills)
+        if not names or not minutes:
+            return {s: dict.fromkeys(LIVE_FIELDS, 0) for s in names}
+        rows = await self._run(
+            self._service_counts,
+            [],
+            [self.prefix, minutes.start, minutes.stop - 1, len(LIVE_FIELDS), *LIVE_FIELDS, *names],
+        )
+        return {
+            skill: {f: int(n) for f, n in zip(LIVE_FIELDS, row, strict=True)}
+            for skill, row in zip(names, rows, strict=True)
+        }
 
     async def take_live(self, uid: str) -> str | None:
         """How `uid`, which arrived through the IVR, is marked ('fallback': the dialplan's

@@ -32,7 +32,7 @@ from acd.errors import AcdError, AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
-from acd.runtime.journey import Recorder
+from acd.runtime.journey import Recorder, report_targets
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
@@ -86,7 +86,11 @@ class Controller:
         )
         self.trunks = TrunkBoard(settings, self.store)
         self.recorder = Recorder(
-            self.store, settings.reports.retention_days, settings.asterisk.node
+            self.store,
+            settings.reports.retention_days,
+            settings.asterisk.node,
+            targets=report_targets(settings.reports),
+            window=settings.reports.service_window,
         )
         self._callbacks_due = asyncio.Event()
         self.dispatcher = Dispatcher(
@@ -441,6 +445,7 @@ class Controller:
         states = await self.store.queue_states(skills)
         modes = await self.store.callback_modes(skills)
         agents = await self.agents()
+        levels = await self.recorder.service_levels(skills, now)
         out: dict[str, dict[str, Any]] = {}
         for skill in skills:
             head = await self.store.waiting(skill)
@@ -454,7 +459,7 @@ class Controller:
                 if any(part.split(":")[0] == skill for part in agent["skills"].split(",")):
                     by_state[agent["state"]] = by_state.get(agent["state"], 0) + 1
             ewt = await self.ivr.estimate(skill, load, now)
-            sl = self.recorder.service_level(skill, now, self.settings.reports.service_seconds)
+            sl = levels[skill]
             out[skill] = {
                 "service_level": None if sl is None else round(sl, 3),
                 "state": states[skill],
@@ -497,18 +502,20 @@ class Controller:
     async def metrics(self) -> bytes:
         """Prometheus text: this controller's counters, and gauges read now from Redis/AMI."""
         r = self.recorder
-        now = time.time()
         r.ami_up.set(1 if self.ami.connected else 0)
         ok = await self.store.ping()
         r.redis_up.set(1 if ok else 0)
         if ok:
-            for skill, q in (await self.queues()).items():
+            queues = await self.queues()
+            # Shared by every controller (queues() reads it from Redis); a queue nobody counts
+            # for in the window has no figure rather than a stale one.
+            r.sl.clear()
+            for skill, q in queues.items():
                 r.queue_waiting.labels(skill).set(q["waiting"])
                 r.queue_longest.labels(skill).set(q["longest_wait"])
                 r.queue_ewt.labels(skill).set(q["ewt"])
-                sl = r.service_level(skill, now, self.settings.reports.service_seconds)
-                if sl is not None:
-                    r.sl.labels(skill).set(sl)
+                if q["service_level"] is not None:
+                    r.sl.labels(skill).set(q["service_level"])
             counts: dict[str, int] = dict.fromkeys([s.value for s in AgentState], 0)
             for agent in (await self.agents()).values():
                 counts[str(agent["state"])] = counts.get(str(agent["state"]), 0) + 1

@@ -1,29 +1,50 @@
 """Journey events and metrics: what happened to every call, for reports, the wallboard and
 Prometheus.
 
-Each event goes to the Redis Stream P:journey (trimmed by age, `journey.retention_days`) and
-updates this controller's Prometheus metrics. Events: arrival, menu, queued, callback_requested,
-overflow, ring, answer, fallback, callback_attempt, hangup. A `hangup` carries how the call ended:
-answered (talked to an agent), abandoned (hung up while waiting), callback (left for a callback),
-ivr (ended in the menus: self-service, transfer, or gave up there).
+Each event goes to the Redis Stream P:journey (trimmed by age, `reports.retention_days`) and
+updates this controller's Prometheus counters. Events: arrival, menu, queued, callback_requested,
+overflow, ring, answer, fallback, callback_attempt, callback_expired, hangup. A `hangup` carries
+how the call ended: answered (talked to an agent), abandoned (hung up while waiting), callback
+(left for a callback), fallback (the hold limit passed), ivr (ended in the menus: self-service,
+transfer, or gave up there).
+
+The live service level is shared by every controller: in the same transaction as the event,
+`queued`, `answer`, `fallback` and a `hangup` as abandoned move per-queue per-minute counters in
+Redis (acd.domain.report.live_counts); /metrics, /status, the wallboard and the alerts read them
+summed over the last `reports.service_window` seconds. So the figure is the same on every
+controller, survives restarts, and has the report's definition (short abandons excluded).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from acd.adapters.store import RedisStore
+from acd.config import ReportSettings
+from acd.domain.report import Targets, live_counts, live_minutes, live_service_level
 from acd.errors import StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
 WAIT_BUCKETS = (5, 10, 20, 30, 60, 120, 180, 300, 600, 1200, 1800)
+
+
+def report_targets(reports: ReportSettings) -> Targets:
+    """The report's targets as configured (`reports` in acd.yaml)."""
+    return Targets(
+        service_seconds=reports.service_seconds,
+        service_target=reports.service_target,
+        short_abandon=reports.short_abandon,
+        answer_target=reports.answer_target,
+        abandon_target=reports.abandon_target,
+        first_contact_target=reports.first_contact_target,
+    )
 
 
 class Recorder:
@@ -33,11 +54,18 @@ class Recorder:
         retention_days: float,
         node: str,
         clock: Callable[[], float] = time.time,
+        *,
+        targets: Targets = Targets(),  # noqa: B008 (frozen, so one shared default is safe)
+        window: float = 3600.0,
     ) -> None:
+        """`targets`: the service-level threshold and the short-abandon threshold of the live
+        counters; `window`: the seconds the live service level covers."""
         self._store = store
         self._retention = retention_days * 86400
         self._node = node
         self._clock = clock
+        self._targets = targets
+        self._window = window
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter(
@@ -69,7 +97,9 @@ class Recorder:
         )  # fmt: skip
         self.sl = Gauge(
             "acd_service_level",
-            "Share of the last hour's queued callers answered within the target (20 s)",
+            f"Callers who queued in the last {window:g} s, shared by every controller: answered "
+            f"within {targets.service_seconds:g} s / (answered + abandoned after "
+            f"{targets.short_abandon:g} s + sent to the fallback)",
             ["queue"],
             registry=r,
         )
@@ -88,44 +118,51 @@ class Recorder:
             "acd_event_loop_lag_seconds", "How late the event loop woke up, last sample",
             registry=r,
         )  # fmt: skip
-        # queue -> [(queued at, answered within target or None while unknown)] of the last hour
-        self._sl: dict[str, list[tuple[float, float | None]]] = {}
 
     async def emit(self, event: str, uid: str, **fields: Any) -> None:
-        """Record one journey event; a Redis outage loses the event, never the call."""
+        """Record one journey event and the live counters it moves; a Redis outage loses the
+        event, never the call."""
         now = self._clock()
         self.events.labels(event).inc()
-        self._metrics(event, now, fields)
+        self._metrics(event, fields)
         values = {k: str(v) for k, v in fields.items() if v is not None and v != ""}
+        live = live_counts(event, fields, now, self._targets, self._window)
         try:
             await self._store.journey(
-                event, uid, now, self._node, values, min_time=now - self._retention
+                event,
+                uid,
+                now,
+                self._node,
+                values,
+                min_time=now - self._retention,
+                live=live,
+                live_window=self._window,
             )
         except StoreUnavailable as exc:
             log.warning("journey.lost", journey_event=event, error=str(exc))
 
-    def _metrics(self, event: str, now: float, fields: dict[str, Any]) -> None:
+    def _metrics(self, event: str, fields: dict[str, Any]) -> None:
         queue = str(fields.get("skill") or "")
         if event == "answer" and queue:
-            waited = float(fields.get("waited") or 0.0)
-            self.wait.labels(queue).observe(waited)
-            self._sl.setdefault(queue, []).append((now - waited, waited))
+            self.wait.labels(queue).observe(float(fields.get("waited") or 0.0))
         elif event == "hangup":
             outcome = str(fields.get("outcome") or "ivr")
             self.calls.labels(outcome).inc()
             if outcome == "abandoned" and queue:
                 self.abandons.labels(queue).inc()
-                self._sl.setdefault(queue, []).append((now, None))
         elif event == "callback_attempt":
             self.callbacks.labels(str(fields.get("outcome") or "")).inc()
 
-    def service_level(self, queue: str, now: float, target: float = 20.0) -> float | None:
-        """Answered within `target` / (answered + abandoned), over the last hour."""
-        rows = [r for r in self._sl.get(queue, []) if r[0] >= now - 3600]
-        self._sl[queue] = rows
-        if not rows:
-            return None
-        return sum(1 for _, w in rows if w is not None and w <= target) / len(rows)
+    async def service_counts(self, skills: Iterable[str], now: float) -> dict[str, dict[str, int]]:
+        """Each queue's live counters over the window ending at `now`, as every controller
+        moved them."""
+        return await self._store.service_counts(skills, live_minutes(now, self._window))
+
+    async def service_levels(self, skills: Iterable[str], now: float) -> dict[str, float | None]:
+        """Each queue's live service level over the window ending at `now` (None: nobody
+        counts yet), in one round trip."""
+        counts = await self.service_counts(skills, now)
+        return {skill: live_service_level(c) for skill, c in counts.items()}
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
