@@ -230,8 +230,9 @@ class Controller:
                         log.info("callback.admitted", queue=skill)
                         self.dispatcher.skill_ready(skill)
                     for callback in expired:
-                        log.warning("callback.expired", callback=callback)
-                        await self.recorder.emit("callback_expired", callback)
+                        queue = (await self.store.callback(callback)).get("skill")
+                        log.warning("callback.expired", callback=callback, queue=queue)
+                        await self.recorder.emit("callback_expired", callback, skill=queue)
                     if next_due is not None and next_due > now:
                         wait = min(wait, max(0.05, next_due - now))
             except StoreUnavailable as exc:

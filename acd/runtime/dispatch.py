@@ -590,9 +590,14 @@ class Dispatcher:
         elif kind == "AcdHoldExpired":
             log.warning("dispatch.hold_expired", uniqueid=uid)
             record = await self._store.call(uid)
-            await self._recorder.emit(
-                "fallback", uid, skill=record.fields.get("skill") if record else None
-            )
+            fields: dict[str, object] = {}
+            if record is not None:
+                joined = float(record.fields.get("enqueued_at") or self._clock())
+                fields = {
+                    "skill": record.fields.get("skill"),
+                    "waited": round(self._clock() - joined, 3),
+                }
+            await self._recorder.emit("fallback", uid, **fields)
             await self._store.mark_fallback(uid)
             await self._end_call(uid)
 
