@@ -281,7 +281,8 @@ class CallbackSettings(_Frozen):
     attempts: Annotated[int, Field(ge=1, le=10)] = 3
     retry_delay: Annotated[float, Field(ge=1, le=86400)] = 120.0
     expiry: Annotated[float, Field(ge=60, le=7 * 86400)] = 4 * 3600.0
-    # At most this share of the staffed agents on callbacks at once (at least one).
+    # While inbound callers wait in a queue, at most this share of its staffed agents on
+    # callbacks at once (at least one); while none wait, callbacks may take every agent.
     share: Annotated[float, Field(gt=0, le=1)] = 0.5
     hours: Name | None = None  # a key of `hours`: callbacks are only dialled while it is open
     ring_timeout: Annotated[int, Field(ge=5, le=120)] = 30  # seconds the customer's phone rings

@@ -4,7 +4,8 @@ Keys (all under the configured prefix P):
     P:q:SKILL      sorted set of waiting call uids, score = enqueue time - head start (lower first)
     P:call:UID     hash describing one call (skill, channel, node, state, agent...); 1 day TTL
     P:calls:NODE   set of the call uids an Asterisk node holds (for resync after a reconnect)
-    P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since)
+    P:agent:ID     hash of one agent (endpoint, skills "name:level,...", state, call, idle_since,
+                   device: Asterisk's last device state of its phone, device_busy 1|0)
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
     P:tiers        hash caller ID -> customer tier (e.g. vip)
     P:menu_mode    hash entry number -> normal | fallback | auto (absent: the entry's `mode`)
@@ -42,7 +43,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from acd.config import Agent
-from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.agent import BUSY, BUSY_DEVICE_STATES, AgentEvent, AgentState
 from acd.domain.agent import sources as agent_sources
 from acd.domain.agent import target as agent_target
 from acd.errors import StoreUnavailable
@@ -60,10 +61,11 @@ CALLBACK_MODES = ("on", "off")
 @dataclass(frozen=True)
 class QueueFigures:
     ahead: int
-    free: int
+    free: int  # free agents the queue's callers accept from the start (its minimum level)
     staffed: int
     handle: float
     rate: float
+    best_free_level: int = 0  # the highest level among the skill's free agents (0: none)
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class LoadSnapshot:
     waiting: Mapping[str, int]
     talking: int
     staffed: int
-    staffed_by_skill: Mapping[str, int]
+    staffed_by_skill: Mapping[str, int]  # staffed agents at or above the queue's minimum level
 
     @property
     def waiting_total(self) -> int:
@@ -106,10 +108,23 @@ class CallRecord:
         return self.fields.get("agent", "")
 
 
-_LEAVE_QUEUE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'queued' then return 0 end
-redis.call('ZREM', ARGV[1] .. ':q:' .. redis.call('HGET', KEYS[1], 'skill'), ARGV[2])
-redis.call('HSET', KEYS[1], 'state', 'left_for_callback')
+_HSET_EXISTING = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+_RETIRE_AGENTS = """
+local prefix = ARGV[1]
+for i = 2, #ARGV do
+  local akey = prefix .. ':agent:' .. ARGV[i]
+  for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
+    redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), ARGV[i])
+  end
+  redis.call('ZREM', prefix .. ':wrapups', ARGV[i])
+  redis.call('SREM', prefix .. ':agents', ARGV[i])
+  redis.call('DEL', akey)
+end
 return 1
 """
 
@@ -143,6 +158,9 @@ class RedisStore:
         )
         self.prefix = prefix
         self.node = node
+        self._min_levels = {
+            skill: int(rule.get("min", 1)) for skill, rule in (escalation or {}).items()
+        }
         # {skill: {"min": level, "steps": [[after, min_level | None, [overflow skills]]]}}
         self._rules = json.dumps(escalation or {}, separators=(",", ":"))
         if self._rules == "{}":
@@ -153,9 +171,11 @@ class RedisStore:
         self._requeue = self._redis.register_script(_script("requeue"))
         self._end_call = self._redis.register_script(_script("end_call"))
         self._callback_admit = self._redis.register_script(_script("callback_admit"))
-        self._leave_queue = self._redis.register_script(_LEAVE_QUEUE)
+        self._callback_register = self._redis.register_script(_script("callback_register"))
         self._trunk_claim = self._redis.register_script(_script("trunk_claim"))
         self._agent_skills = self._redis.register_script(_script("agent_skills"))
+        self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
+        self._hset_existing = self._redis.register_script(_HSET_EXISTING)
         self._callback_finish = self._redis.register_script(_script("callback_finish"))
 
     def key(self, *parts: str) -> str:
@@ -189,17 +209,23 @@ class RedisStore:
             try:
                 created = await self._redis.hsetnx(key, "state", AgentState.LOGGED_OUT.value)
                 await self._redis.hset(key, mapping={"id": agent.id, "endpoint": agent.endpoint})
-                # Skills set by a supervisor (`acd agent skills`) outlive restarts.
-                if not await self._redis.hget(key, "skills_set_by"):
-                    await self._redis.hset(key, "skills", skills)
                 await self._redis.sadd(self.key("agents"), agent.id)
             except (RedisError, OSError) as exc:
                 raise StoreUnavailable(f"redis: {exc}") from exc
+            # Skills set by a supervisor (`acd agent skills`) outlive restarts; others follow the
+            # configuration, re-ranking an available agent in the same step.
+            await self._run(self._agent_skills, [], [self.prefix, agent.id, skills, ""])
             if created:
                 if agent.auto_login if agent.auto_login is not None else login:
                     await self.agent_event(agent.id, AgentEvent.LOGIN, now)
                 added.append(agent.id)
         return added
+
+    async def retire_agents(self, agent_ids: Iterable[str]) -> None:
+        """Forget agents the deployment no longer has (out of every available set)."""
+        ids = sorted(agent_ids)
+        if ids:
+            await self._run(self._retire_agents, [], [self.prefix, *ids])
 
     async def agent_event(
         self,
@@ -210,15 +236,22 @@ class RedisStore:
         call: str = "",
         reason: str = "",
         wrap_until: float = 0.0,
+        wrapped_by: float | None = None,
+        device: str = "",
     ) -> tuple[bool, str]:
         """Apply `event` atomically if the agent is in one of its source states (and holds
-        `call`, when given). Returns (applied, the state before or the state that refused)."""
+        `call`, when given; and, with `wrapped_by`, only if a wrap-up was due by then).
+        `device`: Asterisk's new device state of the agent's phone, recorded in any case (a
+        transition to available with a busy phone lands in device_busy). Returns (applied, the
+        state before or the state that refused)."""
         sources = agent_sources(event)
         target = agent_target(event, sources[0])
+        busy = "1" if device.upper() in BUSY_DEVICE_STATES else "0"
         result = await self._run(
             self._agent_event,
             [],
             [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
+            + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
             + [s.value for s in sources],
         )
         return bool(result[0]), str(result[1])
@@ -253,17 +286,20 @@ class RedisStore:
     async def queue_figures(
         self, skill: str, uid: str | None, staffed: int, default_handle: float, now: float
     ) -> QueueFigures:
-        """What the wait estimate needs about one queue, in one round trip."""
+        """What the wait estimate needs about one queue, in one round trip. Free agents count
+        from the queue's minimum level (the available sets' scores encode the level)."""
+        min_level = self._min_levels.get(skill, 1)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 if uid is None:
                     pipe.zcard(self.key("q", skill))
                 else:
                     pipe.zrank(self.key("q", skill), uid)
-                pipe.zcard(self.key("avail", skill))
+                pipe.zcount(self.key("avail", skill), "-inf", f"({(11 - min_level) * 1e10!r}")
+                pipe.zrange(self.key("avail", skill), 0, 0, withscores=True)
                 pipe.zcount(self.key("arrivals", skill), now - ARRIVAL_WINDOW_SECONDS, "+inf")
                 pipe.hget(self.key("stats", skill), "aht")
-                ahead, free, arrivals, aht = await pipe.execute()
+                ahead, free, best, arrivals, aht = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return QueueFigures(
@@ -272,17 +308,23 @@ class RedisStore:
             staffed=staffed,
             handle=float(aht) if aht else default_handle,
             rate=int(arrivals or 0) / ARRIVAL_WINDOW_SECONDS,
+            best_free_level=10 - int(float(best[0][1]) // 1e10) if best else 0,
         )
 
     async def record_answer(self, uid: str, now: float) -> dict[str, str]:
         """The caller is talking to its agent: note when, and log the wait against the estimate
         given at join (P:ewt_log), for the estimate's error. Returns the call's fields."""
-        fields = (await self.call(uid) or CallRecord(uid, {})).fields
+        record = await self.call(uid)
+        if record is None:
+            return {}  # it hung up meanwhile: nothing to record (and no key to recreate)
+        fields = record.fields
         waited = now - float(fields.get("enqueued_at") or now)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hset(
-                    self.key("call", uid), mapping={"state": "connected", "answered_at": repr(now)}
+                await self._hset_existing(
+                    keys=[self.key("call", uid)],
+                    args=["state", "connected", "answered_at", repr(now)],
+                    client=pipe,
                 )
                 if "ewt_at_join" in fields:
                     pipe.xadd(
@@ -301,8 +343,10 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return dict(fields)
 
-    async def set_call_field(self, uid: str, name: str, value: str) -> None:
-        await self._call(self._redis.hset(self.key("call", uid), name, value))
+    async def set_call_field(self, uid: str, name: str, value: str) -> bool:
+        """Set a field of a call that still exists (a call that hung up meanwhile is not
+        recreated, without its lifetime). Returns whether it was set."""
+        return bool(await self._run(self._hset_existing, [self.key("call", uid)], [name, value]))
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
@@ -561,15 +605,16 @@ class RedisStore:
         talking = staffed = 0
         by_skill = dict.fromkeys(skills, 0)
         for state, agent_skills in agents:
-            # Paused agents serve nobody: they count neither as staffed nor as talking.
-            if state in (None, AgentState.LOGGED_OUT, AgentState.PAUSED):
+            # Paused agents, and those whose phone is busy elsewhere, serve nobody: they count
+            # neither as staffed nor as talking.
+            if state in (None, AgentState.LOGGED_OUT, AgentState.PAUSED, AgentState.DEVICE_BUSY):
                 continue
             staffed += 1
             if state in BUSY:
                 talking += 1
             for part in str(agent_skills or "").split(","):
-                name = part.split(":")[0]
-                if name in by_skill:
+                name, _, level = part.partition(":")
+                if name in by_skill and int(level or 0) >= self._min_levels.get(name, 1):
                     by_skill[name] += 1
         return LoadSnapshot(waiting, talking, staffed, by_skill)
 
@@ -583,9 +628,12 @@ class RedisStore:
         enqueued_at: float,
         now: float,
         fields: Mapping[str, str],
-    ) -> None:
+        leave_queue: bool = False,
+    ) -> bool:
         """Record a callback request durably, keeping the caller's place (its score and join
-        time), due at once; if the caller was waiting, it leaves the queue in the same step."""
+        time), due at once. A waiting caller (`leave_queue`) leaves its queue in the same atomic
+        step, unless an agent was claimed for it meanwhile: then nothing is recorded and this
+        returns False."""
         mapping: dict[str, str] = {
             **fields,
             "uid": uid,
@@ -597,29 +645,30 @@ class RedisStore:
             "attempts": "0",
             "state": "pending",
         }
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(self.key("callback", uid), mapping=mapping)  # type: ignore[arg-type]
-                pipe.expire(self.key("callback", uid), CALLBACK_TTL_SECONDS)
-                pipe.zadd(self.key("callbacks", "due"), {uid: now})
-                pipe.zrem(self.key("q", skill), uid)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-
-    async def leave_queue(self, uid: str) -> bool:
-        """Take a waiting caller out of its queue (it asked for a callback), unless an agent was
-        claimed for it meanwhile. The call stays known until its channel hangs up."""
-        return bool(await self._run(self._leave_queue, [self.key("call", uid)], [self.prefix, uid]))
+        args: list[Any] = [
+            self.prefix, uid, skill, repr(now), CALLBACK_TTL_SECONDS, "1" if leave_queue else "0",
+        ]  # fmt: skip
+        for k, v in mapping.items():
+            args += [k, v]
+        return bool(await self._run(self._callback_register, [], args))
 
     async def admit_callbacks(
-        self, now: float, limit: int, expiry: float, open_skills: Iterable[str]
-    ) -> tuple[list[str], list[str]]:
-        """Put due callbacks into their queues (see lua/callback_admit.lua). Returns (the skills
-        that got one, the callbacks that expired)."""
-        args: list[Any] = [self.prefix, repr(now), self.node, limit, repr(expiry), CALL_TTL_SECONDS]
-        admitted, expired = await self._run(self._callback_admit, [], args + list(open_skills))
-        return [str(s) for s in admitted], [str(e) for e in expired]
+        self, now: float, share: float, expiry: float, staffed: Mapping[str, int]
+    ) -> tuple[list[str], list[str], float | None]:
+        """Put due callbacks into their queues, paced against inbound load (see
+        lua/callback_admit.lua); `staffed`: the skills open for callbacks now, with their staffed
+        agents. Returns (the skills that got one, the callbacks that expired, when the next
+        pending one falls due or None)."""
+        args: list[Any] = [self.prefix, repr(now), self.node, repr(share), repr(expiry)]
+        args.append(CALL_TTL_SECONDS)
+        for skill, n in staffed.items():
+            args += [skill, int(n)]
+        admitted, expired, nxt = await self._run(self._callback_admit, [], args)
+        return (
+            [str(s) for s in admitted],
+            [str(e) for e in expired],
+            float(nxt) if nxt not in (None, "") else None,
+        )
 
     async def finish_callback_attempt(
         self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0
@@ -703,9 +752,16 @@ class RedisStore:
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
 
-    async def take_live(self, uid: str) -> bool:
-        """Whether `uid` arrived through the IVR and had not hung up yet (then forgets it)."""
-        return bool(await self._call(self._redis.getdel(self.key("live", uid))))
+    async def take_live(self, uid: str) -> str | None:
+        """How `uid`, which arrived through the IVR, is marked ('fallback': the dialplan's
+        fallback queue took it; else its arrival time), or None if it is not live (it did not
+        come through the IVR, or its hangup was recorded already). Forgets it."""
+        marker = await self._call(self._redis.getdel(self.key("live", uid)))
+        return None if marker is None else str(marker)
+
+    async def mark_fallback(self, uid: str) -> None:
+        """The dialplan's fallback queue took a live caller: its end will say so."""
+        await self._call(self._redis.set(self.key("live", uid), "fallback", xx=True, keepttl=True))
 
     async def journey_range(self, start: float, end: float) -> list[dict[str, str]]:
         """Journey events with times in [start, end], oldest first."""

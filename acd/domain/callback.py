@@ -157,15 +157,20 @@ def may_dial(hours: BusinessHours | None, now: float) -> bool:
     return hours is None or hours.is_open(datetime.fromtimestamp(now, UTC))
 
 
-def admission_limit(policy: CallbackPolicy, staffed: int) -> int:
-    """How many callbacks may be in the queues or on the phone at once: the configured share of
-    the staffed agents, at least one while anyone is staffed, so they neither starve nor flood.
+def admission_limit(policy: CallbackPolicy, staffed: int, inbound_waiting: int) -> int:
+    """How many callbacks of a skill may be in its queue or on the phone at once, paced against
+    live inbound load: while inbound callers wait, the configured share of the skill's staffed
+    agents, so callbacks do not flood the floor; while none wait, every staffed agent, so they
+    do not starve on a quiet floor. At least one: with nobody staffed, it waits at its place in
+    the queue. (lua/callback_admit.lua applies the same rule atomically.)
 
-    >>> admission_limit(CallbackPolicy(share=0.5), staffed=5)
+    >>> admission_limit(CallbackPolicy(share=0.5), staffed=5, inbound_waiting=3)
     2
-    >>> admission_limit(CallbackPolicy(share=0.5), staffed=1), admission_limit(CallbackPolicy(), 0)
-    (1, 0)
+    >>> admission_limit(CallbackPolicy(share=0.5), staffed=5, inbound_waiting=0)
+    5
+    >>> admission_limit(CallbackPolicy(share=0.1), 1, 9), admission_limit(CallbackPolicy(), 0, 0)
+    (1, 1)
     """
-    if staffed <= 0:
-        return 0
+    if inbound_waiting <= 0:
+        return max(1, staffed)
     return max(1, math.floor(policy.share * staffed))

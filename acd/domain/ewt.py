@@ -54,3 +54,25 @@ def estimated_wait(
     else:
         by_load = by_position
     return max(by_position, by_load if ahead >= free else 0.0)
+
+
+def escalated_wait(
+    ewt: float, waited: float, steps: list[tuple[float, int | None]], best_free_level: int
+) -> float:
+    """The estimate of a queue whose callers accept lower levels as they wait (escalation
+    steps: (after seconds, min_level or None)): when an agent who is free now will be accepted
+    at a step, the caller waits at most until that step. `best_free_level`: the highest level
+    among the skill's free agents (0: none free). An approximation: callers ahead may take that
+    agent first.
+
+    >>> escalated_wait(240.0, 0.0, [(20.0, 1), (60.0, None)], best_free_level=4)
+    20.0
+    >>> escalated_wait(240.0, 5.0, [(20.0, 5)], best_free_level=4)   # level 4 is never accepted
+    240.0
+    >>> escalated_wait(10.0, 0.0, [(20.0, 1)], best_free_level=4)
+    10.0
+    """
+    for after, level in steps:
+        if level is not None and best_free_level >= level:
+            return min(ewt, max(0.0, after - waited))
+    return ewt

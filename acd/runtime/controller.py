@@ -25,7 +25,7 @@ from acd.config import Settings, admin_tokens, read_secret
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
 from acd.domain.alerts import step as alert_step
-from acd.domain.callback import CallbackPolicy, admission_limit, may_dial
+from acd.domain.callback import may_dial
 from acd.domain.flow import Flow
 from acd.domain.overload import (
     GovernorPolicy,
@@ -43,6 +43,10 @@ from acd.runtime.journey import Recorder
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
+
+# Callback admission runs on events and when the next callback falls due; this bounds the wait
+# for what only another controller saw (a callback it recorded, an agent it freed).
+ADMISSION_SAFETY_SECONDS = 5.0
 
 
 class UnknownAgent(admin_api.UnknownName):
@@ -75,10 +79,17 @@ class Controller:
         self.recorder = Recorder(
             self.store, settings.reports.retention_days, settings.asterisk.node
         )
-        self.dispatcher = Dispatcher(settings, self.store, self.ami, self.trunks, self.recorder)
+        self._callbacks_due = asyncio.Event()
+        self.dispatcher = Dispatcher(
+            settings,
+            self.store,
+            self.ami,
+            self.trunks,
+            self.recorder,
+            on_callback_slot=self._callbacks_due.set,
+        )
         self.ami.add_listener(self.dispatcher.on_ami_event)
         self.lookups = LookupClient(settings.lookups)
-        self._callbacks_due = asyncio.Event()
         self.ivr = IvrService(
             settings,
             flows,
@@ -188,34 +199,36 @@ class Controller:
         return new
 
     async def _admit_callbacks(self) -> None:
-        """Every second, or at once when a caller asks for one: due callbacks join their queues
-        at their caller's place, within the callback hours and the share of agents they may
-        take (the admission script is atomic, so several controllers admit each attempt once)."""
+        """Due callbacks join their queues at their caller's place, within the callback hours
+        and paced against inbound load (the admission script is atomic, so several controllers
+        admit each attempt once). Runs when the next callback falls due, when a caller asks for
+        one, when an attempt ends or an agent comes free, and at least every few seconds (for
+        what other controllers changed)."""
         cb = self.settings.callbacks
-        policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
         hours = self.settings.hours[cb.hours].to_domain() if cb.hours else None
         await self.ready.wait()
         while True:
+            wait = ADMISSION_SAFETY_SECONDS
             try:
                 now = time.time()
                 if may_dial(hours, now):
                     load = await self.store.load(self.settings.skill_names())
-                    admitted, expired = await self.store.admit_callbacks(
-                        now,
-                        admission_limit(policy, load.staffed),
-                        cb.expiry,
-                        self.settings.skill_names(),
+                    admitted, expired, next_due = await self.store.admit_callbacks(
+                        now, cb.share, cb.expiry, load.staffed_by_skill
                     )
                     for skill in admitted:
                         log.info("callback.admitted", queue=skill)
                         self.dispatcher.skill_ready(skill)
                     for callback in expired:
                         log.warning("callback.expired", callback=callback)
+                        await self.recorder.emit("callback_expired", callback)
+                    if next_due is not None and next_due > now:
+                        wait = min(wait, max(0.05, next_due - now))
             except StoreUnavailable as exc:
                 log.warning("callback.store_unavailable", error=str(exc))
             self._callbacks_due.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._callbacks_due.wait(), 1.0)
+                await asyncio.wait_for(self._callbacks_due.wait(), wait)
 
     async def _take_handoffs(self) -> None:
         """Callers of this node that another node's controller claimed an agent for (multi-node:
@@ -499,6 +512,10 @@ class Controller:
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> None:
+        # Agents this deployment no longer has must not keep taking callers. (Every controller
+        # of a deployment has the same agents list: see examples/multinode/.)
+        configured = {a.id for a in self.settings.agents}
+        await self.store.retire_agents(set(await self.store.agent_ids()) - configured)
         await self.store.register_agents(
             self.settings.agents, time.time(), login=self.settings.agent_policy.auto_login
         )

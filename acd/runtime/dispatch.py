@@ -18,7 +18,7 @@ import structlog
 from acd.adapters.ami import AmiClient
 from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
-from acd.domain.agent import BUSY, AgentEvent, AgentState
+from acd.domain.agent import BUSY, AgentEvent, AgentState, device_event
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
@@ -64,8 +64,13 @@ class ResyncWork:
 Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
-EVENTS = frozenset({"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse"})
+EVENTS = frozenset(
+    {"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse", "DeviceStateChange"}
+)
 CALLBACK_ACTIVE = ("offered", "connected")
+WRAP_UP_SLACK = 0.25  # seconds
+CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
+REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
 
 
 class Dispatcher:
@@ -77,7 +82,11 @@ class Dispatcher:
         trunks: TrunkBoard,
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
+        on_callback_slot: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_callback_slot`: called when a callback may be admitted now (an attempt ended, an
+        agent came free)."""
+        self._on_callback_slot = on_callback_slot
         self._settings = settings
         self._store = store
         self._ami = ami
@@ -91,6 +100,8 @@ class Dispatcher:
         self._entry_number = settings.entries[0].number
         self.callbacks_dialled = 0
         self._agents = {a.id: a for a in settings.agents}
+        # This node's agents' phones, by the device Asterisk reports their state under.
+        self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._work: asyncio.Queue[Work] = asyncio.Queue()
         self.connects = 0
@@ -110,8 +121,10 @@ class Dispatcher:
         self._work.put_nowait(HandoffWork(uid))
 
     def agent_ready(self, agent_id: str) -> None:
-        """An agent may take a caller now (logged in, resumed)."""
+        """An agent may take a caller now (logged in, resumed); a callback may be admitted for
+        it too."""
         self._work.put_nowait(AgentWork(agent_id))
+        self._on_callback_slot()
 
     async def sweep_wrapups(self) -> None:
         """Finish wrap-ups whose time is over (a safety net for timers lost in a restart)."""
@@ -171,8 +184,10 @@ class Dispatcher:
             skill = record.fields.get("skill", "")
             await self._connect(Claim(work.uid, record.agent, skill, self._node), handed=True)
         elif isinstance(work, WrapUpDone):
+            now = self._clock()
+            # Timers fire on the loop's clock: a little slack against the wall clock's.
             done, _ = await self._store.agent_event(
-                work.agent_id, AgentEvent.WRAP_UP_DONE, self._clock()
+                work.agent_id, AgentEvent.WRAP_UP_DONE, now, wrapped_by=now + WRAP_UP_SLACK
             )
             if done:
                 log.info("dispatch.wrap_up_done", agent=work.agent_id)
@@ -193,7 +208,15 @@ class Dispatcher:
             return
         record = await self._store.call(claim.uid)
         agent = self._agents.get(claim.agent_id)
-        if record is None or agent is None:
+        if agent is None:
+            # Redis knows an agent this deployment no longer has: it must not take callers (and
+            # releasing it would only claim it again). The caller goes back to the front.
+            log.warning("dispatch.unknown_agent", uniqueid=claim.uid, agent=claim.agent_id)
+            await self._store.retire_agents([claim.agent_id])
+            if await self._store.requeue(claim.uid):
+                self._work.put_nowait(SkillWork(claim.skill))
+            return
+        if record is None:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
@@ -247,8 +270,8 @@ class Dispatcher:
         with bound:
             if not CALLBACK_NUMBER.match(number):
                 log.error("dispatch.callback_bad_number")
-                await self._store.finish_callback_attempt(callback, claim.uid, now, "failed", "")
-                await self._end_call(claim.uid)
+                await self._close_attempt(callback, claim.uid, now, "failed", "")
+                await self._forget(claim.uid)
                 return
             delay = None
             if not may_dial(self._cb_hours, now):
@@ -258,10 +281,10 @@ class Dispatcher:
                 delay, why = self._cb_policy.retry_delay, "no trunk"
             if delay is not None or trunk is None:
                 log.warning("dispatch.callback_deferred", reason=why)
-                await self._store.finish_callback_attempt(
+                await self._close_attempt(
                     callback, claim.uid, now, "again", "", at=now + (delay or 60.0)
                 )
-                await self._end_call(claim.uid)
+                await self._forget(claim.uid)
                 return
             await self._store.set_call_field(claim.uid, "trunk", trunk)
             variables = {
@@ -292,10 +315,11 @@ class Dispatcher:
             except AmiActionFailed as exc:
                 log.warning("dispatch.callback_originate_refused", error=exc.message)
                 await self._trunks.cancelled(trunk, claim.uid)
-                await self._store.finish_callback_attempt(
-                    callback, claim.uid, now, "again", "", at=now
+                # Not at once: a refusal that would repeat must not spin.
+                await self._close_attempt(
+                    callback, claim.uid, now, "again", "", at=now + REFUSED_RETRY
                 )
-                await self._end_call(claim.uid)
+                await self._forget(claim.uid)
                 return
             except AmiError:
                 await self._trunks.cancelled(trunk, claim.uid)
@@ -305,13 +329,28 @@ class Dispatcher:
             self.callbacks_dialled += 1
             log.info("dispatch.callback_dialling", trunk=trunk, dial=agent_dial)
 
+    async def _close_attempt(
+        self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0
+    ) -> bool:
+        """Close a callback attempt (once: see lua/callback_finish.lua); its slot is free."""
+        closed = await self._store.finish_callback_attempt(
+            callback, uid, now, outcome, status, at=at
+        )
+        if closed:
+            self._on_callback_slot()
+        return closed
+
     async def _callback_ended(self, event: AmiMessage) -> None:
         """AcdCallbackEnd: the attempt's customer leg is over; decide what follows."""
         uid = event.get("Uniqueid") or ""
-        status = event.get("DialStatus") or ""
-        trunk = event.get("Trunk") or ""
         record = await self._store.call(uid)
         callback = event.get("Callback") or (record.fields.get("callback", "") if record else "")
+        trunk, status = event.get("Trunk") or "", event.get("DialStatus") or ""
+        await self._attempt_over(uid, callback, trunk, status)
+        await self._forget_dial_mark(uid)
+
+    async def _attempt_over(self, uid: str, callback: str, trunk: str, status: str) -> None:
+        """The customer leg of attempt `uid` ended with Dial's `status` ('' = never dialled)."""
         fields = await self._store.callback(callback)
         if not fields:
             return
@@ -329,7 +368,7 @@ class Dispatcher:
             outcome, at = (
                 (decision.outcome, 0.0) if isinstance(decision, Done) else ("retry", decision.at)
             )
-        if await self._store.finish_callback_attempt(callback, uid, now, outcome, status, at=at):
+        if await self._close_attempt(callback, uid, now, outcome, status, at=at):
             if status == "":
                 await self._trunks.cancelled(trunk, uid)
             else:
@@ -352,24 +391,53 @@ class Dispatcher:
                 outcome=outcome,
             )
 
+    async def _dial_mark(self, uid: str) -> str | None:
+        """What the node's AstDB says of attempt `uid` (acd-callback in the dialplan): None, the
+        customer was never dialled; 'dialling'; or 'ended STATUS'."""
+        try:
+            events = await self._ami.send_list_action(
+                "DBGet", {"Family": CALLBACK_DB_FAMILY, "Key": uid}
+            )
+        except AmiActionFailed:
+            return None  # no such entry
+        return (events[0].get("Val") or "") if events else None
+
+    async def _forget_dial_mark(self, uid: str) -> None:
+        try:
+            await self._ami.send_action("DBDel", {"Family": CALLBACK_DB_FAMILY, "Key": uid})
+        except AmiActionFailed:
+            pass  # never dialled: nothing was written
+
     async def _agent(
-        self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = ""
+        self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = "", device: str = ""
     ) -> bool:
         """Apply an agent event; when it makes the agent available, look for a caller for it."""
         applied, before = await self._store.agent_event(
-            agent_id, event, self._clock(), call=uid, reason=reason
+            agent_id, event, self._clock(), call=uid, reason=reason, device=device
         )
         if applied:
             log.info("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
-            if event in (AgentEvent.RELEASE, AgentEvent.RESUME, AgentEvent.LOGIN):
-                self._work.put_nowait(AgentWork(agent_id))
+            if event in (
+                AgentEvent.RELEASE,
+                AgentEvent.RESUME,
+                AgentEvent.LOGIN,
+                AgentEvent.DEVICE_IDLE,
+            ):
+                self.agent_ready(agent_id)
         return applied
 
     async def _end_call(self, uid: str) -> None:
-        """The caller is gone: its agent goes to wrap-up (after talking) or back to work."""
-        wrap_up = self._settings.agent_policy.wrap_up
+        """The caller is gone (or a callback attempt's agent leg): its agent goes to wrap-up
+        (after talking) or back to work."""
         if uid.startswith("cb-"):
             await self._end_callback_leg(uid)
+        await self._forget(uid)
+
+    async def _forget(self, uid: str) -> None:
+        """Forget a call; a reserved agent is released as it was (nobody rang it), an agent who
+        talked goes to wrap-up. (A callback attempt that is put off before its agent is dialled
+        comes here directly: the agent missed nothing.)"""
+        wrap_up = self._settings.agent_policy.wrap_up
         agent, state = await self._store.end_call(uid, self._clock(), wrap_up)
         if not agent:
             return
@@ -380,13 +448,14 @@ class Dispatcher:
             loop = asyncio.get_running_loop()
             loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
 
-    async def _record_hangup(self, uid: str, cause: str) -> None:
-        """The journey's last event for a caller who came in through the IVR: how it ended."""
+    async def _record_hangup(self, uid: str, cause: str, *, fallback: bool = False) -> None:
+        """The journey's last event for a caller who came in through the IVR: how it ended
+        (`fallback`: the dialplan's fallback queue had taken it over)."""
         record = await self._store.call(uid)
         now = self._clock()
         fields: dict[str, object] = {"cause": cause}
         if record is None:
-            fields["outcome"] = "ivr"
+            fields["outcome"] = "fallback" if fallback else "ivr"
         else:
             f = record.fields
             joined = float(f.get("enqueued_at") or now)
@@ -417,7 +486,7 @@ class Dispatcher:
         missed = record.state == "offered" and record.agent
         if missed and self._settings.agent_policy.pause_on_missed:
             await self._agent(record.agent, AgentEvent.MISSED, uid, reason="missed")
-        if await self._store.finish_callback_attempt(callback, uid, now, "again", "", at=now):
+        if await self._close_attempt(callback, uid, now, "again", "", at=now):
             trunk = record.fields.get("trunk", "")
             if trunk:
                 await self._trunks.cancelled(trunk, uid)
@@ -427,8 +496,11 @@ class Dispatcher:
         name = event.event
         uid = event.get("Uniqueid") or ""
         if name == "Hangup":
-            if await self._store.take_live(uid):
-                await self._record_hangup(uid, event.get("Cause-txt") or "")
+            marker = await self._store.take_live(uid)
+            if marker is not None:
+                await self._record_hangup(
+                    uid, event.get("Cause-txt") or "", fallback=marker == "fallback"
+                )
             await self._end_call(uid)
         elif name == "DialBegin":
             record = await self._store.call(uid)
@@ -457,6 +529,8 @@ class Dispatcher:
                     waited=round(self._clock() - float(fields.get("enqueued_at") or 0), 2),
                     ewt_at_join=fields.get("ewt_at_join"),
                 )
+        elif name == "DeviceStateChange":
+            await self._device_changed(event.get("Device") or "", event.get("State") or "")
         elif name == "UserEvent":
             await self._on_user_event(event)
         elif name == "OriginateResponse" and uid.startswith("cb-"):
@@ -475,6 +549,18 @@ class Dispatcher:
                     reason=event.get("Reason"),
                 )
                 await self._end_call(uid)
+
+    async def _device_changed(self, device: str, state: str) -> None:
+        """An agent's phone changed state in Asterisk: a phone in use outside the ACD (or
+        unreachable) takes its agent out of the available sets until it is free again. The
+        state is recorded whatever the agent is doing (a call of ours keeps it busy too)."""
+        agent = self._devices.get(device)
+        if agent is None or not state:
+            return
+        event = device_event(state)
+        applied = await self._agent(agent, event, device=state, reason=state)
+        if applied:
+            log.info("dispatch.agent_device", agent=agent, device_state=state)
 
     async def _on_user_event(self, event: AmiMessage) -> None:
         kind = event.get("UserEvent")
@@ -506,29 +592,44 @@ class Dispatcher:
             await self._recorder.emit(
                 "fallback", uid, skill=record.fields.get("skill") if record else None
             )
+            await self._store.mark_fallback(uid)
             await self._end_call(uid)
 
     async def _resync_callback(self, record: CallRecord) -> None:
         """A callback attempt claimed before we lost sight of it, whose agent leg is gone. Not
-        originated yet: back to the queue's front. Originated: whether the customer was dialled
-        is unknown, and a callback is dialled at most once, so the attempt ends as 'unknown'."""
+        originated yet: back to the queue's front. Originated: the node's AstDB tells whether
+        the customer was dialled and how that ended. Never dialled: the attempt does not count.
+        Ended: decided as if its AcdCallbackEnd had been seen. Dialled with no end recorded
+        (Asterisk itself went down): a callback is dialled at most once, so it ends 'unknown'."""
         uid, callback, now = record.uid, record.fields.get("callback", ""), self._clock()
-        if not record.fields.get("trunk"):
+        trunk = record.fields.get("trunk", "")
+        if not trunk:
             await self._store.requeue(uid)
             if record.agent:
                 await self._agent(record.agent, AgentEvent.RELEASE, uid)
             return
-        await self._store.finish_callback_attempt(callback, uid, now, "unknown", "")
-        log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
-        await self._end_call(uid)
+        mark = await self._dial_mark(uid)
+        if mark is None or mark.startswith("ended"):
+            status = mark.partition(" ")[2].strip() if mark else ""
+            log.info("dispatch.callback_end_recovered", uniqueid=uid, dial_status=status)
+            await self._attempt_over(uid, callback, trunk, status)
+        else:
+            await self._close_attempt(callback, uid, now, "unknown", "")
+            await self._trunks.cancelled(trunk, uid)
+            log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
+        await self._forget_dial_mark(uid)
+        await self._forget(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
+        # The node's calls first, then Asterisk's channels: a caller the IVR queues between the
+        # two reads is not judged, where the other way round it would be taken for gone.
+        ours = await self._store.calls_of_node(self._settings.asterisk.node)
         channels = await self._ami.send_list_action("CoreShowChannels")
         live = {c.get("Uniqueid") or c.get("UniqueID") or "": c for c in channels}
         now = self._clock()
         ended = requeued = 0
-        for uid in await self._store.calls_of_node(self._settings.asterisk.node):
+        for uid in ours:
             record = await self._store.call(uid)
             channel = live.get(uid)
             if record is not None and record.fields.get("kind") == "callback":
@@ -537,6 +638,10 @@ class Dispatcher:
                     ended += 1
                 continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
+                # It hung up while we were not listening: its journey ends here.
+                marker = await self._store.take_live(uid)
+                if marker is not None:
+                    await self._record_hangup(uid, "unseen", fallback=marker == "fallback")
                 await self._end_call(uid)
                 ended += 1
                 continue
@@ -554,12 +659,24 @@ class Dispatcher:
                 # Its call ended unseen: through wrap-up (already over) back to work.
                 await self._store.agent_event(agent_id, AgentEvent.CALL_ENDED, now, wrap_until=now)
         await self.sweep_wrapups()
+        # The agents' phones as Asterisk has them now (changes we missed while away).
+        devices = 0
+        try:
+            changes = await self._ami.send_list_action("DeviceStateList")
+        except AmiActionFailed as exc:  # res_manager_devicestate not loaded: no device states
+            log.warning("dispatch.device_states_unavailable", error=exc.message)
+            changes = []
+        for change in changes:
+            if change.get("Device") in self._devices:
+                await self._device_changed(change.get("Device") or "", change.get("State") or "")
+                devices += 1
         released = await self._trunks.reconcile(live)
         log.info(
             "dispatch.resynced",
             channels=len(live),
             ended=ended,
             requeued=requeued,
+            agent_phones=devices,
             trunk_channels_released=released,
         )
         for skill in self._settings.skill_names():

@@ -24,7 +24,7 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
 from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
-from acd.domain.ewt import estimated_wait
+from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
     DTMF,
     CollectDigits,
@@ -198,13 +198,23 @@ class IvrService:
             skill, uid, load.staffed_by_skill.get(skill, 0),
             self._settings.overload.handle_seconds, now,
         )  # fmt: skip
-        return estimated_wait(
+        ewt = estimated_wait(
             ahead=figures.ahead,
             free=figures.free,
             staffed=figures.staffed,
             handle=figures.handle,
             rate=figures.rate,
         )
+        config = self._skills.get(skill)
+        if config is None or not config.escalation:
+            return ewt
+        waited = 0.0
+        if uid is not None:
+            record = await self._store.call(uid)
+            joined = record.fields.get("enqueued_at") if record else None
+            waited = now - float(joined) if joined else 0.0
+        steps = [(step.after, step.min_level) for step in config.escalation]
+        return escalated_wait(ewt, waited, steps, figures.best_free_level)
 
     async def announce(self, channel: AgiChannel) -> None:
         """The hold context's periodic announcement: the caller's position and estimated wait.
@@ -372,9 +382,10 @@ class IvrService:
 
     async def confirm_number(self, channel: AgiChannel, caller_id: str) -> str | None:
         """Which number to call back: the caller ID, confirmed with '#', or another one keyed in
-        and ended with '#'. Two tries; None when no valid number was given."""
+        and ended with '#', which is read back and confirmed with '#' in its turn (or replaced by
+        yet another). Three rounds; None when no valid number was confirmed."""
         usable = caller_id if CALLBACK_NUMBER.match(caller_id) else ""
-        for _ in range(2):
+        for _ in range(3):
             if usable:
                 digit = _dtmf_or_nothing(
                     await channel.stream_file("acd/callback-number-is", ALL_DIGITS)
@@ -400,7 +411,8 @@ class IvrService:
                 keyed += digit
                 digit = _dtmf_or_nothing(await channel.wait_for_digit(5000))
             if CALLBACK_NUMBER.match(keyed):
-                return keyed
+                usable = keyed  # read back next round, for the caller to confirm
+                continue
             if keyed:
                 log.info("ivr.callback_number_invalid", length=len(keyed))
                 await channel.stream_file("invalid")
@@ -421,11 +433,10 @@ class IvrService:
             return
         now = self._clock()
         fields = call.fields
-        # Taken out of the queue first: if an agent claimed the caller meanwhile, it stays.
-        if not await self._store.leave_queue(uid):
-            log.info("ivr.callback_too_late", uniqueid=uid)
-            return
-        await self._store.register_callback(
+        # One atomic step: out of the queue and into the callbacks. If an agent was claimed for
+        # the caller meanwhile, nothing changes and the caller is connected.
+        registered = await self._store.register_callback(
+            leave_queue=True,
             uid=uid,
             number=number,
             skill=fields.get("skill", ""),
@@ -439,6 +450,9 @@ class IvrService:
                 "from_hold": "1",
             },
         )
+        if not registered:
+            log.info("ivr.callback_too_late", uniqueid=uid)
+            return
         await channel.set_variable("ACD_RESULT", "callback")
         log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
         await self._emit("callback_requested", uid, skill=fields.get("skill", ""), via="hold")

@@ -225,28 +225,45 @@ async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
 
 
 @pytest.mark.parametrize(
-    ("caller", "digits", "number", "invalid_heard"),
+    ("caller", "digits", "number", "invalid_heard", "read_out"),
     [
         # '#' confirms the caller ID
-        ("5551234", ["1", "1", "#"], "5551234", False),
-        # another number keyed in and ended with '#'
-        ("5551234", ["1", "1", "1", "3", "9", "1", "2", "3", "4", "5", "6", "7", "8", "#"],
-         "13912345678", False),
+        ("5551234", ["1", "1", "#"], "5551234", False, 1),
+        # another number keyed in and ended with '#', read back and confirmed with '#'
+        ("5551234", ["1", "1", "1", "3", "9", "1", "2", "3", "4", "5", "6", "7", "8", "#", "#"],
+         "13912345678", False, 2),
+        # a keyed number read back, then replaced by another, which is confirmed
+        ("5551234", ["1", "1", *"55500001#", *"55500002#", "#"], "55500002", False, 3),
         # too short: refused, then the caller ID confirmed on the second try
-        ("5551234", ["1", "1", "1", "2", "3", "#", "#"], "5551234", True),
-        # no usable caller ID: the caller is asked to key the number
-        ("anonymous", ["1", "1", "8", "6", "1", "3", "9", "0", "0", "0", "#"], "86139000", False),
+        ("5551234", ["1", "1", "1", "2", "3", "#", "#"], "5551234", True, 2),
+        # no usable caller ID: the caller is asked to key the number, then confirms it
+        ("anonymous", ["1", "1", "8", "6", "1", "3", "9", "0", "0", "0", "#", "#"], "86139000",
+         False, 1),
+        # garbage keyed (a letter from a broken phone counts as silence) ends the input short
+        ("anonymous", ["1", "1", "5", "5", "A", "", "", "", ""], None, True, 0),
     ],
 )  # fmt: skip
 async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
-    shipped: Harness, caller: str, digits: list[str], number: str, invalid_heard: bool
+    shipped: Harness,
+    caller: str,
+    digits: list[str],
+    number: str | None,
+    invalid_heard: bool,
+    read_out: int,
 ) -> None:
     """promo-lite: 1 (orders), 1 (accept the offer), then the number: the callback is recorded
-    with the confirmed or keyed number, and the call ends with the confirmation."""
+    with the confirmed number (a keyed one is read back first), and the call ends with the
+    confirmation; input that never makes a valid number queues the caller instead."""
     await shipped.store.set_menu_mode("1000", "fallback")
     commands = await _call(shipped, digits, "2.1", caller=caller)
     streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
     assert ("invalid" in streamed) is invalid_heard
+    # Every number on offer (the caller ID, each valid one keyed) is read out to be confirmed.
+    assert streamed.count("acd/callback-number-is") == read_out
+    if number is None:
+        assert await shipped.store.callback("2.1") == {}
+        assert variables(commands)["ACD_QUEUE"] == "orders"
+        return
     assert streamed[-1] == "acd/callback-confirmed"
     assert variables(commands)["ACD_RESULT"] == "hangup"
     callback = await shipped.store.callback("2.1")

@@ -292,3 +292,142 @@ async def test_commands_go_on_after_redis_restarts(tmp_path: Path) -> None:
         await store.close()
         proc.kill()
         proc.wait()
+
+
+async def test_a_stale_available_entry_is_dropped_and_the_next_agent_claimed(
+    store: RedisStore,
+) -> None:
+    """An available-set entry whose agent is no longer available (or lost the skill) never
+    blocks the queue: the claim drops it and takes the next agent."""
+    await store.register_agents([_agent("a", presale=9), _agent("b", presale=5)], now=100.0)
+    await store._redis.hset("t:agent:a", "state", "paused")  # the set was not told
+    await _enqueue(store, "c1", "presale", 1.0)
+    claim = await store.claim_for_skill("presale")
+    assert claim is not None
+    assert claim.agent_id == "b"
+    assert await store._redis.zscore("t:avail:presale", "a") is None
+
+
+async def test_skills_from_the_configuration_re_rank_an_available_agent(
+    store: RedisStore,
+) -> None:
+    """A restart with new levels in the configuration re-ranks an available agent at once; a
+    supervisor's skills stay as they were set."""
+    await store.register_agents([_agent("a", presale=3), _agent("b", presale=5)], now=100.0)
+    await store.register_agents([_agent("a", presale=9), _agent("b", presale=5)], now=200.0)
+    await _enqueue(store, "c1", "presale", 1.0)
+    claim = await store.claim_for_skill("presale")
+    assert claim is not None
+    assert claim.agent_id == "a"
+    assert await store.set_agent_skills("b", {"orders": 4}, who="sup") == "presale:5"
+    await store.register_agents([_agent("b", presale=5)], now=300.0)
+    assert (await store.agent("b"))["skills"] == "orders:4"
+
+
+async def test_retired_agents_are_forgotten(store: RedisStore) -> None:
+    """An agent the deployment no longer has leaves the agent list and every available set."""
+    await store.register_agents([_agent("a", presale=3, orders=2), _agent("b", presale=5)], 1.0)
+    await store.retire_agents(["a"])
+    assert await store.agent_ids() == ["b"]
+    assert await store.agent("a") == {}
+    assert await store._redis.zrange("t:avail:presale", 0, -1) == ["b"]
+    assert await store._redis.zrange("t:avail:orders", 0, -1) == []
+
+
+async def test_a_field_of_a_call_that_hung_up_does_not_recreate_it(store: RedisStore) -> None:
+    """Setting a field (or an answer) on a call that is gone leaves no key without a lifetime."""
+    assert not await store.set_call_field("gone", "ewt_at_join", "3.0")
+    assert await store.record_answer("gone", 10.0) == {}
+    assert await store._redis.exists("t:call:gone") == 0
+    await _enqueue(store, "c1", "presale", 1.0)
+    assert await store.set_call_field("c1", "ewt_at_join", "3.0")
+    assert 0 < await store._redis.ttl("t:call:c1")
+
+
+async def test_an_earlier_wrap_up_timer_does_not_cut_a_later_wrap_up_short(
+    store: RedisStore,
+) -> None:
+    """Wrap-up ends only once it is due: the timer of a previous call finds a fresh wrap-up and
+    leaves it alone."""
+    await store.register_agents([_agent("a", presale=3)], now=1.0)
+    for uid, t in (("c1", 10.0), ("c2", 20.0)):
+        await _enqueue(store, uid, "presale", 1.0)
+        assert await store.claim_for_skill("presale", now=t) is not None
+        assert (await store.agent_event("a", AgentEvent.ANSWER, t, call=uid))[0]
+        assert await store.end_call(uid, t + 1, wrap_up=5.0) == ("a", "wrap_up")
+        if uid == "c1":
+            done, _ = await store.agent_event("a", AgentEvent.WRAP_UP_DONE, 16.0, wrapped_by=16.0)
+            assert done
+    done, state = await store.agent_event("a", AgentEvent.WRAP_UP_DONE, 22.0, wrapped_by=22.0)
+    assert (done, state) == (False, "wrap_up")
+    assert (await store.agent_event("a", AgentEvent.WRAP_UP_DONE, 26.0, wrapped_by=26.0))[0]
+
+
+async def test_a_waiting_caller_becomes_a_callback_in_one_step_unless_claimed(
+    store: RedisStore,
+) -> None:
+    """Pressing 1 on hold: out of the queue and into the callbacks atomically; a caller an agent
+    was claimed for meanwhile stays with that agent and no callback is recorded."""
+    await store.register_agents([_agent("a", presale=3)], now=1.0)
+    for uid in ("c1", "c2"):
+        await _enqueue(store, uid, "presale", 1.0 if uid == "c1" else 2.0)
+    assert await store.claim_for_skill("presale") is not None  # c1 is being connected
+
+    async def ask(uid: str) -> bool:
+        return await store.register_callback(
+            uid=uid, number="5551234", skill="presale", score=2.0, enqueued_at=2.0, now=30.0,
+            fields={}, leave_queue=True,
+        )  # fmt: skip
+
+    assert not await ask("c1")
+    assert await store.callback("c1") == {}
+    assert await ask("c2")
+    assert await store.waiting("presale") == []
+    assert (await store.call("c2")).state == "left_for_callback"  # type: ignore[union-attr]
+    assert (await store.callback("c2"))["state"] == "pending"
+
+
+async def test_the_wait_figures_count_free_agents_from_the_queues_minimum_level(
+    redis_url: str,
+) -> None:
+    """A level-4 agent is free but after-sales callers start at level 6: nobody counts as free
+    or staffed for them yet, and the best free level (4) is what escalation will reach."""
+    s = RedisStore(redis_url, "w", {"aftersales": {"min": 6, "steps": [[20.0, 1, []]]}})
+    try:
+        await s.register_agents([_agent("low", aftersales=4)], now=1.0)
+        figures = await s.queue_figures("aftersales", None, 0, 120.0, now=2.0)
+        assert (figures.free, figures.best_free_level) == (0, 4)
+        assert (await s.load(["aftersales"])).staffed_by_skill == {"aftersales": 0}
+        await s.register_agents([_agent("high", aftersales=7)], now=1.0)
+        figures = await s.queue_figures("aftersales", None, 0, 120.0, now=2.0)
+        assert (figures.free, figures.best_free_level) == (1, 7)
+        assert (await s.load(["aftersales"])).staffed_by_skill == {"aftersales": 1}
+    finally:
+        await s.close()
+
+
+async def test_an_agent_freed_while_its_phone_is_busy_elsewhere_waits_for_the_phone(
+    store: RedisStore,
+) -> None:
+    """The phone is reported in use during a call of ours (recorded, no transition); the call
+    ends before the phone is reported free: the agent is device_busy, out of the available
+    sets, until the phone is free again. Resuming a paused agent with a busy phone does the
+    same."""
+    await store.register_agents([_agent("a", presale=3)], now=1.0)
+    await _enqueue(store, "c1", "presale", 1.0)
+    assert await store.claim_for_skill("presale", now=2.0) is not None
+    applied, _ = await store.agent_event("a", AgentEvent.DEVICE_BUSY, 3.0, device="INUSE")
+    assert not applied
+    assert (await store.agent("a"))["device"] == "INUSE"
+    assert (await store.agent_event("a", AgentEvent.ANSWER, 3.0, call="c1"))[0]
+    assert await store.end_call("c1", 10.0, wrap_up=0.0) == ("a", "device_busy")
+    assert await store._redis.zscore("t:avail:presale", "a") is None
+    assert (await store.agent_event("a", AgentEvent.DEVICE_IDLE, 11.0, device="NOT_INUSE"))[0]
+    assert (await store.agent("a"))["state"] == "available"
+    assert await store._redis.zscore("t:avail:presale", "a") is not None
+    assert (await store.agent_event("a", AgentEvent.PAUSE, 12.0, reason="lunch"))[0]
+    await store.agent_event("a", AgentEvent.DEVICE_BUSY, 13.0, device="RINGING")
+    assert (await store.agent_event("a", AgentEvent.RESUME, 14.0))[0]
+    fields = await store.agent("a")
+    assert (fields["state"], fields["reason"]) == ("device_busy", "RINGING")
+    assert await store._redis.zscore("t:avail:presale", "a") is None

@@ -132,6 +132,7 @@ def deployment_config(state: Path) -> dict[str, Any]:
         "rules": [{"name": "presale-waiting", "figure": "waiting", "queue": "presale",
                    "above": 0, "for_seconds": 2}],
     }  # fmt: skip
+    config["tiers"] = {**config["tiers"], "silver": 3}  # a head start short enough to wait out
     config["callbacks"] = {"attempts": 3, "retry_delay": 3, "share": 1.0, "ring_timeout": 10}
     config["lookups"] = {
         "order_status": {

@@ -41,46 +41,54 @@ async def _until_state(stack: Stack, agent: str, state: str, timeout: float = 20
         await asyncio.sleep(0.1)
 
 
-async def test_a_tier_head_start_puts_a_later_caller_first(
+async def _queued_at(stack: Stack, uid: str, timeout: float = 20) -> float:
+    """When the caller joined its queue (its call's enqueued_at), once it has."""
+    deadline = time.monotonic() + timeout
+    while not stack.redis.hget(stack.key("call", uid), "enqueued_at"):
+        assert time.monotonic() < deadline, f"{uid} should be queued"
+        await asyncio.sleep(0.1)
+    return float(stack.redis.hget(stack.key("call", uid), "enqueued_at") or 0)
+
+
+async def test_a_tier_head_start_puts_a_later_caller_first_by_exactly_that_much(
     stack: Stack, ami_events: EventLog
 ) -> None:
-    """With the presale agents paused, a regular caller joins, then a gold caller (30 s head
-    start) 5 s later: the gold caller's place is exactly 30 s of wait ahead of its join, and the
-    first agent to resume takes the gold caller."""
+    """With the presale agents paused, two regular callers join 4 s apart, then a silver caller
+    (a head start of the configured seconds, 3 in the test deployment) 1.5 s after the second:
+    its place is exactly its join minus the head start, so it goes ahead of the caller who
+    joined 1.5 s before it and behind the one who joined 5.5 s before it; as the agents resume,
+    they are served in that order."""
+    head_start = stack.settings.tiers["silver"]
     _agent_cli(stack, "pause", "1001", "meeting")
     _agent_cli(stack, "pause", "1002", "meeting")
-    stack.redis.hset(stack.key("tiers"), "5552002", "gold")
-    regular = stack.call(Script().at(1.0, "10").wait(40), "5552001")
+    stack.redis.hset(stack.key("tiers"), "5552012", "silver")
+    callers = []
     try:
-        uid_regular = await caller_uid(ami_events, "5552001")
-        await asyncio.sleep(5)
-        gold = stack.call(Script().at(1.0, "10").wait(30), "5552002")
-        try:
-            uid_gold = await caller_uid(ami_events, "5552002")
-            deadline = time.monotonic() + 20
-            while stack.redis.zcard(stack.key("q", "presale")) < 2:
-                assert time.monotonic() < deadline, "both callers should be queued"
-                await asyncio.sleep(0.1)
-            call_gold = stack.redis.hgetall(stack.key("call", uid_gold))
-            call_regular = stack.redis.hgetall(stack.key("call", uid_regular))
-            assert float(call_gold["score"]) == pytest.approx(
-                float(call_gold["enqueued_at"]) - 30.0, abs=1e-6
-            )
-            assert float(call_regular["score"]) == pytest.approx(
-                float(call_regular["enqueued_at"]), abs=1e-6
-            )
-            assert stack.redis.zrange(stack.key("q", "presale"), 0, -1) == [uid_gold, uid_regular]
-            _agent_cli(stack, "resume", "1001")
-            assert await _agent_of(ami_events, uid_gold) == "1001"
-            _agent_cli(stack, "resume", "1002")
-            assert await _agent_of(ami_events, uid_regular) == "1002"
-            assert gold.wait(60) == 0
-        finally:
-            gold.stop()
-        assert regular.wait(60) == 0
+        # The same menu walk for each, started 4 s then 1.5 s apart: they join that far apart.
+        for caller_id, gap in (("5552010", 4.0), ("5552011", 1.5), ("5552012", 0.0)):
+            callers.append(stack.call(Script().at(1.0, "10").wait(40), caller_id))
+            await asyncio.sleep(gap)
+        first, second, silver = [
+            await caller_uid(ami_events, c) for c in ("5552010", "5552011", "5552012")
+        ]
+        joined = {u: await _queued_at(stack, u) for u in (first, second, silver)}
+        # The timing leaves room either side of the head start: the test means what it says.
+        assert joined[silver] - joined[second] < head_start < joined[silver] - joined[first]
+        score = {u: float(stack.redis.zscore(stack.key("q", "presale"), u) or 0) for u in joined}
+        assert score[silver] == pytest.approx(joined[silver] - head_start, abs=1e-6)
+        assert score[first] == pytest.approx(joined[first], abs=1e-6)
+        assert score[second] == pytest.approx(joined[second], abs=1e-6)
+        assert stack.redis.zrange(stack.key("q", "presale"), 0, -1) == [first, silver, second]
+        _agent_cli(stack, "resume", "1001")
+        assert await _agent_of(ami_events, first) == "1001"
+        _agent_cli(stack, "resume", "1002")
+        assert await _agent_of(ami_events, silver) == "1002"
+        # The second regular caller, who joined before the silver one, still waits.
+        assert stack.redis.zrange(stack.key("q", "presale"), 0, -1) == [second]
     finally:
-        regular.stop()
-        stack.redis.hdel(stack.key("tiers"), "5552002")
+        for caller in callers:
+            caller.stop()
+        stack.redis.hdel(stack.key("tiers"), "5552012")
         for agent in ("1001", "1002"):
             stack.acd("agent", "resume", agent)
 
@@ -88,15 +96,25 @@ async def test_a_tier_head_start_puts_a_later_caller_first(
 async def test_a_missed_agent_is_paused_and_the_caller_served_next_by_another(
     stack: Stack, ami_events: EventLog
 ) -> None:
-    """Only agent 1009 (whose phone never answers) is available for presale: the caller is
-    offered to it, the dial fails, 1009 is paused as missed, the caller returns to the front of
-    the queue and the first presale agent to resume takes it."""
+    """Only agent 1009 is available for presale, and its phone rings unanswered: it rings for
+    the ring timeout while a gold caller (30 s head start) joins behind; the dial ends NOANSWER,
+    1009 is paused as missed, the first caller goes back to the front, ahead of the gold one,
+    and the first presale agent to resume takes it."""
     _agent_cli(stack, "pause", "1001", "training")
     _agent_cli(stack, "pause", "1002", "training")
+    phone = sipp.start_uas("phone_rings_unanswered", PORTS["dead_phone"], 31700, stack.workdir)
+    stack.redis.hset(stack.key("tiers"), "5552013", "gold")
     _agent_cli(stack, "login", "1009")
-    caller = stack.call(Script().at(1.0, "10").wait(40), "5552003")
+    callers = [stack.call(Script().at(1.0, "10").wait(50), "5552003")]
     try:
         uid = await caller_uid(ami_events, "5552003")
+        (ring,) = await ami_events.wait_for(
+            lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid, timeout=30
+        )
+        assert (ring.get("DestChannel") or "").startswith("PJSIP/agent-1009-")
+        callers.append(stack.call(Script().at(1.0, "10").wait(40), "5552013"))
+        gold = await caller_uid(ami_events, "5552013")
+        await _queued_at(stack, gold)
         (dial_end,) = await ami_events.wait_for(
             lambda e: (
                 e.event == "UserEvent"
@@ -105,19 +123,23 @@ async def test_a_missed_agent_is_paused_and_the_caller_served_next_by_another(
             ),
             timeout=30,
         )
-        assert dial_end.get("Agent") == "1009"
-        assert dial_end.get("DialStatus") != "ANSWER"
+        assert (dial_end.get("Agent"), dial_end.get("DialStatus")) == ("1009", "NOANSWER")
+        rang = float(dial_end.get("Timestamp") or 0) - float(ring.get("Timestamp") or 0)
+        assert rang >= stack.settings.asterisk.ring_timeout - 0.5
         await _until_state(stack, "1009", "paused")
         assert stack.redis.hget(stack.key("agent", "1009"), "reason") == "missed"
         deadline = time.monotonic() + 10
-        while stack.redis.zrange(stack.key("q", "presale"), 0, 0) != [uid]:
+        while stack.redis.zrange(stack.key("q", "presale"), 0, -1) != [uid, gold]:
             assert time.monotonic() < deadline, "the caller should be back at the front"
             await asyncio.sleep(0.1)
         _agent_cli(stack, "resume", "1002")
         assert await _agent_of(ami_events, uid) == "1002"
-        assert caller.wait(60) == 0
+        assert callers[0].wait(60) == 0
     finally:
-        caller.stop()
+        for caller in callers:
+            caller.stop()
+        phone.stop()
+        stack.redis.hdel(stack.key("tiers"), "5552013")
         stack.acd("agent", "logout", "1009")
         for agent in ("1001", "1002"):
             stack.acd("agent", "resume", agent)
@@ -164,7 +186,7 @@ async def test_escalation_reaches_a_lower_level_agent_after_the_configured_wait(
 ) -> None:
     """After-sales callers first accept agents of level 6 and up (acd.yaml): with agent 1002
     (level 7) paused, only 1004 (level 4) is free, and it gets the caller once the caller has
-    waited the configured 20 s, not before."""
+    waited the configured 20 s, not before; the caller's wait estimate at join said so."""
     _agent_cli(stack, "pause", "1002", "meeting")
     await _until_state(stack, "1004", "available", timeout=30)
     caller = stack.call(Script().at(1.0, "4").wait(34), "5552006")
@@ -175,6 +197,10 @@ async def test_escalation_reaches_a_lower_level_agent_after_the_configured_wait(
             assert time.monotonic() < deadline, "the caller should be queued"
             await asyncio.sleep(0.1)
         joined = float(stack.redis.hget(stack.key("call", uid), "enqueued_at") or 0)
+        while not stack.redis.hget(stack.key("call", uid), "ewt_at_join"):
+            assert time.monotonic() < deadline, "the caller's estimate should be recorded"
+            await asyncio.sleep(0.1)
+        assert float(stack.redis.hget(stack.key("call", uid), "ewt_at_join") or 0) == 20.0
         (dial,) = await ami_events.wait_for(
             lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid, timeout=40
         )
@@ -234,3 +260,49 @@ async def test_the_wait_estimate_is_measured_against_actual_waits(
         stack.acd("agent", "logout", "1010")
         for other in ("1003", "1004"):
             stack.acd("agent", "resume", other)
+
+
+async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_it_is_free(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Agent 1002's phone takes a call the ACD did not place (originated straight to it, 6 s
+    long): Asterisk reports the device in use, the agent becomes device_busy, and a presale
+    caller waits although 1002 is logged in and not paused; when that call hangs up, the
+    device is free again and 1002 takes the caller."""
+    _agent_cli(stack, "pause", "1001", "meeting")
+    assert ami_events.client is not None
+    outside = f"outside-{time.time_ns()}"
+    caller = None
+    try:
+        await ami_events.client.send_action(
+            "Originate",
+            {
+                "Channel": "PJSIP/agent-1002",
+                "Application": "Wait",
+                "Data": "6",
+                "ChannelId": outside,
+                "Async": "true",
+            },
+        )
+        await _until_state(stack, "1002", "device_busy")  # from RINGING on
+        deadline = time.monotonic() + 10
+        while stack.redis.hget(stack.key("agent", "1002"), "reason") != "INUSE":
+            assert time.monotonic() < deadline, "the agent's phone should be reported in use"
+            await asyncio.sleep(0.1)
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5552020")
+        uid = await caller_uid(ami_events, "5552020")
+        await _queued_at(stack, uid)
+        (ended,) = await ami_events.wait_for(
+            lambda e: e.event == "Hangup" and e.get("Uniqueid") == outside, timeout=20
+        )
+        (dial,) = await ami_events.wait_for(
+            lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid, timeout=20
+        )
+        assert (dial.get("DestChannel") or "").startswith("PJSIP/agent-1002-")
+        assert float(dial.get("Timestamp") or 0) >= float(ended.get("Timestamp") or 0)
+        assert await _agent_of(ami_events, uid) == "1002"
+        assert stack.redis.hget(stack.key("agent", "1002"), "device") == "INUSE"  # our call now
+    finally:
+        if caller is not None:
+            caller.stop()
+        stack.acd("agent", "resume", "1001")

@@ -6,6 +6,7 @@ Dial outcomes) and on Redis (the callback records), and on the admin API for bre
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -59,11 +60,12 @@ def orders_paused(stack: Stack) -> Iterator[None]:
 
 async def _ask_for_callback(stack: Stack, events: EventLog, caller_id: str, keyed: str = "") -> str:
     """A customer joins the orders queue (2, then 0), presses 1 while waiting, confirms the
-    number with # (or keys `keyed` then #), hears the confirmation and is hung up on. Returns
-    its uniqueid."""
-    caller = stack.call(
-        Script().at(1.0, "20").at(6.0, "1").at(8.5, keyed + "#"), caller_id, remote_hangup=True
-    )
+    number with # (or keys `keyed` then #, hears it read back and confirms it with #), hears the
+    confirmation and is hung up on. Returns its uniqueid."""
+    script = Script().at(1.0, "20").at(6.0, "1").at(8.5, keyed + "#")
+    if keyed:
+        script.press("#")
+    caller = stack.call(script, caller_id, remote_hangup=True)
     try:
         uid = await caller_uid(events, caller_id)
         assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
@@ -254,9 +256,10 @@ async def test_a_breaker_tripped_by_hand_sends_callbacks_to_standby(
 async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
     stack: Stack, ami_events: EventLog, orders_paused: None
 ) -> None:
-    """Two callbacks wait (no orders agent). The controller is killed (SIGKILL) and restarted by
-    `acd up`, then redis-server is killed (SIGKILL) and restarted from its append-only file.
-    Both callbacks are still there, and once agents are back each is dialled exactly once."""
+    """Two callbacks wait (no orders agent: one in the queue at its place, the other pending,
+    as the pacing allows). The controller is killed (SIGKILL) and restarted by `acd up`, then
+    redis-server is killed (SIGKILL) and restarted from its append-only file. Both callbacks
+    are still there, and once agents are back each is dialled exactly once."""
     carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
     try:
         uids = {
@@ -264,11 +267,13 @@ async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
             for number in ("5554301", "5554302")
         }
         await _until(
-            lambda: all(
-                stack.redis.hget(stack.key("callback", u), "state") == "queued"
-                for u in uids.values()
+            lambda: (
+                sorted(
+                    str(stack.redis.hget(stack.key("callback", u), "state")) for u in uids.values()
+                )
+                == ["pending", "queued"]
             ),
-            "the callbacks were not admitted",
+            "the first callback was not admitted",
         )
         before = {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()}
 
@@ -298,6 +303,61 @@ async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
             assert len(_dials(ami_events, number)) == 1, number
             assert _callback_ends(ami_events, uid) == ["ANSWER"]
     finally:
+        carrier.stop()
+
+
+async def test_a_callback_that_ends_while_the_controller_is_down_is_recorded_once(
+    stack: Stack, ami_events: EventLog, orders_paused: None
+) -> None:
+    """The customer of a callback answers; the controller is frozen (SIGSTOP) while they talk,
+    so it never sees the call end, then killed. The restarted controller reads from the node's
+    AstDB how the attempt ended: answered after one attempt, the customer dialled once, and the
+    AstDB entry is gone."""
+    carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
+    pid = 0
+    try:
+        uid = await _ask_for_callback(stack, ami_events, "5554501")
+        attempt = f"cb-{uid}-1"
+        await _until(
+            lambda: stack.redis.zscore(stack.key("q", "orders"), attempt) is not None,
+            "the callback did not join the orders queue",
+        )
+        _agents(stack, "resume", "1003")
+        await ami_events.wait_for(
+            lambda e: (
+                e.event == "DialEnd"
+                and e.get("Uniqueid") == attempt
+                and e.get("DialStatus") == "ANSWER"
+            ),
+            timeout=30,
+        )
+        assert f"{attempt}" in stack.asterisk_cli("database show acd_callback")
+        pid = stack.controller_pid()
+        os.kill(pid, signal.SIGSTOP)
+        # The carrier hangs up after 6 s of talk; the controller sees none of it.
+        await ami_events.wait_for(
+            lambda e: e.event == "Hangup" and e.get("Uniqueid") == attempt, timeout=30
+        )
+        assert _callback_ends(ami_events, uid) == ["ANSWER"]
+        assert stack.redis.hget(stack.key("callback", uid), "state") == "queued"
+        os.kill(pid, signal.SIGKILL)
+        await _until(lambda: stack.controller_pid() not in (0, pid), "no new controller", 30)
+        await asyncio.to_thread(stack.wait_ready, 60)
+        await _until(
+            lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
+            "the restarted controller did not recover the attempt's end",
+            timeout=30,
+        )
+        cb = stack.redis.hgetall(stack.key("callback", uid))
+        assert (cb["attempts"], cb["last_status"]) == ("1", "ANSWER")
+        assert stack.redis.scard(stack.key("callbacks", "active")) == 0
+        assert attempt not in stack.asterisk_cli("database show acd_callback")
+        await asyncio.sleep(3)  # a second dial would show by now
+        assert len(_dials(ami_events, "5554501")) == 1
+    finally:
+        if pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
         carrier.stop()
 
 

@@ -9,6 +9,8 @@ from acd.domain.agent import (
     AgentEvent,
     AgentState,
     IllegalTransition,
+    device_event,
+    settle,
     sources,
     target,
     transition,
@@ -51,3 +53,38 @@ def test_a_missed_ring_pauses_and_nothing_leaves_logged_out_but_login() -> None:
     """Missed goes to paused; logged out accepts only login."""
     assert transition(AgentState.RINGING, AgentEvent.MISSED) is AgentState.PAUSED
     assert set(TRANSITIONS[AgentState.LOGGED_OUT]) == {AgentEvent.LOGIN}
+
+
+def test_a_phone_busy_elsewhere_takes_an_available_agent_out_until_it_is_free() -> None:
+    """Device busy: available -> device_busy; idle again: back to available; a supervisor may
+    still pause or log it out; an agent on one of our calls is not moved by its phone."""
+    assert transition(AgentState.AVAILABLE, AgentEvent.DEVICE_BUSY) is AgentState.DEVICE_BUSY
+    assert transition(AgentState.DEVICE_BUSY, AgentEvent.DEVICE_IDLE) is AgentState.AVAILABLE
+    assert transition(AgentState.DEVICE_BUSY, AgentEvent.PAUSE) is AgentState.PAUSED
+    assert transition(AgentState.DEVICE_BUSY, AgentEvent.LOGOUT) is AgentState.LOGGED_OUT
+    for busy in (AgentState.RESERVED, AgentState.RINGING, AgentState.ON_CALL):
+        with pytest.raises(IllegalTransition):
+            transition(busy, AgentEvent.DEVICE_BUSY)
+
+
+@pytest.mark.parametrize(
+    ("device_state", "event"),
+    [
+        ("INUSE", AgentEvent.DEVICE_BUSY),
+        ("RINGING", AgentEvent.DEVICE_BUSY),
+        ("UNAVAILABLE", AgentEvent.DEVICE_BUSY),
+        ("ONHOLD", AgentEvent.DEVICE_BUSY),
+        ("NOT_INUSE", AgentEvent.DEVICE_IDLE),
+        ("UNKNOWN", AgentEvent.DEVICE_IDLE),
+    ],
+)
+def test_asterisk_device_states_map_to_agent_events(device_state: str, event: AgentEvent) -> None:
+    """In use, ringing, on hold or unreachable is busy; not in use (or unknown) is free."""
+    assert device_event(device_state) is event
+
+
+def test_becoming_available_with_a_busy_phone_lands_in_device_busy() -> None:
+    """Whatever would make the agent available while its phone is busy leaves it device_busy."""
+    assert settle(AgentState.AVAILABLE, device_busy=True) is AgentState.DEVICE_BUSY
+    assert settle(AgentState.AVAILABLE, device_busy=False) is AgentState.AVAILABLE
+    assert settle(AgentState.PAUSED, device_busy=True) is AgentState.PAUSED

@@ -40,7 +40,15 @@ def test_dialling_follows_the_hours() -> None:
     assert may_dial(None, sunday_22)
 
 
-def test_the_share_of_agents_on_callbacks() -> None:
-    assert admission_limit(POLICY, 8) == 2
-    assert admission_limit(POLICY, 1) == 1
-    assert admission_limit(POLICY, 0) == 0
+def test_callbacks_keep_to_their_share_while_inbound_callers_wait() -> None:
+    """While inbound callers wait: the share of the staffed agents, at least one (with nobody
+    staffed, one waits at its place)."""
+    assert admission_limit(POLICY, 8, inbound_waiting=1) == 2
+    assert admission_limit(POLICY, 1, inbound_waiting=5) == 1
+    assert admission_limit(POLICY, 0, inbound_waiting=5) == 1
+
+
+def test_on_a_quiet_floor_callbacks_may_take_every_staffed_agent() -> None:
+    """No inbound caller waiting: every staffed agent may take a callback."""
+    assert admission_limit(POLICY, 8, inbound_waiting=0) == 8
+    assert admission_limit(POLICY, 0, inbound_waiting=0) == 1

@@ -39,10 +39,29 @@ local function waited(uid)
   return now - (t or now)
 end
 
+-- The best available agent of a skill and its level (looked up once per skill per claim). An
+-- entry whose agent is no longer available, or no longer has the skill, is stale: it is dropped
+-- and the next one looked at, so one stale entry never blocks a queue.
+local best_of = {}
 local function best_agent(skill)
-  local a = redis.call('ZRANGE', prefix .. ':avail:' .. skill, 0, 0, 'WITHSCORES')
-  if #a == 0 then return nil, nil end
-  return a[1], 10 - math.floor(tonumber(a[2]) / 1e10)
+  if best_of[skill] then return best_of[skill][1], best_of[skill][2] end
+  local akey = prefix .. ':avail:' .. skill
+  while true do
+    local a = redis.call('ZRANGE', akey, 0, 0)
+    if #a == 0 then
+      best_of[skill] = {nil, nil}
+      return nil, nil
+    end
+    local fields = redis.call('HMGET', prefix .. ':agent:' .. a[1], 'state', 'skills')
+    local skills = ',' .. (fields[2] or '')
+    local _, j = string.find(skills, ',' .. skill .. ':', 1, true)
+    local level = j and tonumber(string.match(skills, '^(%d+)', j + 1))
+    if fields[1] == 'available' and level then
+      best_of[skill] = {a[1], level}
+      return a[1], level
+    end
+    redis.call('ZREM', akey, a[1])
+  end
 end
 
 local function heads(skill)

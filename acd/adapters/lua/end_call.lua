@@ -32,6 +32,11 @@ elseif state == 'on_call' then
 else
   return {'', ''}
 end
+-- Free again while its phone is busy outside the ACD (agent.settle): not offered anything yet.
+if target == 'available' and redis.call('HGET', akey, 'device_busy') == '1' then
+  target = 'device_busy'
+  redis.call('HSET', akey, 'call', '', 'reason', redis.call('HGET', akey, 'device') or '')
+end
 redis.call('HSET', akey, 'state', target, 'state_since', now, 'last_call_end', now)
 if target == 'available' then
   redis.call('HSET', akey, 'call', '', 'idle_since', now)
@@ -39,7 +44,7 @@ if target == 'available' then
     local name, level = string.match(s, '^([^:]+):(%d+)$')
     redis.call('ZADD', prefix .. ':avail:' .. name, (10 - tonumber(level)) * 1e10 + now, agent)
   end
-else
+elseif target == 'wrap_up' then
   redis.call('ZADD', prefix .. ':wrapups', now + wrap, agent)
 end
 return {agent, target}
