@@ -102,6 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument(
         "--watch", type=float, nargs="?", const=2.0, help="refresh every N seconds (default 2)"
     )
+    status.add_argument(
+        "--count", type=int, help="with --watch: stop after this many refreshes (default: never)"
+    )
     return parser
 
 
@@ -245,14 +248,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         return _report(settings, args)
     if command == "status":
         if args.watch is None:
+            if args.count is not None:
+                raise AcdError("--count goes with --watch")
             return _status(settings, as_json=args.json)
-        import time
-
-        while True:
-            if not args.json:
-                print("\033[2J\033[H", end="")
-            _status(settings, as_json=args.json)
-            time.sleep(max(0.5, args.watch))
+        return _watch(settings, args.watch, args.count, as_json=args.json)
     raise AssertionError(command)
 
 
@@ -270,7 +269,8 @@ def _api(
         headers={
             "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
-            "X-Acd-User": _user(),
+            # Detail for the audit log; who made the change is the token's user.
+            "X-Acd-User": f"cli:{_user()}",
         },
     )
     try:
@@ -489,26 +489,71 @@ def _status(settings: Settings, *, as_json: bool) -> int:
     body = _api(settings, "GET", "/status")
     if as_json:
         print(json.dumps(body, indent=2))
-        return 0
+    else:
+        print("\n".join(status_lines(body)))
+    return 0
+
+
+def _watch(settings: Settings, every: float, count: int | None, *, as_json: bool) -> int:
+    """`status --watch`: refresh every `every` seconds (`count` times, or until interrupted); a
+    controller that does not answer for a moment is reported, and the watch goes on."""
+    import time
+
+    if count is not None and count < 1:
+        raise AcdError("--count must be at least 1")
+    refresh = 0
+    while count is None or refresh < count:
+        if refresh:
+            time.sleep(max(0.5, every))
+        refresh += 1
+        if not as_json and sys.stdout.isatty():
+            print("\033[2J\033[H", end="")
+        try:
+            _status(settings, as_json=as_json)
+        except AcdError as exc:
+            print(f"acd: {exc} (retrying every {max(0.5, every):g} s)", file=sys.stderr)
+        if not as_json:
+            print(f"-- refresh {refresh}, every {max(0.5, every):g} s", flush=True)
+    return 0
+
+
+def _wait(seconds: float) -> str:
+    return "no agent" if seconds >= 86400 else f"{seconds:.0f} s"
+
+
+def status_lines(body: dict[str, Any]) -> list[str]:
+    """`acd status` for a person: health and the overload level, the menu mode of each entry,
+    per queue its state, callers waiting, longest wait, estimated wait, service level and agents
+    by state, the trunks with their breakers, and each agent."""
     comps = body["components"]
     overload = body["overload"]
-    pinned = "" if overload["pinned"] is None else " (pinned)"
-    print(
+    pinned = (
+        f"pinned; governor says {overload['computed']}"
+        if overload["pinned"] is not None
+        else "governor"
+    )
+    lines = [
         f"node {body['node']}: AMI {'up' if comps['ami']['connected'] else 'DOWN'}, "
         f"Redis {'up' if comps['redis']['ok'] else 'DOWN'}, "
-        f"overload level {overload['level']}{pinned}"
-    )
+        f"overload level {overload['level']} ({pinned})"
+    ]
     for number, mode in body["menu_modes"].items():
-        print(f"  entry {number:<8} menu {mode}")
+        lines.append(f"  entry {number:<8} menu {mode}")
+    lines.append(
+        f"  {'queue':<18} {'state':<7} {'waiting':>7} {'longest':>8} {'estimate':>9} "
+        f"{'SL':>5}  callbacks  agents"
+    )
     for name, q in body["queues"].items():
         agents = ", ".join(f"{n} {state}" for state, n in sorted(q["agents"].items())) or "none"
-        print(
-            f"  queue {name:<12} {q['state']:<7} waiting {q['waiting']:<4} "
-            f"longest {q['longest_wait']:>6.1f} s  estimate {q['ewt']:>6.1f} s  "
-            f"callbacks {q['callbacks']}  agents: {agents}"
+        sl = q.get("service_level")
+        lines.append(
+            f"  queue {name:<12} {q['state']:<7} {q['waiting']:>7} "
+            f"{_wait(q['longest_wait']):>8} {_wait(q['ewt']):>9} "
+            f"{'-' if sl is None else format(sl, '.0%'):>5}  {q['callbacks']:<9}  {agents}"
         )
     for name, t in body.get("trunks", {}).items():
-        print("  " + _trunk_line(name, t))
+        lines.append("  " + _trunk_line(name, t))
     for agent_id, agent in body["agents"].items():
-        print(f"  agent {agent_id:<8} {agent['state']}")
-    return 0
+        reason = f" ({agent['reason']})" if agent.get("reason") else ""
+        lines.append(f"  agent {agent_id:<8} {agent['state']}{reason}")
+    return lines

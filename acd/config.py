@@ -91,10 +91,30 @@ class RedisSettings(_Frozen):
     prefix: Name = "acd"
 
 
+# Who changed what: the names the admin API knows its callers by (and records in the audit log).
+UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
+ADMIN_USER = "admin"  # the user of the generated token (`token_file`, or ACD_ADMIN_TOKEN)
+MIN_TOKEN_LENGTH = 16
+_TOKEN = re.compile(r"^[A-Za-z0-9_.~+/=-]+$")
+
+
 class AdminSettings(_Frozen):
+    """The admin API: where it listens, and its bearer tokens. Each token belongs to a user,
+    who is the `who` of every change it makes: the generated one (`token_file`, user `admin`)
+    and named ones, user -> token file (`tokens`), or ACD_ADMIN_TOKENS="alice:TOKEN,...". There
+    is no default token: a missing or empty file is an error."""
+
     host: Host = "127.0.0.1"
     port: Port = 8088
     token_file: Path = Path(".state/admin.token")
+    tokens: dict[UserName, Path] = Field(default_factory=dict)
+
+    @field_validator("tokens")
+    @classmethod
+    def _not_admin(cls, tokens: dict[str, Path]) -> dict[str, Path]:
+        if ADMIN_USER in tokens:
+            raise ValueError(f"{ADMIN_USER!r} is the user of token_file; choose another name")
+        return tokens
 
 
 class Entry(_Frozen):
@@ -104,6 +124,9 @@ class Entry(_Frozen):
     number: Number
     flow: Name
     fallback_flow: Name | None = None
+    # The menu mode while no supervisor has set one (`acd menu`): auto switches to the fallback
+    # flow by itself from overload level 2.
+    mode: Literal["normal", "fallback", "auto"] = "auto"
 
 
 class LookupService(_Frozen):
@@ -229,6 +252,9 @@ class OverloadSettings(_Frozen):
     cool_down: Annotated[float, Field(ge=0, le=3600)] = 30.0
     interval: Annotated[float, Field(gt=0, le=60)] = 2.0
     handle_seconds: Annotated[float, Field(gt=0, le=3600)] = 180.0
+    # The AMI link counts as a failure (level 4) only once it has been down this long: a
+    # reconnect of a second or two must not send callers to the standby lines.
+    failure_after: Annotated[float, Field(ge=0, le=600)] = 10.0
 
     @field_validator("thresholds")
     @classmethod
@@ -563,3 +589,59 @@ def read_secret(settings: Settings, path: Path, env: str) -> str:
     if not secret:
         raise ConfigError(f"{settings.source}: secret file {file} is empty; run `make setup`")
     return secret
+
+
+def admin_tokens(settings: Settings) -> dict[str, str]:
+    """The admin API's tokens, token -> user: the generated one (ACD_ADMIN_TOKEN, else
+    `admin.token_file`) for user `admin`, each `admin.tokens` user's file, and the users of
+    ACD_ADMIN_TOKENS ("alice:TOKEN,bob:TOKEN"). Every bad entry is a `ConfigError`: an unreadable
+    or empty file, a malformed or short token, a user defined twice, a token shared by two users.
+    """
+    where = f"{settings.source}: admin"
+    by_user: dict[str, tuple[str, str]] = {}  # user -> (token, where it came from)
+    generated = os.environ.get("ACD_ADMIN_TOKEN")
+    if generated:
+        by_user[ADMIN_USER] = (generated, "ACD_ADMIN_TOKEN")
+    elif settings.resolve(settings.admin.token_file).exists() or not (
+        settings.admin.tokens or os.environ.get("ACD_ADMIN_TOKENS")
+    ):
+        # Required unless named tokens replace it (then it may simply not exist).
+        by_user[ADMIN_USER] = (
+            read_secret(settings, settings.admin.token_file, "ACD_ADMIN_TOKEN"),
+            "admin.token_file",
+        )
+    for user, path in settings.admin.tokens.items():
+        file = settings.resolve(path)
+        try:
+            token = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(
+                f"{where}.tokens.{user}: token file {file} cannot be read ({exc.strerror})"
+            ) from exc
+        by_user[user] = (token, f"admin.tokens.{user} ({file})")
+    for n, item in enumerate(filter(None, os.environ.get("ACD_ADMIN_TOKENS", "").split(","))):
+        user, sep, token = item.strip().partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+            raise ConfigError(
+                f"ACD_ADMIN_TOKENS: entry {n + 1} is not USER:TOKEN (user: 1-64 of A-Z a-z "
+                "0-9 _ . @ -)"
+            )
+        if user in by_user:
+            raise ConfigError(
+                f"ACD_ADMIN_TOKENS: user {user!r} already has a token from {by_user[user][1]}"
+            )
+        by_user[user] = (token, f"ACD_ADMIN_TOKENS entry {n + 1}")
+    out: dict[str, str] = {}
+    for user, (token, origin) in by_user.items():
+        if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.match(token):
+            raise ConfigError(
+                f"{where}: the token of {user!r} from {origin} must be at least "
+                f"{MIN_TOKEN_LENGTH} characters of A-Z a-z 0-9 _ . ~ + / = -"
+            )
+        if token in out:
+            raise ConfigError(
+                f"{where}: users {out[token]!r} and {user!r} have the same token; each needs "
+                "its own, or the audit log cannot tell them apart"
+            )
+        out[token] = user
+    return out

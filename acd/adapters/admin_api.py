@@ -1,18 +1,23 @@
 """Admin HTTP API (aiohttp), bound to 127.0.0.1 by default, token-authenticated, JSON in and out.
 
 `/healthz` needs no token (it says only that the process answers); everything else needs
-`Authorization: Bearer TOKEN`. Bad requests get `{"error": {"code", "message"}}` with the right
-status, and nothing is half-applied: a request is validated whole before anything changes.
-`X-Acd-User` names the person behind a change for the audit log (default: `admin`).
+`Authorization: Bearer TOKEN`. Every token belongs to a user (acd.config.admin_tokens), and that
+user is who a change is audited under; an `X-Acd-User` header is kept only as detail beside it
+(`alice (cli:root)`): anyone holding a token can write any header. Bad requests get
+`{"error": {"code", "message"}}` with the right status, and nothing is half-applied: a request is
+validated whole before anything changes, and each change is one Redis step.
+`/events` streams the status to every wallboard from one producer (StatusFeed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import hashlib
 import hmac
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from importlib import resources
 from typing import Any, Protocol
 
@@ -20,16 +25,39 @@ import structlog
 from aiohttp import web
 
 from acd.domain.agent import IllegalTransition
-from acd.errors import AcdError, ConfigError
+from acd.errors import AcdError, AmiError, ConfigError, InvalidInput, StoreUnavailable
 
 log = structlog.get_logger(__name__)
 
-_USER = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+ADMIN_USER = "admin"  # the user of a single token given as a string
+_USER = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
 _REASON = re.compile(r"^[a-z0-9_-]{0,32}$")
 _CALLER = re.compile(r"^\+?[0-9]{2,32}$")
 _TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _QUERY_TOKEN_PATHS = frozenset({"/wallboard", "/events"})
 EVENTS_INTERVAL = 1.0  # seconds between two status pushes on /events
+EVENTS_DEPTH = 2  # status events a slow /events client may have queued; older ones are dropped
+
+
+class UnknownName(AcdError):
+    """A queue, agent, trunk or entry number the deployment does not have (404)."""
+
+    code = "not_found"  # the error code in the response, e.g. unknown_agent
+
+
+def error_status(exc: AcdError) -> tuple[int, str]:
+    """The HTTP status and error code of an error raised behind a request."""
+    if isinstance(exc, UnknownName):
+        return 404, exc.code
+    if isinstance(exc, IllegalTransition):
+        return 409, "conflict"
+    if isinstance(exc, ConfigError):
+        return 422, "invalid"
+    if isinstance(exc, InvalidInput):
+        return 400, "bad_request"
+    if exc.retriable or isinstance(exc, StoreUnavailable | AmiError):
+        return 503, "unavailable"
+    return 500, "internal"
 
 
 class Supervised(Protocol):
@@ -101,18 +129,123 @@ def _integer(value: Any) -> int | None:
     return None
 
 
+USER = web.RequestKey("user", str)  # the user the request's bearer token belongs to
+
+
 def _who(request: web.Request) -> str:
-    user = request.headers.get("X-Acd-User", "admin")
-    if not _USER.match(user):
-        raise ApiError(400, "bad_user", "X-Acd-User: 1-64 characters of A-Z a-z 0-9 _ . @ -")
-    return user
+    """Who makes this change, for the audit log: the user the bearer token belongs to, with
+    what the client says in X-Acd-User as detail (never as the identity)."""
+    user = request[USER]
+    claimed = request.headers.get("X-Acd-User")
+    if claimed is None or claimed == user:
+        return user
+    if not _USER.match(claimed):
+        raise ApiError(400, "bad_user", "X-Acd-User: 1-64 characters of A-Z a-z 0-9 _ . @ : -")
+    return f"{user} ({claimed})"
+
+
+def _digest(token: str) -> bytes:
+    # Compared as digests: equal lengths, so the comparison time says nothing of the token.
+    return hashlib.sha256(token.encode()).digest()
+
+
+class StatusFeed:
+    """The status for /events, built once per interval for every connected client.
+
+    One producer (`run`, owned by the app) builds it while anyone listens and idles when nobody
+    does; each client has a bounded queue, and a client too slow to take its events loses the
+    oldest ones, so it can neither hold the others up nor grow the controller's memory. When the
+    status cannot be built (Redis down) the clients get a `problem` event and the stream goes on.
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], Awaitable[dict[str, Any]]],
+        interval: float = EVENTS_INTERVAL,
+        depth: int = EVENTS_DEPTH,
+    ) -> None:
+        self._build = build
+        self.interval = interval
+        self.depth = depth
+        self._clients: set[asyncio.Queue[bytes]] = set()
+        self._listening = asyncio.Event()
+        self._last: tuple[float, bytes] | None = None
+        self.builds = 0  # statuses built (statistics, for tests)
+        self.dropped = 0  # events a slow client never took
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    def subscribe(self) -> asyncio.Queue[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=self.depth)
+        now = asyncio.get_running_loop().time()
+        if self._last is not None and now - self._last[0] < self.interval:
+            queue.put_nowait(self._last[1])  # the current status at once, not a second later
+        self._clients.add(queue)
+        self._listening.set()
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[bytes]) -> None:
+        self._clients.discard(queue)
+        if not self._clients:
+            self._listening.clear()
+
+    def publish_nowait(self, chunk: bytes) -> None:
+        for queue in self._clients:
+            if queue.full():
+                queue.get_nowait()
+                self.dropped += 1
+            queue.put_nowait(chunk)
+
+    async def run(self) -> None:
+        sequence = 0
+        while True:
+            await self._listening.wait()
+            sequence += 1
+            chunk = await self._chunk(sequence)
+            self._last = (asyncio.get_running_loop().time(), chunk)
+            self.publish_nowait(chunk)
+            await asyncio.sleep(self.interval)
+
+    async def _chunk(self, sequence: int) -> bytes:
+        self.builds += 1
+        try:
+            data = json.dumps(await self._build(), separators=(",", ":"))
+            event = "status"
+        except AcdError as exc:
+            event = "problem"
+            data = json.dumps({"error": str(exc), "retriable": exc.retriable})
+        except Exception as exc:  # a bug must not end every wallboard's stream
+            log.exception("admin.events_failed")
+            event = "problem"
+            data = json.dumps({"error": f"internal error: {type(exc).__name__}"})
+        return f"id: {sequence}\nevent: {event}\ndata: {data}\n\n".encode()
+
+
+FEED = web.AppKey("feed", StatusFeed)
 
 
 def build_app(
-    token: str, target: Supervised, spec: dict[str, Any] | None = None
+    tokens: Mapping[str, str] | str,
+    target: Supervised,
+    spec: dict[str, Any] | None = None,
+    *,
+    events_interval: float = EVENTS_INTERVAL,
 ) -> web.Application:
-    if not token:
+    """The admin API. `tokens`: token -> the user it belongs to (a single string: user admin)."""
+    table = {tokens: ADMIN_USER} if isinstance(tokens, str) else dict(tokens)
+    if not table or not all(table):
         raise ValueError("the admin API needs a token")
+    digests = [(_digest(token), user) for token, user in table.items()]
+
+    def user_of(given: str) -> str | None:
+        digest = _digest(given)
+        found = None
+        for known, user in digests:  # every one compared: the time says nothing of which
+            if hmac.compare_digest(digest, known):
+                found = user
+        return found
 
     @web.middleware
     async def guard(
@@ -124,8 +257,10 @@ def build_app(
             if not given and request.path in _QUERY_TOKEN_PATHS:
                 # A browser's EventSource cannot send headers: the wallboard passes ?token=.
                 given = request.query.get("token", "")
-            if not given or not hmac.compare_digest(given.encode(), token.encode()):
+            user = user_of(given) if given else None
+            if user is None:
                 return _error(401, "unauthorized", "missing or wrong bearer token")
+            request[USER] = user
         try:
             return await handler(request)
         except web.HTTPException as exc:
@@ -134,11 +269,14 @@ def build_app(
             return _error(exc.status, code, exc.reason)
         except ApiError as exc:
             return _error(exc.status, exc.code, exc.message)
-        except ConfigError as exc:
-            return _error(422, "invalid", str(exc))
         except AcdError as exc:
-            log.warning("admin.request_failed", path=request.path, error=str(exc))
-            return _error(503, "unavailable", str(exc))
+            status, code = error_status(exc)
+            if status >= 500:
+                log.warning("admin.request_failed", path=request.path, error=str(exc))
+            return _error(status, code, str(exc))
+        except Exception:  # a bug answers in JSON too, and is logged
+            log.exception("admin.request_crashed", path=request.path)
+            return _error(500, "internal", "internal error (logged by the controller)")
 
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -227,25 +365,33 @@ def build_app(
         page = resources.files("acd.adapters").joinpath("web/wallboard.html").read_bytes()
         return web.Response(body=page, content_type="text/html", charset="utf-8")
 
+    feed = StatusFeed(lambda: target.status(), events_interval)
+
     async def events(request: web.Request) -> web.StreamResponse:
-        """Server-sent events: the status, every second, until the client goes away."""
+        """Server-sent events: the status every interval (or a `problem` while it cannot be
+        built), until the client goes away."""
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
         )
         await response.prepare(request)
-        sequence = 0
-        while True:
-            sequence += 1
-            try:
-                data = json.dumps(await target.status(), separators=(",", ":"))
-                chunk = f"id: {sequence}\nevent: status\ndata: {data}\n\n"
-            except AcdError as exc:
-                chunk = f"id: {sequence}\nevent: problem\ndata: {json.dumps(str(exc))}\n\n"
-            try:
-                await response.write(chunk.encode())
-            except (ConnectionResetError, RuntimeError):
-                return response
-            await asyncio.sleep(EVENTS_INTERVAL)
+        queue = feed.subscribe()
+        try:
+            while True:
+                chunk = await queue.get()
+                try:
+                    await response.write(chunk)
+                except (ConnectionResetError, RuntimeError):
+                    return response
+        finally:
+            feed.unsubscribe(queue)
+
+    async def run_feed(_: web.Application) -> AsyncIterator[None]:
+        # The app owns the producer for its lifetime: started with it, cancelled with it.
+        task = asyncio.create_task(feed.run(), name="admin-events-feed")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def get_metrics(_: web.Request) -> web.Response:
         body = await target.metrics()
@@ -309,6 +455,8 @@ def build_app(
         return web.json_response(await target.trunk_action(who, name, action))
 
     app = web.Application(middlewares=[guard], client_max_size=8 * 1024 * 1024)
+    app[FEED] = feed
+    app.cleanup_ctx.append(run_feed)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/status", get_status)

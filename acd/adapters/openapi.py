@@ -57,7 +57,7 @@ def _op(
     responses: dict[str, Any] = {"200": ok}
     texts = {
         400: "Bad request: the body or a header is invalid; nothing was changed",
-        404: "No such queue, agent, trunk or entry",
+        404: "No such queue, agent, trunk or entry; nothing was changed",
         409: "Not allowed in the agent's current state",
         422: "Refused: the change is invalid (e.g. a broken flow); the running one stays",
         503: "Redis or Asterisk is unavailable",
@@ -87,8 +87,9 @@ def build_spec(
         "name": "X-Acd-User",
         "in": "header",
         "required": False,
-        "description": "who makes the change, for the audit log (default: admin)",
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]{1,64}$"},
+        "description": "who is behind the change, recorded as detail beside the bearer "
+        "token's user (who the audit log names): `alice (cli:root)`",
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.@:-]{1,64}$"},
     }
     level = {"oneOf": [{"type": "integer", "minimum": 0, "maximum": 4}, {"const": "auto"}]}
     overload = _obj(
@@ -167,7 +168,9 @@ def build_spec(
         },
         "/events": {
             "get": _op(
-                "Server-sent events: `status` every second (the token may be passed as ?token=)",
+                "Server-sent events: `status` every second, `problem` instead while the "
+                "status cannot be built (Redis down); the stream goes on (the token may be "
+                "passed as ?token=)",
                 {
                     "description": "An endless event stream",
                     "content": {"text/event-stream": {"schema": {"type": "string"}}},
@@ -344,7 +347,8 @@ def build_spec(
             "title": "acd admin API",
             "version": "1",
             "description": "Steer a running acd controller. JSON in and out; errors are "
-            '{"error": {"code", "message"}}. Bearer token on every call but /healthz.',
+            '{"error": {"code", "message"}}. Bearer token on every call but /healthz; '
+            "each token belongs to a user, whom the audit log names.",
         },
         "servers": [{"url": "/"}],
         "security": [{"bearer": []}],

@@ -8,7 +8,7 @@ Keys (all under the configured prefix P):
                    device: Asterisk's last device state of its phone, device_busy 1|0)
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
     P:tiers        hash caller ID -> customer tier (e.g. vip)
-    P:menu_mode    hash entry number -> normal | fallback | auto (absent: normal)
+    P:menu_mode    hash entry number -> normal | fallback | auto (absent: the entry's `mode`)
     P:overload     hash: level (effective), computed, pinned ('' = auto), below_since, updated_at
     P:callback:ID  hash of a callback a caller asked for (number, skill, the caller's original
                    score and join time, attempts, state pending|queued|answered|failed|expired|
@@ -34,6 +34,7 @@ Scripts build key names from the prefix, so this needs one Redis instance (not a
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterable, Mapping
@@ -61,6 +62,8 @@ EWT_LOG_MAXLEN = 10_000
 CALLBACK_TTL_SECONDS = 7 * 24 * 3600
 AUDIT_MAXLEN = 10_000
 MENU_MODES = ("normal", "fallback", "auto")
+QUEUE_STATES = ("open", "closed", "paused")
+CALLBACK_MODES = ("on", "off")
 
 
 @dataclass(frozen=True)
@@ -491,13 +494,21 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return len(tiers)
 
-    async def menu_mode(self, number: str) -> str:
+    async def menu_mode(self, number: str, default: str = "normal") -> str:
+        """An entry's menu mode: the one a supervisor set, else `default` (its configured mode)."""
         mode = await self._call(self._redis.hget(self.key("menu_mode"), number))
-        return str(mode) if mode in MENU_MODES else "normal"
+        return str(mode) if mode in MENU_MODES else default
 
-    async def menu_modes(self, numbers: Iterable[str]) -> dict[str, str]:
+    async def menu_modes(
+        self, numbers: Iterable[str], defaults: Mapping[str, str] | None = None
+    ) -> dict[str, str]:
+        """The menu mode of each entry number (`defaults`: each one's configured mode)."""
         raw = await self._call(self._redis.hgetall(self.key("menu_mode")))
-        return {n: str(raw.get(n)) if raw.get(n) in MENU_MODES else "normal" for n in numbers}
+        fallback = defaults or {}
+        return {
+            n: str(raw.get(n)) if raw.get(n) in MENU_MODES else fallback.get(n, "normal")
+            for n in numbers
+        }
 
     async def set_menu_mode(self, number: str, mode: str) -> str:
         """Set an entry's menu mode; returns the mode it had before."""
@@ -507,6 +518,79 @@ class RedisStore:
         await self._call(self._redis.hset(self.key("menu_mode"), number, mode))
         return str(before) if before in MENU_MODES else "normal"
 
+    @functools.cached_property
+    def _toggle(self) -> Any:
+        return self._redis.register_script(_script("toggle"))
+
+    async def _set_toggles(
+        self,
+        hash_name: str,
+        fields: Mapping[str, tuple[str, str]],
+        value: str,
+        absent: str,
+        who: str,
+        now: float,
+    ) -> dict[str, str]:
+        """Set `fields` (field -> (what, the value an absent field stands for)) of P:hash_name
+        to `value` (`absent`: the field is removed) and audit each, in one atomic step (see
+        lua/toggle.lua). Returns field -> value before."""
+        args: list[Any] = [who, repr(now), AUDIT_MAXLEN, value, absent]
+        for field, (what, default) in fields.items():
+            args += [field, what, default]
+        before = await self._run(self._toggle, [self.key(hash_name), self.key("audit")], args)
+        return {field: str(b) for field, b in zip(fields, before, strict=True)}
+
+    async def set_menu_modes(
+        self, defaults: Mapping[str, str], mode: str, who: str, now: float
+    ) -> dict[str, str]:
+        """Set the menu mode of the entries `defaults` names (number -> its configured mode),
+        audited, all at once. Returns number -> mode before."""
+        if mode not in MENU_MODES:
+            raise ValueError(mode)
+        fields = {n: (f"menu {n}", default) for n, default in defaults.items()}
+        before = await self._set_toggles("menu_mode", fields, mode, "", who, now)
+        return {n: b if b in MENU_MODES else defaults[n] for n, b in before.items()}
+
+    async def set_queue_states(
+        self, skills: Iterable[str], state: str, who: str, now: float
+    ) -> dict[str, str]:
+        """Set queues open | closed | paused, audited, at once. Returns skill -> state before."""
+        if state not in QUEUE_STATES:
+            raise ValueError(state)
+        fields = {s: (f"queue {s}", "open") for s in skills}
+        return await self._set_toggles("queue_state", fields, state, "open", who, now)
+
+    async def set_callback_modes(
+        self, skills: Iterable[str], mode: str, who: str, now: float
+    ) -> dict[str, str]:
+        """Callback offers on | off for queues, audited, at once. Returns skill -> mode before."""
+        if mode not in CALLBACK_MODES:
+            raise ValueError(mode)
+        fields = {s: (f"callbacks {s}", "on") for s in skills}
+        return await self._set_toggles("callback_mode", fields, mode, "on", who, now)
+
+    async def set_tiers_audited(self, tiers: Mapping[str, str], who: str, now: float) -> int:
+        """`set_tiers` and its audit entry in one transaction."""
+        drop = [c for c, t in tiers.items() if t == "regular"]
+        keep = {c: t for c, t in tiers.items() if t != "regular"}
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                if keep:
+                    pipe.hset(self.key("tiers"), mapping=keep)  # type: ignore[arg-type]
+                if drop:
+                    pipe.hdel(self.key("tiers"), *drop)
+                pipe.xadd(
+                    self.key("audit"),
+                    {"who": who, "what": "tiers", "before": "", "after": f"{len(tiers)} caller "
+                     "IDs", "at": repr(now)},
+                    maxlen=AUDIT_MAXLEN,
+                    approximate=True,
+                )  # fmt: skip
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return len(tiers)
+
     async def overload(self) -> dict[str, str]:
         raw = await self._call(self._redis.hgetall(self.key("overload")))
         return {str(k): str(v) for k, v in raw.items()}
@@ -515,36 +599,29 @@ class RedisStore:
         level = await self._call(self._redis.hget(self.key("overload"), "level"))
         return int(level) if level is not None and str(level).isdigit() else 0
 
-    async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
-        """Store the governor's computed level; returns the effective level (a pin wins)."""
-        key = self.key("overload")
-        pinned = await self._call(self._redis.hget(key, "pinned"))
-        effective = int(pinned) if pinned not in (None, "") else computed
-        await self._call(
-            self._redis.hset(
-                key,
-                mapping={
-                    "computed": computed,
-                    "level": effective,
-                    "below_since": "" if below_since is None else repr(below_since),
-                    "updated_at": repr(now),
-                },
-            )
-        )
-        return effective
+    @functools.cached_property
+    def _overload_save(self) -> Any:
+        return self._redis.register_script(_script("overload_save"))
 
-    async def pin_overload(self, level: int | None) -> dict[str, str]:
-        """Pin the level (None: back to the governor's). Returns the hash as it was before."""
-        key = self.key("overload")
-        before = await self.overload()
-        computed = before.get("computed", "0") or "0"
-        effective = str(level) if level is not None else computed
-        await self._call(
-            self._redis.hset(
-                key, mapping={"pinned": "" if level is None else str(level), "level": effective}
-            )
-        )
-        return before
+    @functools.cached_property
+    def _overload_pin(self) -> Any:
+        return self._redis.register_script(_script("overload_pin"))
+
+    async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
+        """Store the governor's computed level; returns the effective level (a pin wins). One
+        script: a pin set between reading it and writing the level cannot be lost."""
+        args = [computed, "" if below_since is None else repr(below_since), repr(now)]
+        return int(await self._run(self._overload_save, [self.key("overload")], args))
+
+    async def pin_overload(
+        self, level: int | None, who: str = "", now: float | None = None
+    ) -> dict[str, str]:
+        """Pin the level (None: back to the governor's), with its audit entry when `who` is
+        given, atomically. Returns the hash as it was before."""
+        when = time.time() if now is None else now
+        args = ["" if level is None else str(level), who, repr(when), AUDIT_MAXLEN]
+        flat = await self._run(self._overload_pin, [self.key("overload"), self.key("audit")], args)
+        return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
     async def load(self, skills: Iterable[str]) -> LoadSnapshot:
         skills = list(skills)
@@ -644,11 +721,19 @@ class RedisStore:
 
     async def callbacks(self) -> list[dict[str, str]]:
         """Every callback Redis holds (for status and tests), oldest place first."""
-        keys = [k async for k in self._redis.scan_iter(match=self.key("callback", "*"), count=500)]
-        out = []
-        for key in keys:
-            raw = await self._call(self._redis.hgetall(key))
-            out.append({str(k): str(v) for k, v in raw.items()})
+        try:
+            keys = [
+                k async for k in self._redis.scan_iter(match=self.key("callback", "*"), count=500)
+            ]
+            rows: list[Any] = []
+            if keys:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for key in keys:
+                        pipe.hgetall(key)
+                    rows = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        out = [{str(k): str(v) for k, v in raw.items()} for raw in rows if raw]
         return sorted(out, key=lambda c: float(c.get("score") or 0))
 
     async def trunk_snapshot(self, name: str, uid: str = "") -> TrunkSnapshot:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Literal
 
 from acd.domain.hours import BusinessHours
 
@@ -58,45 +59,97 @@ def after_attempt(
 
 
 OFFER_LEVEL = 3  # from this overload level callers whose wait passes the target get an offer
-OVERFLOW_LEVEL = 4  # at this level new callers of a queue with an overflow go there
+OVERFLOW_LEVEL = 4  # at this level low tiers are offered a callback, then the standby centre
+
+Step = Literal["offer", "overflow"]
 
 
 def should_offer(
     ewt: float, level: int, offer_ewt: float | None, target: float, low_tier: bool = False
 ) -> bool:
     """Whether a caller about to queue is offered a callback: its wait estimate passes the
-    queue's offer threshold, or, from overload level 3, the queue's answer-time target; at level
-    4 every caller of a low tier (no head start) is offered one first, whatever the wait.
+    queue's offer threshold, or, from overload level 3, the queue's answer-time target. At level
+    4 every caller of a low tier (no head start) is offered one first, whatever the wait, and
+    callers with a head start (VIPs, urgent problems) none: they keep their in-house place.
 
     >>> should_offer(300, 0, None, 120), should_offer(300, 3, None, 120)
     (False, True)
     >>> should_offer(61, 0, 60, 120), should_offer(0, 4, None, 120, low_tier=True)
     (True, True)
-    >>> should_offer(0, 4, None, 120, low_tier=False)
+    >>> should_offer(300, 4, 60, 120, low_tier=False)
     False
     """
+    if level >= OVERFLOW_LEVEL:
+        return low_tier
     if offer_ewt is not None and ewt > offer_ewt:
-        return True
-    if level >= OVERFLOW_LEVEL and low_tier:
         return True
     return level >= OFFER_LEVEL and ewt > target
 
 
 def should_overflow(
-    ewt: float, waiting: int, level: int, ewt_above: float | None, waiting_above: int | None
+    ewt: float,
+    waiting: int,
+    level: int,
+    ewt_above: float | None,
+    waiting_above: int | None,
+    low_tier: bool = True,
 ) -> bool:
-    """Whether a new caller of a queue that has an overflow destination goes there.
+    """Whether a new caller of a queue that has an overflow destination goes there: when the
+    wait estimate or the queue length passes the queue's limits, and at level 4 every caller of
+    a low tier; at level 4 a caller with a head start stays in-house whatever the queue.
 
     >>> should_overflow(10, 50, 0, None, 40), should_overflow(10, 5, 4, None, None)
     (True, True)
-    >>> should_overflow(10, 5, 3, 600, 40)
-    False
+    >>> should_overflow(10, 5, 3, 600, 40), should_overflow(10, 50, 4, None, 40, low_tier=False)
+    (False, False)
     """
     if level >= OVERFLOW_LEVEL:
-        return True
+        return low_tier
     if ewt_above is not None and ewt > ewt_above:
         return True
     return waiting_above is not None and waiting > waiting_above
+
+
+def before_queueing(
+    *,
+    ewt: float,
+    waiting: int,
+    level: int,
+    head_start: float,
+    offer_ewt: float | None,
+    target: float,
+    overflow: bool,
+    ewt_above: float | None = None,
+    waiting_above: int | None = None,
+) -> tuple[Step, ...]:
+    """What to try, in order, before a new caller queues: `offer` (a callback; the caller may
+    decline) and `overflow` (to the queue's standby destination, when it has one, `overflow`, and
+    a trunk is free). The caller queues in-house when nothing is taken: nobody is turned away.
+    Below level 4 the overflow comes first (the queue is past its limits: the standby centre
+    answers sooner than a callback); at level 4 a low tier is offered the callback first and
+    overflows if it declines; a caller with a head start (its tier's or the flow's priority)
+    just queues.
+
+    >>> plan = dict(ewt=300, waiting=5, offer_ewt=None, target=120, overflow=True)
+    >>> before_queueing(level=4, head_start=0, **plan)
+    ('offer', 'overflow')
+    >>> before_queueing(level=4, head_start=120, **plan)
+    ()
+    >>> before_queueing(level=3, head_start=0, waiting_above=4, **plan)
+    ('overflow', 'offer')
+    >>> before_queueing(level=0, head_start=0, **plan)
+    ()
+    """
+    low_tier = head_start <= 0
+    steps: dict[Step, bool] = {
+        "offer": should_offer(ewt, level, offer_ewt, target, low_tier),
+        "overflow": overflow
+        and should_overflow(ewt, waiting, level, ewt_above, waiting_above, low_tier),
+    }
+    order: tuple[Step, Step] = (
+        ("offer", "overflow") if level >= OVERFLOW_LEVEL else ("overflow", "offer")
+    )
+    return tuple(step for step in order if steps[step])
 
 
 def may_dial(hours: BusinessHours | None, now: float) -> bool:

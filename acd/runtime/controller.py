@@ -21,14 +21,21 @@ from acd.adapters.fastagi import AgiChannel, FastAgiServer
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
-from acd.config import Settings, read_secret
+from acd.config import Settings, admin_tokens, read_secret
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
 from acd.domain.alerts import step as alert_step
 from acd.domain.callback import may_dial
 from acd.domain.flow import Flow
-from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state
-from acd.errors import AcdError, AmiActionFailed, StoreUnavailable
+from acd.domain.overload import (
+    GovernorPolicy,
+    GovernorState,
+    link_down_since,
+    link_failed,
+    load_of,
+    next_state,
+)
+from acd.errors import AmiActionFailed, StoreUnavailable
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
@@ -60,7 +67,9 @@ def endpoint_of(channel: str) -> str:
     return channel.removeprefix("PJSIP/").rpartition("-")[0]
 
 
-class UnknownAgent(AcdError):
+class UnknownAgent(admin_api.UnknownName):
+    code = "unknown_agent"
+
     def __init__(self, agent_id: str) -> None:
         super().__init__(f"no agent {agent_id!r}")
 
@@ -124,12 +133,14 @@ class Controller:
             port=settings.agi.port,
             command_timeout=settings.agi.command_timeout,
         )
-        self._admin_token = read_secret(settings, settings.admin.token_file, "ACD_ADMIN_TOKEN")
+        self._admin_tokens = admin_tokens(settings)
         self._policy = GovernorPolicy(
             thresholds=settings.overload.thresholds,
             hysteresis=settings.overload.hysteresis,
             cool_down=settings.overload.cool_down,
+            failure_after=settings.overload.failure_after,
         )
+        self._ami_down_since: float | None = None
         self._alert_rules = [
             (
                 AlertRule(r.name, r.figure, r.queue, r.above, r.below, r.for_seconds),
@@ -196,7 +207,10 @@ class Controller:
         load = await self.store.load(self.settings.skill_names())
         now = time.time()
         value = load_of(load.waiting_total, load.talking, load.staffed)
-        new = next_state(state, value, now, self._policy, failure=not self.ami.connected)
+        # A reconnect of a second is no failure: only a link down for `failure_after` is.
+        self._ami_down_since = link_down_since(self._ami_down_since, self.ami.connected, now)
+        failure = link_failed(self._ami_down_since, now, self._policy)
+        new = next_state(state, value, now, self._policy, failure=failure)
         effective = await self.store.save_overload(new.level, new.below_since, now)
         if new.level != state.level:
             log.info(
@@ -338,14 +352,16 @@ class Controller:
         return self.ami.connected and await self.store.ping() and "agi" in self._listening
 
     async def menu_modes(self) -> dict[str, str]:
-        return await self.store.menu_modes(e.number for e in self.settings.entries)
+        """Each entry's menu mode: the one a supervisor set, else the entry's configured one."""
+        defaults = {e.number: e.mode for e in self.settings.entries}
+        return await self.store.menu_modes(defaults, defaults)
 
     async def set_menu_mode(self, who: str, mode: str, number: str | None) -> dict[str, str]:
-        numbers = [number] if number else [e.number for e in self.settings.entries]
-        for n in numbers:
-            before = await self.store.set_menu_mode(n, mode)
-            await self.store.audit(who, f"menu {n}", before, mode, time.time())
-            log.info("admin.menu_mode_set", who=who, entry=n, before=before, after=mode)
+        """One entry's menu mode, or every entry's, in one audited Redis step."""
+        defaults = {e.number: e.mode for e in self.settings.entries if number in (None, e.number)}
+        before = await self.store.set_menu_modes(defaults, mode, who, time.time())
+        for n, was in before.items():
+            log.info("admin.menu_mode_set", who=who, entry=n, before=was, after=mode)
         return await self.menu_modes()
 
     async def overload(self) -> dict[str, Any]:
@@ -358,10 +374,11 @@ class Controller:
         }
 
     async def pin_overload(self, who: str, level: int | None) -> dict[str, Any]:
-        before = await self.store.pin_overload(level)
+        """Pin the level (None: the governor's), audited, in one step no governor tick undoes."""
+        before = await self.store.pin_overload(level, who, time.time())
         after = "auto" if level is None else str(level)
-        await self.store.audit(who, "overload", before.get("pinned") or "auto", after, time.time())
-        log.info("admin.overload_pinned", who=who, level=after)
+        was = before.get("pinned") or "auto"
+        log.info("admin.overload_pinned", who=who, before=was, level=after)
         return await self.overload()
 
     async def reload_flows(self, who: str) -> list[str]:
@@ -473,19 +490,18 @@ class Controller:
         return out
 
     async def set_queue_state(self, who: str, skill: str, state: str) -> dict[str, Any]:
-        before = await self.store.set_queue_state(skill, state)
-        await self.store.audit(who, f"queue {skill}", before, state, time.time())
+        before = (await self.store.set_queue_states([skill], state, who, time.time()))[skill]
         log.info("admin.queue_state_set", who=who, queue=skill, before=before, after=state)
         if state == "open" and before == "paused":
             self.dispatcher.skill_ready(skill)  # its callers go on from their places, now
         return (await self.queues())[skill]
 
     async def set_callback_mode(self, who: str, mode: str, skill: str | None) -> dict[str, str]:
+        """Callback offers of one queue or all, in one audited Redis step."""
         skills = [skill] if skill else self.settings.skill_names()
-        for name in skills:
-            before = await self.store.set_callback_mode(name, mode)
-            await self.store.audit(who, f"callbacks {name}", before, mode, time.time())
-            log.info("admin.callback_mode_set", who=who, queue=name, before=before, after=mode)
+        before = await self.store.set_callback_modes(skills, mode, who, time.time())
+        for name, was in before.items():
+            log.info("admin.callback_mode_set", who=who, queue=name, before=was, after=mode)
         return await self.store.callback_modes(self.settings.skill_names())
 
     async def set_agent_skills(
@@ -530,9 +546,7 @@ class Controller:
         return r.exposition()
 
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
-        count = await self.store.set_tiers(tiers)
-        await self.store.audit(who, "tiers", "", f"{count} caller IDs", time.time())
-        return count
+        return await self.store.set_tiers_audited(tiers, who, time.time())
 
     def openapi(self) -> dict[str, Any]:
         s = self.settings
@@ -553,7 +567,7 @@ class Controller:
         await self.store.register_agents(
             self.settings.agents, time.time(), login=self.settings.agent_policy.auto_login
         )
-        app = admin_api.build_app(self._admin_token, self, self.openapi())
+        app = admin_api.build_app(self._admin_tokens, self, self.openapi())
         admin = self.settings.admin
         try:
             async with asyncio.TaskGroup() as tg:

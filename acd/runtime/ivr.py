@@ -23,7 +23,7 @@ from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
-from acd.domain.callback import should_offer, should_overflow
+from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
 from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
     DTMF,
@@ -142,7 +142,7 @@ class IvrService:
             await channel.set_variable("ACD_RESULT", "error")
             return
         caller_id = clean_caller_id(channel.env.get("callerid", ""))
-        mode = await self._store.menu_mode(entry.number)
+        mode = await self._store.menu_mode(entry.number, entry.mode)
         facts = await self._facts(caller_id)
         flow = self._flows[choose_flow(entry, mode, facts.overload_level)]
         with structlog.contextvars.bound_contextvars(flow=flow.name, entry=entry.number):
@@ -478,8 +478,11 @@ class IvrService:
 
     async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool:
         """Before a caller queues: a closed queue (its announcement, a callback offer, else the
-        dialplan's fallback path), the queue's overflow to a standby destination, or a callback
-        offer when the wait is long. True when the caller was handled; False: it queues."""
+        dialplan's fallback path), then what acd.domain.callback.before_queueing plans: the
+        queue's overflow to a standby destination and a callback offer, in its order (at level
+        4 a low tier is offered the callback first and overflows if it declines; a caller with
+        a head start keeps its in-house place). True when the caller was handled; False: it
+        queues."""
         skill = self._skills.get(step.skill)
         if skill is None:
             return False
@@ -495,30 +498,48 @@ class IvrService:
         load = await self._store.load([step.skill])
         ewt = await self._estimate(step.skill, None, load, now)
         level = call.run.facts.overload_level
-        over = skill.overflow_to
-        waiting = load.waiting.get(step.skill, 0)
-        if (
-            over is not None
-            and self._trunks is not None
-            and should_overflow(ewt, waiting, level, over.ewt_above, over.waiting_above)
-        ):
-            trunk = await self._trunks.choose(call.channel.uniqueid)
-            if trunk is not None:
-                channel = call.channel
-                await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{over.number}@{trunk}")
-                await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
-                await channel.set_variable("ACD_RESULT", "transfer")
-                log.info("ivr.overflow", queue=step.skill, trunk=trunk, ewt=round(ewt, 1))
-                await self._emit("overflow", channel.uniqueid, skill=step.skill, trunk=trunk)
+        trunks = self._trunks
+        over = skill.overflow_to if trunks is not None else None
+        plan = before_queueing(
+            ewt=ewt,
+            waiting=load.waiting.get(step.skill, 0),
+            level=level,
+            head_start=step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0),
+            offer_ewt=skill.callback_offer_ewt,
+            target=skill.ewt_target,
+            overflow=over is not None,
+            ewt_above=over.ewt_above if over is not None else None,
+            waiting_above=over.waiting_above if over is not None else None,
+        )
+        for action in plan:
+            if action == "offer":
+                why = f"level {level}" if level >= OVERFLOW_LEVEL else f"ewt {round(ewt)} s"
+                if await self._callbacks_on(step.skill) and await self._offer(call, step, why):
+                    return True
+            elif (
+                over is not None
+                and trunks is not None
+                and await self._overflow(call, step, trunks, over.number, ewt)
+            ):
                 return True
+        return False
+
+    async def _overflow(
+        self, call: _Call, step: Enqueue, trunks: TrunkBoard, number: str, ewt: float
+    ) -> bool:
+        """Send the caller to the standby destination over the best trunk; False when no trunk
+        can take the leg (the caller then queues)."""
+        channel = call.channel
+        trunk = await trunks.choose(channel.uniqueid)
+        if trunk is None:
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
-        head_start = step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0)
-        low_tier = head_start <= 0
-        if not should_offer(ewt, level, skill.callback_offer_ewt, skill.ewt_target, low_tier):
             return False
-        if not await self._callbacks_on(step.skill):
-            return False
-        return await self._offer(call, step, f"ewt {round(ewt)} s")
+        await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{number}@{trunk}")
+        await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
+        await channel.set_variable("ACD_RESULT", "transfer")
+        log.info("ivr.overflow", queue=step.skill, trunk=trunk, ewt=round(ewt, 1))
+        await self._emit("overflow", channel.uniqueid, skill=step.skill, trunk=trunk)
+        return True
 
     async def _transfer(self, call: _Call, step: Transfer) -> None:
         """A flow's transfer node. Its trunk is a preference: taken when its breaker lets the

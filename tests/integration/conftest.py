@@ -84,6 +84,11 @@ def deployment_config(state: Path) -> dict[str, Any]:
         "token_file": str(state / "admin.token"),
     }
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
+    # The full menu whatever the load, unless a test sets a mode: several tests queue more
+    # callers than agents, which would take the overload level to 2 and, in the shipped `auto`
+    # mode, give later callers the simplified menu.
+    for entry in config["entries"]:
+        entry["mode"] = "normal"
     # An agent whose phone never answers (nothing listens on its contact), logged out until a
     # test logs it in.
     # An agent whose phone hangs up after 6 s of talk (for the wait estimate), logged out until

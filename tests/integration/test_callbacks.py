@@ -259,9 +259,12 @@ async def test_a_breaker_tripped_by_hand_sends_callbacks_to_standby(
             "13900004201@standby-out"
         ]
         assert _api(stack, "POST", "/trunks/carrier-out/reset")["state"] == "closed"
+        # Audited under the token's user; the X-Acd-User the client sent is detail beside it.
         audit = stack.redis.xrange(stack.key("audit"))
         assert any(
-            f["what"] == "trunk carrier-out" and f["after"] == "tripped" and f["who"] == "test"
+            f["what"] == "trunk carrier-out"
+            and f["after"] == "tripped"
+            and f["who"] == "admin (test)"
             for _, f in audit
         )
     finally:
@@ -421,8 +424,9 @@ async def test_from_overload_level_3_a_long_wait_brings_a_callback_offer(
 async def test_at_overload_level_4_new_callers_overflow_to_the_standby_centre(
     stack: Stack, ami_events: EventLog
 ) -> None:
-    """Level pinned at 4: a caller for orders (which overflows to 88001234) is transferred over
-    the best trunk, the primary carrier, instead of queueing; the leg's end frees the trunk."""
+    """Level pinned at 4: a regular caller for orders (which overflows to 88001234) is offered
+    a callback first; silent (declining), it is transferred over the best trunk, the primary
+    carrier, instead of queueing; the leg's end frees the trunk."""
     carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19600, stack.workdir)
     assert stack.acd("level", "4").returncode == 0
     try:
@@ -436,6 +440,8 @@ async def test_at_overload_level_4_new_callers_overflow_to_the_standby_centre(
             e for e in ami_events.events if e.event == "DialBegin" and e.get("Uniqueid") == uid
         ]
         assert dial.get("DialString") == "88001234@carrier-out"
+        assert played(ami_events, uid)[-1] == "acd/callback-offer"
+        assert stack.redis.hgetall(stack.key("callback", uid)) == {}
         ends = [
             e
             for e in ami_events.events

@@ -1,11 +1,14 @@
 """The supervisor's toggles through the `acd` CLI, each acting on a live SIPp call: queue pause
-and resume, queue close, callbacks off, an agent's skills, a trunk trip; and `acd status`."""
+and resume, queue close, callbacks off, an agent's skills, a trunk trip, the level 4 plan; the
+toggles surviving a controller kill; and `acd status --watch` on a waiting caller."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
+import shlex
 import signal
 
 import pytest
@@ -17,6 +20,7 @@ from tests.integration.conftest import (
     EventLog,
     Stack,
     agent_of_channel,
+    agi_commands,
     bridge_partner,
     caller_uid,
     played,
@@ -30,6 +34,27 @@ def _acd(stack: Stack, *args: str) -> str:
     result = stack.acd(*args)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def _variables(events: EventLog, uid: str) -> dict[str, str]:
+    """The channel variables the AGI session set on a channel (SET VARIABLE NAME VALUE)."""
+    out = {}
+    for command in agi_commands(events, uid):
+        parts = shlex.split(command)
+        if parts[:2] == ["SET", "VARIABLE"] and len(parts) == 4:
+            out[parts[2]] = parts[3]
+    return out
+
+
+async def _restart_controller(stack: Stack) -> None:
+    """SIGKILL the controller and wait until `acd up` has a new one ready."""
+    pid = stack.controller_pid()
+    os.kill(pid, signal.SIGKILL)
+    for _ in range(300):
+        if stack.controller_pid() not in (pid, 0):
+            break
+        await asyncio.sleep(0.1)
+    await asyncio.to_thread(stack.wait_ready, 60)
 
 
 async def _queued(stack: Stack, skill: str, uid: str, timeout: float = 20) -> None:
@@ -248,3 +273,142 @@ async def test_an_alert_fires_and_resolves_on_the_webhook(
         for agent in ("1001", "1002"):
             stack.acd("agent", "resume", agent)
         await runner.cleanup()
+
+
+async def test_status_watch_shows_the_live_caller_waiting(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """With the presale agents paused a caller waits; `acd status --watch 1 --count 2` prints
+    two refreshes by itself and ends, each with the presale queue's caller waiting, its longest
+    wait, estimate, service level and agents by state, the trunks' breakers, the level and the
+    menu mode."""
+    for agent in ("1001", "1002"):
+        _acd(stack, "agent", "pause", agent)
+    try:
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5556020")
+        try:
+            uid = await caller_uid(ami_events, "5556020")
+            await _queued(stack, "presale", uid)
+            result = await asyncio.to_thread(
+                stack.acd, "status", "--watch", "1", "--count", "2", timeout=30
+            )
+            assert result.returncode == 0, result.stderr
+            refreshes = result.stdout.split("-- refresh ")
+            assert [r.split(",")[0] for r in refreshes[1:]] == ["1", "2"]
+            longest = []
+            for text in refreshes[:2]:
+                assert re.search(r"overload level \d \((governor|pinned)", text), text
+                assert "entry 1000     menu normal" in text
+                assert re.search(r"trunk carrier-out +primary +closed", text), text
+                (line,) = [x for x in text.splitlines() if x.startswith("  queue presale")]
+                words = line.split()
+                assert words[2:4] == ["open", "1"], line
+                assert re.fullmatch(r"\d+%|-", words[8]), line  # the service level
+                assert "2 paused" in line
+                longest.append(int(words[4]))
+            # The second refresh comes a second after the first, which came after the join.
+            assert longest[0] <= longest[1]
+            assert longest[1] >= 1
+        finally:
+            caller.stop()
+    finally:
+        for agent in ("1001", "1002"):
+            _acd(stack, "agent", "resume", agent)
+
+
+async def test_toggles_survive_a_controller_kill_and_the_next_call_obeys_them(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Presale closed, its callbacks off, entry 1000 on the fallback menu and the level pinned
+    at 3; the controller is killed and `acd up` restarts it: `acd status --json` still shows
+    all four, and the next caller gets promo-lite, hears presale closed with no callback offer
+    of the queue's own, and goes to the static fallback. The audit log names the token's user,
+    with the CLI's user as detail."""
+    _acd(stack, "queue", "close", "presale")
+    _acd(stack, "callback", "off", "presale")
+    _acd(stack, "menu", "fallback", "1000")
+    _acd(stack, "level", "3")
+    try:
+        await _restart_controller(stack)
+        status = json.loads(_acd(stack, "status", "--json"))
+        assert status["queues"]["presale"]["state"] == "closed"
+        assert status["queues"]["presale"]["callbacks"] == "off"
+        assert status["queues"]["orders"]["callbacks"] == "on"
+        assert status["menu_modes"] == {"1000": "fallback"}
+        assert (status["overload"]["pinned"], status["overload"]["level"]) == (3, 3)
+        caller = stack.call(Script().at(1.0, "2").wait(20), "5556021")
+        try:
+            uid = await caller_uid(ami_events, "5556021")
+            await ami_events.wait_for(
+                lambda e: (
+                    e.event == "UserEvent"
+                    and e.get("UserEvent") == "AcdStaticFallback"
+                    and e.get("Uniqueid") == uid
+                ),
+                timeout=30,
+            )
+            assert _variables(ami_events, uid)["ACD_FLOW"] == "promo-lite"
+            # The flow's own offer node, declined by silence, then the closed queue: no offer.
+            assert played(ami_events, uid) == [
+                "acd/lite-menu",
+                "acd/callback-offer",
+                "acd/queue-closed",
+            ]
+            assert stack.redis.zscore(stack.key("q", "presale"), uid) is None
+        finally:
+            caller.stop()
+    finally:
+        _acd(stack, "level", "auto")
+        _acd(stack, "menu", "normal")
+        _acd(stack, "callback", "on")
+        _acd(stack, "queue", "open", "presale")
+    audit = [f for _, f in stack.redis.xrange(stack.key("audit"))]
+    menu = [f for f in audit if f["what"] == "menu 1000" and f["after"] == "fallback"][-1]
+    assert re.fullmatch(r"admin \(cli:[A-Za-z0-9_.@-]+\)", menu["who"]), menu
+
+
+async def test_level_4_keeps_head_starts_in_house_and_offers_low_tiers_before_standby(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Level pinned at 4, two orders callers (orders overflows to 88001234): a gold caller (a
+    head start) hears no offer and is bridged to an orders agent in-house; a regular caller is
+    offered a callback, declines with 2, and is transferred to the standby centre over the
+    primary carrier."""
+    carrier = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19720, stack.workdir)
+    stack.redis.hset(stack.key("tiers"), "5556022", "gold")
+    _acd(stack, "level", "4")
+    try:
+        gold = stack.call(Script().at(1.0, "20").wait(15), "5556022")
+        regular = stack.call(Script().at(1.0, "20").at(6.0, "2"), "5556023", remote_hangup=True)
+        try:
+            gold_uid = await caller_uid(ami_events, "5556022")
+            regular_uid = await caller_uid(ami_events, "5556023")
+            agent = agent_of_channel(
+                (await bridge_partner(ami_events, gold_uid, 30)).get("Channel") or ""
+            )
+            assert agent in ("1001", "1003")
+            assert await asyncio.to_thread(regular.wait, 60) == 0, regular.log.read_text()[-2000:]
+        finally:
+            gold.stop()
+            regular.stop()
+        gold_vars = _variables(ami_events, gold_uid)
+        assert (gold_vars["ACD_RESULT"], gold_vars["ACD_QUEUE"]) == ("queued", "orders")
+        assert "acd/callback-offer" not in played(ami_events, gold_uid)
+        heard = played(ami_events, regular_uid)
+        assert heard[-1] == "acd/callback-offer", heard
+        regular_vars = _variables(ami_events, regular_uid)
+        assert regular_vars["ACD_RESULT"] == "transfer"
+        assert regular_vars["ACD_TRANSFER_DIAL"] == "PJSIP/88001234@carrier-out"
+        assert "ACD_QUEUE" not in regular_vars
+        dials = {
+            uid: [e.get("DialString") for e in ami_events.events
+                  if e.event == "DialBegin" and e.get("Uniqueid") == uid]
+            for uid in (gold_uid, regular_uid)
+        }  # fmt: skip
+        assert dials[regular_uid] == ["88001234@carrier-out"]
+        assert all(d.startswith("agent-") for d in dials[gold_uid]), dials
+        assert stack.redis.hgetall(stack.key("callback", regular_uid)) == {}
+    finally:
+        _acd(stack, "level", "auto")
+        stack.redis.hdel(stack.key("tiers"), "5556022")
+        carrier.stop()

@@ -7,7 +7,15 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from acd.domain.overload import GovernorPolicy, GovernorState, load_of, next_state, target_level
+from acd.domain.overload import (
+    GovernorPolicy,
+    GovernorState,
+    link_down_since,
+    link_failed,
+    load_of,
+    next_state,
+    target_level,
+)
 
 POLICY = GovernorPolicy(thresholds=(1.2, 1.4, 1.6, 2.0), hysteresis=0.1, cool_down=30)
 
@@ -65,3 +73,58 @@ def test_the_level_never_jumps_down_more_than_one_step(loads: list[float]) -> No
         assert new.level >= state.level - 1
         assert new.level >= target_level(load, POLICY) or new.level == state.level - 1
         state = new
+
+
+FAILURE_POLICY = GovernorPolicy(
+    thresholds=(1.2, 1.4, 1.6, 2.0), hysteresis=0.1, cool_down=30, failure_after=10
+)
+
+
+def _ticks(link: list[tuple[float, bool]], load: float = 0.5) -> list[int]:
+    """The level after each governor tick, given (time, AMI link up) observations."""
+    state, down_since, levels = GovernorState(), None, []
+    for now, up in link:
+        down_since = link_down_since(down_since, up, now)
+        failure = link_failed(down_since, now, FAILURE_POLICY)
+        state = next_state(state, load, now, FAILURE_POLICY, failure=failure)
+        levels.append(state.level)
+    return levels
+
+
+def test_an_ami_blip_does_not_force_level_4() -> None:
+    """The link down for one tick (a reconnect) and up again: the level never leaves 0."""
+    assert _ticks([(0, True), (2, False), (4, True), (6, True)]) == [0, 0, 0, 0]
+
+
+def test_a_link_down_for_failure_after_seconds_is_level_4() -> None:
+    """Down from t=2: level 4 at t=12 (10 s later), not before; up again, the level falls
+    through the cool-down like any other, one level at a time."""
+    link = [(0, True), (2, False), (6, False), (11.9, False), (12, False), (14, True)]
+    assert _ticks(link) == [0, 0, 0, 0, 4, 4]
+    assert _ticks([*link, (44, True), (74, True)])[-2:] == [3, 2]
+
+
+def test_each_outage_is_timed_from_its_own_start() -> None:
+    """Two short outages 10 s apart do not add up to a failure."""
+    link = [(0, False), (6, False), (8, True), (10, False), (16, False), (18, True)]
+    assert _ticks(link) == [0, 0, 0, 0, 0, 0]
+
+
+@given(
+    st.lists(st.tuples(st.floats(min_value=0.1, max_value=5), st.booleans()), max_size=40),
+    st.floats(min_value=0, max_value=30),
+)
+def test_a_failure_needs_the_link_down_without_a_break_for_failure_after(
+    steps: list[tuple[float, bool]], failure_after: float
+) -> None:
+    """Whatever the observations, a failure is reported exactly when the link has been down
+    at every observation of the last `failure_after` seconds, timed from the first one."""
+    policy = GovernorPolicy((1.2, 1.4, 1.6, 2.0), 0.1, 30, failure_after=failure_after)
+    now, down_since, first_down = 0.0, None, None
+    for gap, up in steps:
+        now += gap
+        down_since = link_down_since(down_since, up, now)
+        first_down = None if up else (now if first_down is None else first_down)
+        assert down_since == first_down
+        expected = first_down is not None and now - first_down >= failure_after
+        assert link_failed(down_since, now, policy) is expected
