@@ -74,6 +74,12 @@ class AgiCommandFailed(AgiError):
         self.message = message
 
 
+class UnknownName(AcdError):
+    """A queue, agent, trunk or entry number the deployment does not have (the API's 404)."""
+
+    code = "not_found"  # the error code in the API's response, e.g. unknown_agent
+
+
 class InvalidInput(AcdError):
     """Caller-supplied data (digits, caller ID) failed validation."""
 

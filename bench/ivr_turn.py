@@ -110,6 +110,10 @@ def bench_config(state: Path) -> dict[str, Any]:
         "token_file": str(state / "admin.token"),
     }
     config["agent_contact"] = {"host": "127.0.0.1", "port": PORTS["agents"]}
+    # The full promo menu whatever the load (the shipped auto mode would switch a loaded run
+    # to promo-lite, which is not what this measures).
+    for entry in config["entries"]:
+        entry["mode"] = "normal"
     for lookup in config.get("lookups", {}).values():
         lookup["url"] = f"http://127.0.0.1:{PORTS['orders']}/orders/{{order}}"
     return config

@@ -25,7 +25,14 @@ import structlog
 from aiohttp import web
 
 from acd.domain.agent import IllegalTransition
-from acd.errors import AcdError, AmiError, ConfigError, InvalidInput, StoreUnavailable
+from acd.errors import (
+    AcdError,
+    AmiError,
+    ConfigError,
+    InvalidInput,
+    StoreUnavailable,
+    UnknownName,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -37,12 +44,6 @@ _TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _QUERY_TOKEN_PATHS = frozenset({"/wallboard", "/events"})
 EVENTS_INTERVAL = 1.0  # seconds between two status pushes on /events
 EVENTS_DEPTH = 2  # status events a slow /events client may have queued; older ones are dropped
-
-
-class UnknownName(AcdError):
-    """A queue, agent, trunk or entry number the deployment does not have (404)."""
-
-    code = "not_found"  # the error code in the response, e.g. unknown_agent
 
 
 def error_status(exc: AcdError) -> tuple[int, str]:

@@ -27,7 +27,6 @@ Keys (all under the configured prefix P):
                    callers that queued in that minute (offered, answered, in_target, abandoned,
                    short_abandoned, fallback), moved with the journey event, expiring after
                    the live window
-    P:trunk_trips  (older releases) hash trunk -> who tripped it; moved into P:trunk:NAME
     P:audit        stream of supervisor changes (who, what, before, after), capped
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
@@ -931,17 +930,6 @@ class RedisStore:
         it already)."""
         before = await self._call(self._redis.set(self.key("alert", name), status, get=True))
         return bool(before != status)
-
-    async def take_legacy_trunk_trips(self) -> dict[str, str]:
-        """Trips kept by older releases (P:trunk_trips: trunk -> "who time"), removed as read."""
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hgetall(self.key("trunk_trips"))
-                pipe.delete(self.key("trunk_trips"))
-                raw, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return {str(k): str(v) for k, v in raw.items()}
 
     async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
         await self._call(

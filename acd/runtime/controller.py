@@ -35,7 +35,7 @@ from acd.domain.overload import (
     load_of,
     next_state,
 )
-from acd.errors import AmiActionFailed, StoreUnavailable
+from acd.errors import AmiActionFailed, StoreUnavailable, UnknownName
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
@@ -67,7 +67,7 @@ def endpoint_of(channel: str) -> str:
     return channel.removeprefix("PJSIP/").rpartition("-")[0]
 
 
-class UnknownAgent(admin_api.UnknownName):
+class UnknownAgent(UnknownName):
     code = "unknown_agent"
 
     def __init__(self, agent_id: str) -> None:
@@ -201,7 +201,6 @@ class Controller:
 
     async def _govern_once(self, state: GovernorState) -> GovernorState:
         await self.dispatcher.sweep_wrapups()
-        await self.trunks.sync_trips()
         if self._alert_rules:
             await self._check_alerts()
         load = await self.store.load(self.settings.skill_names())

@@ -294,8 +294,11 @@ class IvrService:
                 return run.on_lookup(result.outcome, result.data)
             elif isinstance(step, RegisterCallback):
                 if not await self._register_callback(call, step):
-                    # No number we can call: the caller waits in the queue instead.
-                    await self._enqueue(call, Enqueue(step.node, step.skill, step.priority))
+                    # No callback (off for the queue, or no number we can call): the caller
+                    # waits in the queue instead, unless the queue is closed.
+                    enqueue = Enqueue(step.node, step.skill, step.priority)
+                    if not await self._closed(call, enqueue, offer=False):
+                        await self._enqueue(call, enqueue)
                     return []
             elif isinstance(step, Enqueue):
                 if not await self._overflow_or_offer(call, step):
@@ -486,13 +489,7 @@ class IvrService:
         skill = self._skills.get(step.skill)
         if skill is None:
             return False
-        state = (await self._store.queue_states([step.skill]))[step.skill]
-        if state == "closed":
-            log.info("ivr.queue_closed", queue=step.skill)
-            await call.channel.stream_file("acd/queue-closed")
-            if await self._callbacks_on(step.skill) and await self._offer(call, step, "closed"):
-                return True
-            await call.channel.set_variable("ACD_RESULT", "closed")  # the static fallback path
+        if await self._closed(call, step, offer=True):
             return True
         now = self._clock()
         load = await self._store.load([step.skill])
@@ -523,6 +520,21 @@ class IvrService:
             ):
                 return True
         return False
+
+    async def _closed(self, call: _Call, step: Enqueue, *, offer: bool) -> bool:
+        """A closed queue takes no new callers: they hear its announcement and, with `offer`
+        (and callbacks on), a callback offer, else go to the dialplan's static fallback path.
+        False when the queue is not closed."""
+        state = (await self._store.queue_states([step.skill]))[step.skill]
+        if state != "closed":
+            return False
+        log.info("ivr.queue_closed", queue=step.skill)
+        await call.channel.stream_file("acd/queue-closed")
+        offered = offer and await self._callbacks_on(step.skill)
+        if offered and await self._offer(call, step, "closed"):
+            return True
+        await call.channel.set_variable("ACD_RESULT", "closed")  # the static fallback path
+        return True
 
     async def _overflow(
         self, call: _Call, step: Enqueue, trunks: TrunkBoard, number: str, ewt: float

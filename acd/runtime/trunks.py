@@ -22,7 +22,7 @@ import structlog
 from acd.adapters.store import RedisStore, TrunkSnapshot
 from acd.config import Settings
 from acd.domain.breaker import Breaker, BreakerPolicy, TrunkView, judge, summarise, trunk_order
-from acd.errors import AcdError, StoreUnavailable
+from acd.errors import AcdError, StoreUnavailable, UnknownName
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,9 @@ MAX_ATTEMPTS = 100
 Decide = Callable[[Breaker, TrunkSnapshot, float], str | None]
 
 
-class UnknownTrunk(AcdError):
+class UnknownTrunk(UnknownName):
+    code = "unknown_trunk"
+
     def __init__(self, name: str) -> None:
         super().__init__(f"no outbound trunk named {name!r}")
         self.name = name
@@ -68,7 +70,6 @@ class TrunkBoard:
         self._store = store
         self._clock = clock
         self._node = settings.asterisk.node
-        self._legacy_checked = False
 
     async def choose(self, uid: str, prefer: str | None = None) -> str | None:
         """A channel for the outbound leg `uid`: on `prefer` (a flow's trunk) if its breaker lets
@@ -111,18 +112,6 @@ class TrunkBoard:
                 if node == self._node and uid not in alive:
                     released += await self._release(name, uid, None)
         return released
-
-    async def sync_trips(self) -> None:
-        """Trips are part of each breaker's shared state; this moves those an older release
-        kept apart (P:trunk_trips) into it, once."""
-        if self._legacy_checked:
-            return
-        for name, value in (await self._store.take_legacy_trunk_trips()).items():
-            if name in self.names():
-                who = value.split(" ")[0]
-                await self._change(name, "", _tripping(who))
-                log.info("trunk.trip_migrated", trunk=name, who=who)
-        self._legacy_checked = True
 
     async def trip(self, who: str, name: str) -> dict[str, Any]:
         self._get(name)

@@ -281,3 +281,21 @@ async def test_no_callback_number_means_the_caller_queues_instead(shipped: Harne
     assert await shipped.store.callback("2.2") == {}
     assert variables(commands)["ACD_QUEUE"] == "orders"
     assert shipped.queued == ["orders"]
+
+
+async def test_a_caller_whose_callback_cannot_be_taken_does_not_join_a_closed_queue(
+    shipped: Harness,
+) -> None:
+    """promo-lite's offer accepted while callbacks are off for a closed orders queue: no
+    callback, and instead of queueing the caller hears the closed announcement and goes to the
+    static fallback."""
+    await shipped.store.set_menu_mode("1000", "fallback")
+    await shipped.store.set_queue_state("orders", "closed")
+    await shipped.store.set_callback_mode("orders", "off")
+    commands = await _call(shipped, ["1", "1"], "2.3")
+    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    assert streamed[-1] == "acd/queue-closed"
+    assert variables(commands)["ACD_RESULT"] == "closed"
+    assert await shipped.store.callback("2.3") == {}
+    assert await shipped.store.call("2.3") is None
+    assert shipped.queued == []

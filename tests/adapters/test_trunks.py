@@ -223,15 +223,6 @@ async def test_a_trip_through_one_controller_holds_for_the_other_until_reset(
         await pair.a.trip("lee", "nope")
 
 
-async def test_a_trip_kept_by_an_older_release_is_moved_into_the_breaker(pair: Pair) -> None:
-    """P:trunk_trips from before the breakers were shared becomes a trip of the breaker."""
-    await pair.store._redis.hset(pair.store.key("trunk_trips"), "p2", "lee 12.5")
-    await pair.a.sync_trips()
-    p2 = (await pair.b.summary())["p2"]
-    assert (p2["state"], p2["reason"]) == ("open", "tripped")
-    assert not await pair.store._redis.exists(pair.store.key("trunk_trips"))
-
-
 # A flow whose transfer node names the standby trunk; its fallback is a queue (q) or the
 # transfer itself (go).
 TRANSFER = """
