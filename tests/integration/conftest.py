@@ -407,6 +407,17 @@ def played(events: EventLog, uid: str) -> list[str]:
     return out
 
 
+async def user_event(events: EventLog, name: str, uid: str, timeout: float = 30) -> AmiMessage:
+    """Wait for the dialplan's UserEvent `name` about channel `uid`; return it."""
+    (event,) = await events.wait_for(
+        lambda e: (
+            e.event == "UserEvent" and e.get("UserEvent") == name and e.get("Uniqueid") == uid
+        ),
+        timeout=timeout,
+    )
+    return event
+
+
 async def caller_uid(events: EventLog, caller_id: str, timeout: float = 20) -> str:
     """Wait for the channel of the SIPp caller with this caller ID; return its Uniqueid."""
     await events.wait_for(

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     played,
+    user_event,
 )
 from tests.integration.sipp import Script
 
@@ -117,14 +118,7 @@ async def test_a_missed_agent_is_paused_and_the_caller_served_next_by_another(
         callers.append(stack.call(Script().at(1.0, "10").wait(40), "5552013"))
         gold = await caller_uid(ami_events, "5552013")
         await _queued_at(stack, gold)
-        (dial_end,) = await ami_events.wait_for(
-            lambda e: (
-                e.event == "UserEvent"
-                and e.get("UserEvent") == "AcdDialEnd"
-                and e.get("Uniqueid") == uid
-            ),
-            timeout=30,
-        )
+        dial_end = await user_event(ami_events, "AcdDialEnd", uid, timeout=30)
         assert (dial_end.get("Agent"), dial_end.get("DialStatus")) == ("1009", "NOANSWER")
         rang = float(dial_end.get("Timestamp") or 0) - float(ring.get("Timestamp") or 0)
         assert rang >= stack.settings.asterisk.ring_timeout - 0.5

@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     played,
+    user_event,
 )
 from tests.integration.sipp import ANSWER_SECONDS, Script, prompt_seconds
 
@@ -199,14 +200,7 @@ async def test_a_controller_killed_mid_call_leaves_the_caller_on_the_static_path
             timeout=15,
         )
         os.kill(pid, signal.SIGKILL)
-        await ami_events.wait_for(
-            lambda e: (
-                e.event == "UserEvent"
-                and e.get("UserEvent") == "AcdStaticFallback"
-                and e.get("Uniqueid") == uid
-            ),
-            timeout=10,
-        )
+        await user_event(ami_events, "AcdStaticFallback", uid, timeout=10)
         (joined,) = await ami_events.wait_for(
             lambda e: e.event == "QueueCallerJoin" and e.get("Uniqueid") == uid, timeout=20
         )

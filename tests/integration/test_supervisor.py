@@ -24,6 +24,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     played,
+    user_event,
 )
 from tests.integration.sipp import Script
 
@@ -123,14 +124,7 @@ async def test_a_closed_queue_announces_it_offers_a_callback_then_the_fallback(
         caller = stack.call(Script().at(1.0, "10").wait(25), "5556002")
         try:
             uid = await caller_uid(ami_events, "5556002")
-            await ami_events.wait_for(
-                lambda e: (
-                    e.event == "UserEvent"
-                    and e.get("UserEvent") == "AcdStaticFallback"
-                    and e.get("Uniqueid") == uid
-                ),
-                timeout=30,
-            )
+            await user_event(ami_events, "AcdStaticFallback", uid, timeout=30)
             heard = played(ami_events, uid)
             assert heard[-2:] == ["acd/queue-closed", "acd/callback-offer"], heard
             assert stack.redis.zscore(stack.key("q", "presale"), uid) is None
@@ -339,14 +333,7 @@ async def test_toggles_survive_a_controller_kill_and_the_next_call_obeys_them(
         caller = stack.call(Script().at(1.0, "2").wait(20), "5556021")
         try:
             uid = await caller_uid(ami_events, "5556021")
-            await ami_events.wait_for(
-                lambda e: (
-                    e.event == "UserEvent"
-                    and e.get("UserEvent") == "AcdStaticFallback"
-                    and e.get("Uniqueid") == uid
-                ),
-                timeout=30,
-            )
+            await user_event(ami_events, "AcdStaticFallback", uid, timeout=30)
             assert _variables(ami_events, uid)["ACD_FLOW"] == "promo-lite"
             # The flow's own offer node, declined by silence, then the closed queue: no offer.
             assert played(ami_events, uid) == [
