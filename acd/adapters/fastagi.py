@@ -26,7 +26,14 @@ from types import MappingProxyType
 
 import structlog
 
-from acd.errors import AgiCommandFailed, AgiError, AgiHangup, AgiTimeout, ProtocolError
+from acd.errors import (
+    AcdError,
+    AgiCommandFailed,
+    AgiError,
+    AgiHangup,
+    AgiTimeout,
+    ProtocolError,
+)
 from acd.protocol.agi import (
     AgiCodec,
     AgiEnvironment,
@@ -352,8 +359,15 @@ class FastAgiServer:
             await handler(channel)
         except AgiHangup:
             outcome = "hangup"
+        except AcdError as exc:
+            # One of ours (Redis down, no trunk free, a flow without a fallback): expected, no
+            # traceback. The call must still go somewhere: the dialplan reads ACD_RESULT.
+            outcome = "error"
+            log.warning(
+                "agi.handler_failed", route=route, error=str(exc), error_type=type(exc).__name__
+            )
+            await self._report_failure(channel)
         except Exception:
-            # The call must still go somewhere: the dialplan reads ACD_RESULT and falls back.
             outcome = "error"
             log.exception("agi.handler_failed", route=route)
             await self._report_failure(channel)
