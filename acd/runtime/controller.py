@@ -127,6 +127,7 @@ class Controller:
                 "inbound": self.ivr.inbound,
                 "announce": self.ivr.announce,
                 "callback": self.ivr.hold_callback,
+                "transfer_failed": self.ivr.transfer_failed,
                 "agent": self.agent_code,
             },
             host=settings.agi.host,

@@ -23,6 +23,7 @@ from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, RedisStore
 from acd.config import Entry, Settings
+from acd.domain.breaker import failure_status
 from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
 from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
@@ -53,6 +54,8 @@ log = structlog.get_logger(__name__)
 
 _ENTRY = re.compile(r"^[0-9]{2,20}$")
 _CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
+# A number a transfer dials (a flow's validated digits, an overflow's configured number).
+_TRANSFER_NUMBER = re.compile(r"^[0-9]{2,20}$")
 # A number we may call back: what a caller keys in or its caller ID, digits only (and a leading
 # '+'), 5 to 16 digits; it goes into a dial string, so nothing else passes.
 CALLBACK_NUMBER = re.compile(r"^\+?[0-9]{5,16}$")
@@ -546,9 +549,10 @@ class IvrService:
         if trunk is None:
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
             return False
-        await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{number}@{trunk}")
-        await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
-        await channel.set_variable("ACD_RESULT", "transfer")
+        # Should every trunk fail this leg, the caller joins this queue after all.
+        await channel.set_variable("ACD_OVERFLOW_SKILL", step.skill)
+        await channel.set_variable("ACD_OVERFLOW_PRIORITY", repr(float(step.priority)))
+        await self._set_transfer(channel, number, trunk)
         log.info("ivr.overflow", queue=step.skill, trunk=trunk, ewt=round(ewt, 1))
         await self._emit("overflow", channel.uniqueid, skill=step.skill, trunk=trunk)
         return True
@@ -566,41 +570,108 @@ class IvrService:
                 log.warning("ivr.transfer_no_trunk", node=step.node, trunk=step.trunk)
                 raise NoTrunkFree(step.trunk)
             trunk = chosen
-        await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{step.number}@{trunk}")
-        await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
-        await channel.set_variable("ACD_RESULT", "transfer")
+        await self._set_transfer(channel, step.number, trunk)
         log.info("ivr.transfer", node=step.node, trunk=trunk, preferred=step.trunk)
 
     async def _enqueue(self, call: _Call, step: Enqueue) -> None:
+        run = call.run
+        await self._enqueue_channel(
+            call.channel,
+            skill=step.skill,
+            priority=step.priority,
+            entry=call.entry,
+            caller_id=call.caller_id,
+            tier=run.facts.tier,
+            flow=run.flow.name,
+            path=",".join(run.path),
+        )
+
+    async def _enqueue_channel(
+        self,
+        channel: AgiChannel,
+        *,
+        skill: str,
+        priority: float,
+        entry: str,
+        caller_id: str,
+        tier: str,
+        flow: str,
+        path: str,
+    ) -> None:
         now = self._clock()
-        channel, run = call.channel, call.run
-        await channel.set_variable("ACD_QUEUE", step.skill)
+        await channel.set_variable("ACD_QUEUE", skill)
         await channel.set_variable("ACD_RESULT", "queued")
         # Aging priority: the tier's and the flow's head starts are seconds of wait credited at
         # join, so a regular caller who has waited longer still goes first.
-        head_start = step.priority + self._settings.tiers.get(run.facts.tier, 0.0)
+        head_start = priority + self._settings.tiers.get(tier, 0.0)
         await self._store.enqueue(
             uid=channel.uniqueid,
-            skill=step.skill,
+            skill=skill,
             score=now - head_start,
             node=self._settings.asterisk.node,
             fields={
                 "channel": channel.env.get("channel", ""),
-                "entry": call.entry,
-                "flow": run.flow.name,
-                "caller_id": call.caller_id,
-                "tier": run.facts.tier,
-                "priority": str(step.priority),
+                "entry": entry,
+                "flow": flow,
+                "caller_id": caller_id,
+                "tier": tier,
+                "priority": str(priority),
                 "head_start": repr(head_start),
                 "enqueued_at": repr(now),
-                "path": ",".join(run.path),
+                "path": path,
             },
         )
-        load = await self._store.load([step.skill])
-        ewt = await self._estimate(step.skill, channel.uniqueid, load, now)
+        load = await self._store.load([skill])
+        ewt = await self._estimate(skill, channel.uniqueid, load, now)
         await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
-        log.info("ivr.queued", queue=step.skill, priority=step.priority, ewt=round(ewt, 1))
-        await self._emit(
-            "queued", channel.uniqueid, skill=step.skill, tier=run.facts.tier, ewt=round(ewt, 1)
+        log.info("ivr.queued", queue=skill, priority=priority, ewt=round(ewt, 1))
+        await self._emit("queued", channel.uniqueid, skill=skill, tier=tier, ewt=round(ewt, 1))
+        self._on_enqueued(skill)
+
+    async def transfer_failed(self, channel: AgiChannel) -> None:
+        """The dialplan's transfer leg (an overflow, or a flow's transfer node) ended unanswered
+        with Dial's status (arg 1). When the carrier failed it (503, no route, no progress in
+        time), the caller goes out again over the best trunk not tried yet, at once; otherwise,
+        or when none is left, an overflowed caller joins its queue after all and a flow's
+        transfer goes to the dialplan's static path (ACD_RESULT unset)."""
+        uid = channel.uniqueid
+        status = channel.env.get("arg_1", "")
+        tried_before = await channel.get_variable("ACD_TRANSFER_TRIED") or ""
+        tried = set(filter(None, tried_before.split(",")))
+        number = await channel.get_variable("ACD_TRANSFER_NUMBER") or ""
+        if self._trunks is not None and failure_status(status) and _TRANSFER_NUMBER.match(number):
+            trunk = await self._trunks.choose(uid, exclude=tried)
+            if trunk is not None:
+                await self._set_transfer(channel, number, trunk, tried)
+                log.warning("ivr.transfer_failover", uniqueid=uid, status=status, trunk=trunk)
+                await self._emit("transfer_failover", uid, trunk=trunk, after=status)
+                return
+        skill = await channel.get_variable("ACD_OVERFLOW_SKILL") or ""
+        if skill not in self._skills:
+            log.info("ivr.transfer_failed", uniqueid=uid, status=status)
+            return
+        caller_id = clean_caller_id(channel.env.get("callerid", ""))
+        priority = float(await channel.get_variable("ACD_OVERFLOW_PRIORITY") or 0)
+        log.info("ivr.overflow_failed", uniqueid=uid, status=status, queue=skill)
+        await self._enqueue_channel(
+            channel,
+            skill=skill,
+            priority=priority,
+            entry=await channel.get_variable("ACD_ENTRY") or "",
+            caller_id=caller_id,
+            tier=await self._store.tier(caller_id),
+            flow=await channel.get_variable("ACD_FLOW") or "",
+            path="",
         )
-        self._on_enqueued(step.skill)
+
+    @staticmethod
+    async def _set_transfer(
+        channel: AgiChannel, number: str, trunk: str, tried: set[str] | None = None
+    ) -> None:
+        """Send the caller to `number` over `trunk` (the dialplan's acd-transfer), noting the
+        trunks tried for this caller so that a failover never goes back to one."""
+        await channel.set_variable("ACD_TRANSFER_DIAL", f"PJSIP/{number}@{trunk}")
+        await channel.set_variable("ACD_TRANSFER_TRUNK", trunk)
+        await channel.set_variable("ACD_TRANSFER_NUMBER", number)
+        await channel.set_variable("ACD_TRANSFER_TRIED", ",".join(sorted({*(tried or ()), trunk})))
+        await channel.set_variable("ACD_RESULT", "transfer")

@@ -14,7 +14,7 @@ saw it, and a supervisor's trip applies everywhere at once.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import structlog
@@ -71,12 +71,16 @@ class TrunkBoard:
         self._clock = clock
         self._node = settings.asterisk.node
 
-    async def choose(self, uid: str, prefer: str | None = None) -> str | None:
+    async def choose(
+        self, uid: str, prefer: str | None = None, exclude: Collection[str] = ()
+    ) -> str | None:
         """A channel for the outbound leg `uid`: on `prefer` (a flow's trunk) if its breaker lets
         the leg through and it has a free channel, else on the first such primary, else on the
-        first such standby. None when no trunk can take it. Held until `ended`, `cancelled` or
-        `leg_gone`."""
+        first such standby, never on one of `exclude` (trunks that already failed this caller).
+        None when no trunk can take it. Held until `ended`, `cancelled` or `leg_gone`."""
         for trunk in trunk_order(self._trunks, prefer):
+            if trunk.name in exclude:
+                continue
             if await self._change(trunk.name, uid, _taking(uid, trunk.capacity)):
                 return trunk.name
         return None

@@ -299,3 +299,75 @@ async def test_a_flow_transfer_without_a_trunk_takes_the_fallback_or_the_static_
     assert "ACD_TRANSFER_DIAL" not in static
     for name in ("p1", "p2", "s"):
         assert await pair.store.trunk_legs(name) == {}
+
+
+async def _failed_leg(
+    redis_url: str, board: TrunkBoard, uid: str, status: str, channel: dict[str, str]
+) -> dict[str, str]:
+    """The dialplan's AGI after an unanswered transfer leg (transfer_failed, Dial's status as
+    its argument) over a real FastAGI socket, the channel's variables as `channel` has them;
+    returns the variables the controller set."""
+    store = RedisStore(redis_url, "t", node="n1")
+    lookups = LookupClient({})
+    queued: list[str] = []
+    ivr = IvrService(_settings("n1"), {}, store, lookups, queued.append, trunks=board)
+    server = FastAgiServer({"transfer_failed": ivr.transfer_failed}, port=0, command_timeout=5)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    task = asyncio.ensure_future(server.serve(ready=ready.set_result))
+    try:
+        peer = await FakeAsterisk.call(
+            await ready, "transfer_failed", uniqueid=uid, env={"arg_1": status}
+        )
+        variables = {}
+        while line := (await peer.reader.readline()).decode():
+            words = shlex.split(line)
+            if words[:2] == ["SET", "VARIABLE"]:
+                variables[words[2]] = words[3]
+                await peer.reply("200 result=1")
+            elif words[:2] == ["GET", "VARIABLE"] and words[2] in channel:
+                await peer.reply(f"200 result=1 ({channel[words[2]]})")
+            else:
+                await peer.reply("200 result=0")
+        peer.close()
+        variables["queued"] = ",".join(queued)
+        return variables
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await lookups.close()
+        await store.close()
+
+
+async def test_a_leg_the_carrier_failed_goes_out_again_over_a_trunk_not_tried(
+    redis_url: str, pair: Pair
+) -> None:
+    """An overflow leg over p1 ended NOPROGRESS: the same caller goes out at once over the next
+    trunk (p2), never back to p1; when every trunk has failed it, it joins its queue after all.
+    A leg the carrier delivered (BUSY at the far end) is not retried: the caller queues."""
+    channel = {
+        "ACD_TRANSFER_NUMBER": "88001234",
+        "ACD_TRANSFER_TRIED": "p1",
+        "ACD_OVERFLOW_SKILL": "presale",
+        "ACD_OVERFLOW_PRIORITY": "0.0",
+        "ACD_ENTRY": "1000",
+    }
+    again = await _failed_leg(redis_url, pair.a, "u5", "NOPROGRESS", channel)
+    assert again["ACD_TRANSFER_DIAL"] == "PJSIP/88001234@p2"
+    assert (again["ACD_TRANSFER_TRIED"], again["ACD_RESULT"]) == ("p1,p2", "transfer")
+    assert await pair.store.trunk_legs("p2") == {"u5": "n1"}
+    last = await _failed_leg(
+        redis_url, pair.a, "u5", "CONGESTION", {**channel, "ACD_TRANSFER_TRIED": "p1,p2,s"}
+    )
+    assert (last["ACD_RESULT"], last["ACD_QUEUE"], last["queued"]) == (
+        "queued",
+        "presale",
+        "presale",
+    )
+    assert "ACD_TRANSFER_DIAL" not in last
+    busy = await _failed_leg(redis_url, pair.a, "u6", "BUSY", channel)
+    assert (busy["ACD_RESULT"], busy["ACD_QUEUE"]) == ("queued", "presale")
+    assert "ACD_TRANSFER_DIAL" not in busy
+    flow_transfer = await _failed_leg(
+        redis_url, pair.a, "u7", "BUSY", {"ACD_TRANSFER_NUMBER": "88001234"}
+    )
+    assert flow_transfer == {"queued": ""}  # ACD_RESULT unset: the dialplan's static path

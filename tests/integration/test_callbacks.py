@@ -473,57 +473,69 @@ async def test_a_carrier_that_never_answers_opens_its_breaker_and_overflow_moves
     stack: Stack, ami_events: EventLog, fresh_breakers: None
 ) -> None:
     """Level pinned at 4; the primary carrier takes each INVITE (100 Trying) and says nothing
-    more. Dial gives up after breaker.progress_timeout (2 s; Asterisk reports CHANUNAVAIL),
-    AcdTransferEnd reports NOPROGRESS for carrier-out, and after two such legs its breaker is
-    open (failures). The next caller overflows over the standby trunk, which answers."""
+    more. Two regular callers decline the callback offer and overflow over it: Dial gives up
+    after breaker.progress_timeout (2 s; Asterisk reports CHANUNAVAIL), AcdTransferEnd reports
+    NOPROGRESS for carrier-out, and each caller goes out again at once over standby-out, which
+    answers. After these two legs carrier-out's breaker is open (failures): the next caller goes
+    straight to standby-out (or, if the breaker is half-open by then, its probe fails over the
+    same way)."""
     silent = sipp.start_uas("carrier_silent", PORTS["carrier"], 19600, stack.workdir)
     standby = sipp.start_uas("agent_hangs_up", PORTS["standby"], 19700, stack.workdir)
     assert stack.acd("level", "4").returncode == 0
+    callers = []
     try:
+        # 2 then 0 (orders), then 2 during the offer: no callback, thank you.
         for caller_id in ("5554601", "5554602"):
-            caller = stack.call(Script().at(1.0, "20"), caller_id, remote_hangup=True)
-            try:
-                uid = await caller_uid(ami_events, caller_id)
-                (end,) = await ami_events.wait_for(
-                    lambda e, uid=uid: (
-                        e.event == "UserEvent"
-                        and e.get("UserEvent") == "AcdTransferEnd"
-                        and e.get("Uniqueid") == uid
-                    ),
-                    timeout=30,
-                )
-                assert (end.get("Trunk"), end.get("DialStatus")) == ("carrier-out", "NOPROGRESS")
-                (dial_end,) = [
-                    e
-                    for e in ami_events.events
-                    if e.event == "DialEnd" and e.get("Uniqueid") == uid
-                ]
-                assert dial_end.get("DialStatus") == "CHANUNAVAIL"
-                assert ami_events.client is not None
-                await ami_events.client.send_action("Hangup", {"Channel": end.get("Channel")})
-                assert await asyncio.to_thread(caller.wait, 30) == 0
-            finally:
-                caller.stop()
-        await _until(
-            lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "open",
-            "the breaker did not open on the legs without progress",
-            timeout=10,
-        )
+            callers.append(stack.call(Script().at(1.0, "202"), caller_id, remote_hangup=True))
+        opened_at = 0.0
+        for caller_id in ("5554601", "5554602"):
+            uid = await caller_uid(ami_events, caller_id)
+            ends = await ami_events.wait_for(
+                lambda e, uid=uid: (
+                    e.event == "UserEvent"
+                    and e.get("UserEvent") == "AcdTransferEnd"
+                    and e.get("Uniqueid") == uid
+                ),
+                timeout=40,
+                count=2,
+            )
+            legs = [(e.get("Trunk"), e.get("DialStatus")) for e in ends]
+            assert legs == [("carrier-out", "NOPROGRESS"), ("standby-out", "ANSWER")]
+            opened_at = max(opened_at, float(ends[0].get("Timestamp") or 0))
+            dial_ends = [
+                e.get("DialStatus")
+                for e in ami_events.events
+                if e.event == "DialEnd" and e.get("Uniqueid") == uid
+            ]
+            assert dial_ends[0] == "CHANUNAVAIL"
         primary = _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]
-        assert (primary["reason"], primary["in_use"]) == ("failures", 0)
+        assert (primary["state"], primary["reason"]) == ("open", "failures")
 
-        caller = stack.call(Script().at(1.0, "20"), "5554603", remote_hangup=True)
-        try:
-            uid = await caller_uid(ami_events, "5554603")
-            assert await asyncio.to_thread(caller.wait, 60) == 0, caller.log.read_text()[-2000:]
-        finally:
-            caller.stop()
-        dials = [e.get("DialString") for e in ami_events.events
-                 if e.event == "DialBegin" and e.get("Uniqueid") == uid]  # fmt: skip
-        assert dials == ["88001234@standby-out"]
-        ends = _user_events(ami_events, "AcdTransferEnd", uid)
-        assert [(e.get("Trunk"), e.get("DialStatus")) for e in ends] == [("standby-out", "ANSWER")]
+        callers.append(stack.call(Script().at(1.0, "202"), "5554603", remote_hangup=True))
+        uid = await caller_uid(ami_events, "5554603")
+        (answered,) = await ami_events.wait_for(
+            lambda e: (
+                e.event == "UserEvent"
+                and e.get("UserEvent") == "AcdTransferEnd"
+                and e.get("Uniqueid") == uid
+                and e.get("DialStatus") == "ANSWER"
+            ),
+            timeout=40,
+        )
+        assert answered.get("Trunk") == "standby-out"
+        to_primary = [
+            e for e in ami_events.events
+            if e.event == "DialBegin" and e.get("Uniqueid") == uid
+            and e.get("DialString") == "88001234@carrier-out"
+        ]  # fmt: skip
+        for probe in to_primary:  # only a half-open probe may go there
+            since = float(probe.get("Timestamp") or 0) - opened_at
+            assert since >= stack.settings.breaker.open_for - 0.5, since
+        for caller in callers:
+            assert await asyncio.to_thread(caller.wait, 40) == 0, caller.log.read_text()[-2000:]
     finally:
+        for caller in callers:
+            caller.stop()
         assert stack.acd("level", "auto").returncode == 0
         silent.stop()
         standby.stop()
