@@ -3,11 +3,10 @@ Prometheus.
 
 Each event goes to the Redis Stream P:journey (trimmed by age, `reports.retention_days`) and
 updates this controller's Prometheus counters. Events: arrival, menu, queued, callback_requested,
-overflow, transfer_failover, ring, answer, fallback, callback_attempt, callback_expired, hangup. A
-`hangup` carries
-how the call ended: answered (talked to an agent), abandoned (hung up while waiting), callback
-(left for a callback), fallback (the hold limit passed), ivr (ended in the menus: self-service,
-transfer, or gave up there).
+overflow, transfer_failover, ring, answer, fallback, callback_attempt, callback_expired, hangup.
+A `hangup` carries how the call ended: answered (talked to an agent), abandoned (hung up while
+waiting), callback (left for a callback), fallback (the hold limit passed), ivr (ended in the
+menus: self-service, transfer, or gave up there).
 
 The live service level is shared by every controller: in the same transaction as the event,
 `queued`, `answer`, `fallback` and a `hangup` as abandoned move per-queue per-minute counters in
