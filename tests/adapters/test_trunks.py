@@ -6,6 +6,7 @@ socket takes its trunk through the breakers."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shlex
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from acd.adapters.fastagi import FastAgiServer
 from acd.adapters.lookup import LookupClient
 from acd.adapters.store import RedisStore
 from acd.config import Address, BreakerSettings, Settings, Trunk, load_settings
-from acd.domain.flow import Catalog, compile_flow
+from acd.domain.flow import Catalog, Flow, compile_flow
 from acd.runtime.ivr import IvrService
 from acd.runtime.trunks import TrunkBoard, UnknownTrunk
 from tests.adapters.fakes import FakeAsterisk
@@ -235,35 +236,55 @@ nodes:
 QUEUE_NODE = "  q: {kind: queue, skill: presale}\n"
 
 
-async def _transfer_call(redis_url: str, board: TrunkBoard, fallback: str, uid: str) -> dict:
-    """One call through a real FastAGI socket into the transfer flow; the variables it set."""
-    catalog = Catalog(skills=frozenset({"presale"}), trunks=frozenset({"p1", "p2", "s"}))
-    text = TRANSFER.format(fallback=fallback) + (QUEUE_NODE if fallback == "q" else "")
-    flow = compile_flow(text, "transfer.yaml", catalog)
+@contextlib.asynccontextmanager
+async def _ivr_on_agi(
+    redis_url: str, board: TrunkBoard, flows: dict[str, Flow], queued: list[str]
+) -> AsyncIterator[tuple[IvrService, int]]:
+    """An IVR service behind a real FastAGI socket (routes inbound and transfer_failed), on
+    the test Redis and `board`; yields it and its port."""
     store = RedisStore(redis_url, "t", node="n1")
     lookups = LookupClient({})
-    ivr = IvrService(
-        _settings("n1"), {"promo": flow, "promo-lite": flow}, store, lookups, lambda _: None,
-        trunks=board,
-    )  # fmt: skip
-    server = FastAgiServer({"inbound": ivr.inbound}, port=0, command_timeout=5)
+    ivr = IvrService(_settings("n1"), flows, store, lookups, queued.append, trunks=board)
+    routes = {"inbound": ivr.inbound, "transfer_failed": ivr.transfer_failed}
+    server = FastAgiServer(routes, port=0, command_timeout=5)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(server.serve(ready=ready.set_result))
     try:
-        peer = await FakeAsterisk.call(await ready, uniqueid=uid, env={"arg_1": "1000"})
-        variables = {}
-        while line := (await peer.reader.readline()).decode():
-            words = shlex.split(line)
-            if words[:2] == ["SET", "VARIABLE"]:
-                variables[words[2]] = words[3]
-            await peer.reply("200 result=1")
-        peer.close()
-        return variables
+        yield ivr, await ready
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await lookups.close()
         await store.close()
+
+
+async def _converse(peer: FakeAsterisk, channel: dict[str, str]) -> dict[str, str]:
+    """Answer the controller's AGI commands (GET VARIABLE from `channel`) until it hangs up;
+    returns the variables it set."""
+    variables = {}
+    while line := (await peer.reader.readline()).decode():
+        words = shlex.split(line)
+        if words[:2] == ["SET", "VARIABLE"]:
+            variables[words[2]] = words[3]
+            await peer.reply("200 result=1")
+        elif words[:2] == ["GET", "VARIABLE"] and words[2] in channel:
+            await peer.reply(f"200 result=1 ({channel[words[2]]})")
+        elif words[:2] == ["GET", "VARIABLE"]:
+            await peer.reply("200 result=0")
+        else:
+            await peer.reply("200 result=1")
+    peer.close()
+    return variables
+
+
+async def _transfer_call(redis_url: str, board: TrunkBoard, fallback: str, uid: str) -> dict:
+    """One call through a real FastAGI socket into the transfer flow; the variables it set."""
+    catalog = Catalog(skills=frozenset({"presale"}), trunks=frozenset({"p1", "p2", "s"}))
+    text = TRANSFER.format(fallback=fallback) + (QUEUE_NODE if fallback == "q" else "")
+    flow = compile_flow(text, "transfer.yaml", catalog)
+    async with _ivr_on_agi(redis_url, board, {"promo": flow, "promo-lite": flow}, []) as (_, port):
+        peer = await FakeAsterisk.call(port, uniqueid=uid, env={"arg_1": "1000"})
+        return await _converse(peer, {})
 
 
 async def test_a_flow_transfer_prefers_its_trunk_then_the_best_other(
@@ -306,36 +327,12 @@ async def _failed_leg(
 ) -> dict[str, str]:
     """The dialplan's AGI after an unanswered transfer leg (transfer_failed, Dial's status as
     its argument) over a real FastAGI socket, the channel's variables as `channel` has them;
-    returns the variables the controller set."""
-    store = RedisStore(redis_url, "t", node="n1")
-    lookups = LookupClient({})
+    returns the variables the controller set, and under "queued" the queues it joined."""
     queued: list[str] = []
-    ivr = IvrService(_settings("n1"), {}, store, lookups, queued.append, trunks=board)
-    server = FastAgiServer({"transfer_failed": ivr.transfer_failed}, port=0, command_timeout=5)
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    task = asyncio.ensure_future(server.serve(ready=ready.set_result))
-    try:
-        peer = await FakeAsterisk.call(
-            await ready, "transfer_failed", uniqueid=uid, env={"arg_1": status}
-        )
-        variables = {}
-        while line := (await peer.reader.readline()).decode():
-            words = shlex.split(line)
-            if words[:2] == ["SET", "VARIABLE"]:
-                variables[words[2]] = words[3]
-                await peer.reply("200 result=1")
-            elif words[:2] == ["GET", "VARIABLE"] and words[2] in channel:
-                await peer.reply(f"200 result=1 ({channel[words[2]]})")
-            else:
-                await peer.reply("200 result=0")
-        peer.close()
-        variables["queued"] = ",".join(queued)
-        return variables
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        await lookups.close()
-        await store.close()
+    async with _ivr_on_agi(redis_url, board, {}, queued) as (_, port):
+        peer = await FakeAsterisk.call(port, "transfer_failed", uniqueid=uid, env={"arg_1": status})
+        variables = await _converse(peer, channel)
+    return {**variables, "queued": ",".join(queued)}
 
 
 async def test_a_leg_the_carrier_failed_goes_out_again_over_a_trunk_not_tried(
