@@ -297,7 +297,12 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
         assert (dial.get("DestChannel") or "").startswith("PJSIP/agent-1002-")
         assert float(dial.get("Timestamp") or 0) >= float(ended.get("Timestamp") or 0)
         assert await _agent_of(ami_events, uid) == "1002"
-        assert stack.redis.hget(stack.key("agent", "1002"), "device") == "INUSE"  # our call now
+        # Our own call keeps the phone in use too: recorded, with the agent on the call.
+        await _until_state(stack, "1002", "on_call", timeout=10)
+        deadline = time.monotonic() + 10
+        while stack.redis.hget(stack.key("agent", "1002"), "device") != "INUSE":
+            assert time.monotonic() < deadline, "the phone should be reported in use again"
+            await asyncio.sleep(0.1)
     finally:
         if caller is not None:
             caller.stop()
