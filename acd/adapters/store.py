@@ -891,39 +891,10 @@ class RedisStore:
         raw = await self._call(self._redis.hgetall(self.key("queue_state")))
         return {s: str(raw.get(s) or "open") for s in skills}
 
-    async def set_queue_state(self, skill: str, state: str) -> str:
-        """Set a queue's state; returns the state before."""
-        key = self.key("queue_state")
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(key, skill)
-                if state == "open":
-                    pipe.hdel(key, skill)
-                else:
-                    pipe.hset(key, skill, state)
-                before, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return str(before or "open")
-
     async def callback_modes(self, skills: Iterable[str]) -> dict[str, str]:
         """on | off per queue (absent: on)."""
         raw = await self._call(self._redis.hgetall(self.key("callback_mode")))
         return {s: str(raw.get(s) or "on") for s in skills}
-
-    async def set_callback_mode(self, skill: str, mode: str) -> str:
-        key = self.key("callback_mode")
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hget(key, skill)
-                if mode == "on":
-                    pipe.hdel(key, skill)
-                else:
-                    pipe.hset(key, skill, mode)
-                before, _ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return str(before or "on")
 
     async def alert_changed(self, name: str, status: str) -> bool:
         """Record an alert's new status; False when it already had it (another controller sent

@@ -77,8 +77,7 @@ async def test_the_script_claims_what_the_model_claims(
     await store._redis.flushdb()
     model = Floor(matching.rules_from_json(RULES), paused=set(paused), borrow=level >= 1)
     await store._redis.hset("m:overload", "level", str(level))
-    for skill in paused:
-        await store.set_queue_state(skill, "paused")
+    await store.set_queue_states(paused, "paused", "test", now)
     for i, levels in enumerate(agent_levels):
         idle = 10.0 + i + 0.5
         await store.register_agents(

@@ -290,8 +290,8 @@ async def test_a_caller_whose_callback_cannot_be_taken_does_not_join_a_closed_qu
     callback, and instead of queueing the caller hears the closed announcement and goes to the
     static fallback."""
     await shipped.store.set_menu_mode("1000", "fallback")
-    await shipped.store.set_queue_state("orders", "closed")
-    await shipped.store.set_callback_mode("orders", "off")
+    await shipped.store.set_queue_states(["orders"], "closed", "test", 1.0)
+    await shipped.store.set_callback_modes(["orders"], "off", "test", 1.0)
     commands = await _call(shipped, ["1", "1"], "2.3")
     streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
     assert streamed[-1] == "acd/queue-closed"
