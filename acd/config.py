@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from acd.domain.flow import NUMBER_RE
 from acd.domain.hours import BusinessHours, parse_window
 from acd.errors import ConfigError
 
@@ -37,7 +38,7 @@ DEFAULT_ASTERISK_ROOT = "/var/cache/acd/asterisk-root"
 Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,39}$")]
 EndpointName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,39}$")]
 AgentId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")]
-Number = Annotated[str, StringConstraints(pattern=r"^[0-9]{2,20}$")]
+Number = Annotated[str, StringConstraints(pattern=NUMBER_RE.pattern)]
 Host = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.:-]{1,253}$")]
 Port = Annotated[int, Field(ge=1, le=65535)]
 SkillLevel = Annotated[int, Field(ge=1, le=10)]

@@ -26,7 +26,8 @@ from acd.errors import AcdError, ConfigError
 PROMPT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/-]{0,79}$")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
 _VAR = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})?$")
-_NUMBER = re.compile(r"^[0-9]{2,20}$")
+# A number we dial or answer on: an entry number, a transfer or overflow destination.
+NUMBER_RE = re.compile(r"^[0-9]{2,20}$")
 DTMF = frozenset("0123456789*#")
 MAX_HOPS = 50  # nodes visited without asking the caller anything before a run is declared looping
 
@@ -407,7 +408,7 @@ class FlowRun:
                 if node.prompt:
                     steps.append(Play(node.prompt))
                 number = self._value(node.number)
-                if not _NUMBER.match(number):
+                if not NUMBER_RE.match(number):
                     raise FlowError(f"transfer node {node.name}: {number!r} is not a number")
                 return [*steps, Transfer(node=node.name, number=number, trunk=node.trunk)]
             else:
@@ -905,7 +906,7 @@ class _Compiler:
 
     def _transfer(self, name: str, path: tuple[str, ...], s: dict[str, Any]) -> TransferNode:
         number = self.value((*path, "number"), s.get("number"))
-        if not number.startswith("$") and not _NUMBER.match(number):
+        if not number.startswith("$") and not NUMBER_RE.match(number):
             self.c.add((*path, "number"), f"{number!r} is not a number of 2 to 20 digits")
         trunk = s.get("trunk")
         if trunk not in self.catalog.trunks:

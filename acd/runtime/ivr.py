@@ -28,6 +28,7 @@ from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
 from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
     DTMF,
+    NUMBER_RE,
     CollectDigits,
     Enqueue,
     Facts,
@@ -52,10 +53,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_ENTRY = re.compile(r"^[0-9]{2,20}$")
 _CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
-# A number a transfer dials (a flow's validated digits, an overflow's configured number).
-_TRANSFER_NUMBER = re.compile(r"^[0-9]{2,20}$")
 # A number we may call back: what a caller keys in or its caller ID, digits only (and a leading
 # '+'), 5 to 16 digits; it goes into a dial string, so nothing else passes.
 CALLBACK_NUMBER = re.compile(r"^\+?[0-9]{5,16}$")
@@ -139,7 +137,7 @@ class IvrService:
 
     async def inbound(self, channel: AgiChannel) -> None:
         number = channel.env.get("arg_1", "")
-        entry = self._entries.get(number) if _ENTRY.match(number) else None
+        entry = self._entries.get(number) if NUMBER_RE.match(number) else None
         if entry is None:
             log.warning("ivr.unknown_entry", entry=number[:32])
             await channel.set_variable("ACD_RESULT", "error")
@@ -639,7 +637,7 @@ class IvrService:
         tried_before = await channel.get_variable("ACD_TRANSFER_TRIED") or ""
         tried = set(filter(None, tried_before.split(",")))
         number = await channel.get_variable("ACD_TRANSFER_NUMBER") or ""
-        if self._trunks is not None and failure_status(status) and _TRANSFER_NUMBER.match(number):
+        if self._trunks is not None and failure_status(status) and NUMBER_RE.match(number):
             trunk = await self._trunks.choose(uid, exclude=tried)
             if trunk is not None:
                 await self._set_transfer(channel, number, trunk, tried)
