@@ -400,6 +400,16 @@ def agi_commands(events: EventLog, uid: str) -> list[str]:
     ]
 
 
+async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+    """Poll `check` (keys the controller writes, a file Asterisk writes, a process coming back)
+    until it returns something true, and return that; fail saying `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"{what} (not within {timeout} s)"
+        await asyncio.sleep(0.1)
+    return result
+
+
 def played(events: EventLog, uid: str) -> list[str]:
     """The sounds the IVR streamed to a channel, in order."""
     out = []

@@ -18,6 +18,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     played,
+    until,
     user_event,
 )
 from tests.integration.sipp import Script
@@ -281,10 +282,11 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
             },
         )
         await _until_state(stack, "1002", "device_busy")  # from RINGING on
-        deadline = time.monotonic() + 10
-        while stack.redis.hget(stack.key("agent", "1002"), "reason") != "INUSE":
-            assert time.monotonic() < deadline, "the agent's phone should be reported in use"
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: stack.redis.hget(stack.key("agent", "1002"), "reason") == "INUSE",
+            "the agent's phone should be reported in use",
+            timeout=10,
+        )
         caller = stack.call(Script().at(1.0, "10").wait(30), "5552020")
         uid = await caller_uid(ami_events, "5552020")
         await _queued_at(stack, uid)
@@ -299,10 +301,11 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
         assert await _agent_of(ami_events, uid) == "1002"
         # Our own call keeps the phone in use too: recorded, with the agent on the call.
         await _until_state(stack, "1002", "on_call", timeout=10)
-        deadline = time.monotonic() + 10
-        while stack.redis.hget(stack.key("agent", "1002"), "device") != "INUSE":
-            assert time.monotonic() < deadline, "the phone should be reported in use again"
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: stack.redis.hget(stack.key("agent", "1002"), "device") == "INUSE",
+            "the phone should be reported in use again",
+            timeout=10,
+        )
     finally:
         if caller is not None:
             caller.stop()

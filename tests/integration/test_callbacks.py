@@ -19,7 +19,7 @@ import pytest
 
 from acd.protocol.ami import AmiMessage
 from tests.integration import sipp
-from tests.integration.conftest import PORTS, EventLog, Stack, caller_uid, played
+from tests.integration.conftest import PORTS, EventLog, Stack, caller_uid, played, until
 from tests.integration.sipp import Script
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -111,13 +111,6 @@ def _callback_ends(events: EventLog, callback: str) -> list[str]:
     ]
 
 
-async def _until(check: Any, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, what
-        await asyncio.sleep(0.2)
-
-
 async def test_a_callback_keeps_its_place_and_is_dialled_agent_first(
     stack: Stack, ami_events: EventLog, orders_paused: None
 ) -> None:
@@ -133,14 +126,14 @@ async def test_a_callback_keeps_its_place_and_is_dialled_agent_first(
         cb = stack.redis.hgetall(stack.key("callback", uid))
         assert cb["number"] == "5554001"
         assert cb["from_hold"] == "1"
-        await _until(
+        await until(
             lambda: stack.redis.zscore(stack.key("q", "orders"), attempt) is not None,
             "the callback did not join the orders queue",
         )
         assert stack.redis.zscore(stack.key("q", "orders"), attempt) == float(cb["score"])
         later = stack.call(Script().at(1.0, "20").wait(40), "5554002")
         later_uid = await caller_uid(ami_events, "5554002")
-        await _until(
+        await until(
             lambda: stack.redis.zscore(stack.key("q", "orders"), later_uid) is not None,
             "the later caller did not queue",
         )
@@ -169,7 +162,7 @@ async def test_a_callback_keeps_its_place_and_is_dialled_agent_first(
             ),
             timeout=20,
         )
-        await _until(
+        await until(
             lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
             "the callback was not recorded as answered",
             timeout=30,
@@ -199,7 +192,7 @@ async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby
         second = await _ask_for_callback(stack, ami_events, "5554102")
         _agents(stack, "resume", *ORDERS_AGENTS)
         for number, uid in (("5554101", first), ("5554102", second)):
-            await _until(
+            await until(
                 lambda uid=uid: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
                 f"callback {number} was not answered",
                 timeout=90,
@@ -213,7 +206,7 @@ async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby
 
         failing.stop()
         healthy = sipp.start_uas("agent_hangs_up", PORTS["carrier"], 19800, stack.workdir)
-        await _until(
+        await until(
             lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "half_open",
             "the breaker did not go half-open",
             timeout=30,
@@ -221,7 +214,7 @@ async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby
         _agents(stack, "pause", *ORDERS_AGENTS)  # so that the third caller waits
         third = await _ask_for_callback(stack, ami_events, "5554103")
         _agents(stack, "resume", *ORDERS_AGENTS)
-        await _until(
+        await until(
             lambda: stack.redis.hget(stack.key("callback", third), "state") == "answered",
             "the probe callback was not answered",
             timeout=60,
@@ -229,7 +222,7 @@ async def test_a_failing_carrier_opens_its_breaker_and_callbacks_move_to_standby
         assert [e.get("DialString") for e in _dials(ami_events, "5554103")] == [
             "5554103@carrier-out"
         ]
-        await _until(
+        await until(
             lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["state"] == "closed",
             "the breaker did not close after the probe",
             timeout=30,
@@ -251,7 +244,7 @@ async def test_a_breaker_tripped_by_hand_sends_callbacks_to_standby(
         uid = await _ask_for_callback(stack, ami_events, "5554201", keyed="13900004201")
         assert stack.redis.hget(stack.key("callback", uid), "number") == "13900004201"
         _agents(stack, "resume", "1003")
-        await _until(
+        await until(
             lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
             "the callback was not answered",
         )
@@ -284,7 +277,7 @@ async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
             number: await _ask_for_callback(stack, ami_events, number)
             for number in ("5554301", "5554302")
         }
-        await _until(
+        await until(
             lambda: (
                 sorted(
                     str(stack.redis.hget(stack.key("callback", u), "state")) for u in uids.values()
@@ -297,21 +290,21 @@ async def test_callbacks_pending_survive_a_controller_kill_and_a_redis_kill(
 
         pid = stack.controller_pid()
         os.kill(pid, signal.SIGKILL)
-        await _until(lambda: stack.controller_pid() != pid, "no new controller", timeout=30)
+        await until(lambda: stack.controller_pid() != pid, "no new controller", timeout=30)
         await asyncio.to_thread(stack.wait_ready, 60)
         assert {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()} == before
 
         await asyncio.sleep(1.5)  # appendfsync everysec
         redis_pid = int(stack.redis.info("server")["process_id"])
         os.kill(redis_pid, signal.SIGKILL)
-        await _until(_redis_back(stack, redis_pid), "redis-server was not restarted", timeout=30)
+        await until(_redis_back(stack, redis_pid), "redis-server was not restarted", timeout=30)
         after = {u: stack.redis.hgetall(stack.key("callback", u)) for u in uids.values()}
         assert after == before
         await asyncio.to_thread(stack.wait_ready, 60)
 
         _agents(stack, "resume", *ORDERS_AGENTS)
         for number, uid in uids.items():
-            await _until(
+            await until(
                 lambda uid=uid: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
                 f"callback {number} was not answered",
                 timeout=60,
@@ -336,7 +329,7 @@ async def test_a_callback_that_ends_while_the_controller_is_down_is_recorded_onc
     try:
         uid = await _ask_for_callback(stack, ami_events, "5554501")
         attempt = f"cb-{uid}-1"
-        await _until(
+        await until(
             lambda: stack.redis.zscore(stack.key("q", "orders"), attempt) is not None,
             "the callback did not join the orders queue",
         )
@@ -359,9 +352,9 @@ async def test_a_callback_that_ends_while_the_controller_is_down_is_recorded_onc
         assert _callback_ends(ami_events, uid) == ["ANSWER"]
         assert stack.redis.hget(stack.key("callback", uid), "state") == "queued"
         os.kill(pid, signal.SIGKILL)
-        await _until(lambda: stack.controller_pid() not in (0, pid), "no new controller", 30)
+        await until(lambda: stack.controller_pid() not in (0, pid), "no new controller", 30)
         await asyncio.to_thread(stack.wait_ready, 60)
-        await _until(
+        await until(
             lambda: stack.redis.hget(stack.key("callback", uid), "state") == "answered",
             "the restarted controller did not recover the attempt's end",
             timeout=30,
@@ -451,7 +444,7 @@ async def test_at_overload_level_4_new_callers_overflow_to_the_standby_centre(
         ]
         assert [(e.get("Trunk"), e.get("DialStatus")) for e in ends] == [("carrier-out", "ANSWER")]
         assert stack.redis.hgetall(stack.key("call", uid)) == {}
-        await _until(
+        await until(
             lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["in_use"] == 0,
             "the trunk channel was not released",
             timeout=10,
@@ -575,13 +568,13 @@ async def test_a_customer_who_rings_and_does_not_answer_does_not_count_against_t
             "5554701@carrier-out"
         ]
         # The agent back in wrap-up is paused, so that the retry waits.
-        await _until(
+        await until(
             lambda: stack.redis.hget(stack.key("agent", "1003"), "state") == "wrap_up",
             "the agent did not go to wrap-up",
             timeout=10,
         )
         _agents(stack, "pause", "1003")
-        await _until(
+        await until(
             lambda: _api(stack, "GET", "/trunks")["trunks"]["carrier-out"]["window_calls"] == 1,
             "the unanswered leg was not counted",
             timeout=10,

@@ -33,7 +33,7 @@ import yaml
 from acd.adapters.store import RedisStore
 from acd.domain.report import LIVE_FIELDS, live_minutes, live_service_level
 from tests.integration import sipp
-from tests.integration.conftest import PORTS, REPO, EventLog, Stack
+from tests.integration.conftest import PORTS, REPO, EventLog, Stack, until
 from tests.integration.sipp import Script, SippRun
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -115,15 +115,6 @@ def _cdrs(stack: Stack) -> list[dict[str, str]]:
         return [dict(zip(CDR_FIELDS, row, strict=False)) for row in csv.reader(f)]
 
 
-async def _until(what: str, check: Any, timeout: float = 15) -> Any:
-    """Poll a condition (a file Asterisk writes, keys the controller writes) until it holds."""
-    deadline = time.monotonic() + timeout
-    while not (result := check()):
-        assert time.monotonic() < deadline, f"{what} within {timeout} s"
-        await asyncio.sleep(0.1)
-    return result
-
-
 def _stamp(events: EventLog, uid: str, name: str, **match: str) -> float:
     """Asterisk's timestamp of the first event `name` of channel `uid` matching `match`."""
     for e in events.events:
@@ -192,9 +183,8 @@ async def test_the_report_agrees_with_sipp_the_cdrs_and_asterisks_events(
         rows = [r for r in _cdrs(stack) if r["uniqueid"] in uids]
         return rows if {r["uniqueid"] for r in rows} == uids else None
 
-    rows = await _until("a CDR for every call", cdrs_of_these_calls)
-    await _until(
-        "the controller's hangup of every call",
+    rows = await until(cdrs_of_these_calls, "a CDR for every call", timeout=15)
+    await until(
         lambda: (
             {
                 fields["uid"]
@@ -203,6 +193,8 @@ async def test_the_report_agrees_with_sipp_the_cdrs_and_asterisks_events(
             }
             >= uids
         ),
+        "the controller's hangup of every call",
+        timeout=15,
     )
     end = time.time() + 1
 
