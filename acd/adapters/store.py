@@ -178,13 +178,22 @@ class RedisStore:
         prefix: str,
         escalation: Mapping[str, Any] | None = None,
         node: str = "",
+        *,
+        pool_size: int = 64,
+        pool_timeout: float = 5.0,
     ) -> None:
         """`node`: this controller's Asterisk node; claims of callers held by other nodes are
-        handed to their controllers (P:connect:NODE). Empty: no hand-off (tools, benchmarks)."""
-        # After a Redis restart every pooled connection is dead: a command retries on a fresh
-        # connection (explicitly: from_url leaves the default retry without effect).
-        self._redis: aioredis.Redis = aioredis.Redis.from_url(
+        handed to their controllers (P:connect:NODE). Empty: no hand-off (tools, benchmarks).
+        `pool_size`: connections at most; `pool_timeout`: how long a command waits for one."""
+        # One bounded pool for the whole controller: a full pool makes a command wait (up to
+        # `pool_timeout`) for a free connection instead of failing the call, and a peak can no
+        # longer open connections until Redis refuses them. After a Redis restart every pooled
+        # connection is dead: a command retries on a fresh connection (set on the pool's
+        # connections, where redis-py applies it).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=pool_size,
+            timeout=pool_timeout,
             decode_responses=True,
             socket_connect_timeout=2.0,
             socket_timeout=5.0,
@@ -192,6 +201,8 @@ class RedisStore:
             retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=5),
             retry_on_error=[RedisConnectionError, RedisTimeoutError],
         )
+        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
+        self._redis.auto_close_connection_pool = True
         self.prefix = prefix
         self.node = node
         self._min_levels = {
@@ -622,7 +633,38 @@ class RedisStore:
         flat = await self._run(self._overload_pin, [self.key("overload"), self.key("audit")], args)
         return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
 
+    async def queue_depths(self, skills: Iterable[str]) -> dict[str, int]:
+        """Callers waiting in each queue, in one round trip (whatever the size of the floor)."""
+        skills = list(skills)
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for skill in skills:
+                    pipe.zcard(self.key("q", skill))
+                counts = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return {skill: int(n or 0) for skill, n in zip(skills, counts, strict=True)}
+
+    async def arrival_facts(self, number: str, caller_id: str) -> tuple[str | None, str, int]:
+        """What a new call needs before its first prompt, in one round trip: the entry's menu
+        mode as a supervisor set it (None: not set), the caller's tier, the overload level."""
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.hget(self.key("menu_mode"), number)
+                pipe.hget(self.key("tiers"), caller_id or "-")
+                pipe.hget(self.key("overload"), "level")
+                mode, tier, level = await pipe.execute()
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"redis: {exc}") from exc
+        return (
+            str(mode) if mode in MENU_MODES else None,
+            str(tier) if tier and caller_id else "regular",
+            int(level) if level is not None and str(level).isdigit() else 0,
+        )
+
     async def load(self, skills: Iterable[str]) -> LoadSnapshot:
+        """The queues' depths and the floor's agents. Reads every agent's hash: the controller
+        asks acd.runtime.load.LoadCache, which does this at most once a second, never per call."""
         skills = list(skills)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:

@@ -182,6 +182,17 @@ class Flow:
                     out.add(value)
         return out
 
+    def ewt_skills(self) -> frozenset[str]:
+        """The queues whose wait estimate a condition of the flow compares (what Facts.ewt
+        needs; a flow that asks none costs no estimate when a call arrives)."""
+        return frozenset(
+            predicate.ewt_skill
+            for node in self.nodes.values()
+            if isinstance(node, Condition)
+            for predicate, _ in node.cases
+            if predicate.ewt_skill is not None and predicate.ewt_above is not None
+        )
+
 
 # ---------------------------------------------------------------------------------------------
 # Steps the interpreter asks the adapter to carry out, and the facts it decides with

@@ -40,6 +40,7 @@ from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
 from acd.runtime.journey import Recorder, report_targets
+from acd.runtime.load import LoadCache
 from acd.runtime.trunks import TrunkBoard
 
 log = structlog.get_logger(__name__)
@@ -83,6 +84,8 @@ class Controller:
             settings.redis.prefix,
             settings.escalation_rules(),
             node=settings.asterisk.node,
+            pool_size=settings.redis.pool_size,
+            pool_timeout=settings.redis.pool_timeout,
         )
         self.ami = AmiClient(
             host=ami.host,
@@ -94,6 +97,7 @@ class Controller:
             on_connected=self._on_ami_connected,
         )
         self.trunks = TrunkBoard(settings, self.store)
+        self.load = LoadCache(self.store, settings.skill_names())
         self.recorder = Recorder(
             self.store,
             settings.reports.retention_days,
@@ -121,6 +125,7 @@ class Controller:
             on_callback=self._callbacks_due.set,
             trunks=self.trunks,
             recorder=self.recorder,
+            load=self.load,
         )
         self.agi = FastAgiServer(
             {
@@ -204,7 +209,7 @@ class Controller:
         await self.dispatcher.sweep_wrapups()
         if self._alert_rules:
             await self._check_alerts()
-        load = await self.store.load(self.settings.skill_names())
+        load = await self.load.get()
         now = time.time()
         value = load_of(load.waiting_total, load.talking, load.staffed)
         # A reconnect of a second is no failure: only a link down for `failure_after` is.
@@ -236,7 +241,7 @@ class Controller:
             try:
                 now = time.time()
                 if may_dial(hours, now):
-                    load = await self.store.load(self.settings.skill_names())
+                    load = await self.load.get()
                     admitted, expired, next_due = await self.store.admit_callbacks(
                         now, cb.share, cb.expiry, load.staffed_by_skill
                     )
@@ -412,6 +417,7 @@ class Controller:
         after = (await self.store.agent(agent_id)).get("state", "")
         await self.store.audit(who, f"agent {agent_id}", before, f"{after} {reason}".strip(), now)
         log.info("admin.agent_changed", who=who, agent=agent_id, before=before, after=after)
+        self.load.invalidate()  # a supervisor's change shows in the next figures at once
         if after == AgentState.AVAILABLE:
             self.dispatcher.agent_ready(agent_id)
         return {"agent": agent_id, "before": before, "state": after}
@@ -459,7 +465,7 @@ class Controller:
         wait for a new caller, and its agents by state."""
         skills = self.settings.skill_names()
         now = time.time()
-        load = await self.store.load(skills)
+        load = await self.load.get(skills)
         states = await self.store.queue_states(skills)
         modes = await self.store.callback_modes(skills)
         agents = await self.agents()

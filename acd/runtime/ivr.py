@@ -45,6 +45,7 @@ from acd.domain.flow import (
     Transfer,
 )
 from acd.errors import AcdError, AgiHangup
+from acd.runtime.load import LoadCache
 from acd.runtime.trunks import NoTrunkFree
 
 if TYPE_CHECKING:
@@ -108,8 +109,10 @@ class IvrService:
         on_callback: Callable[[], None] = lambda: None,
         trunks: TrunkBoard | None = None,
         recorder: Recorder | None = None,
+        load: LoadCache | None = None,
     ) -> None:
         self._settings = settings
+        self._load = load if load is not None else LoadCache(store, settings.skill_names())
         self._flows = dict(flows)
         self._entries = {e.number: e for e in settings.entries}
         self._hours = {name: h.to_domain() for name, h in settings.hours.items()}
@@ -143,9 +146,12 @@ class IvrService:
             await channel.set_variable("ACD_RESULT", "error")
             return
         caller_id = clean_caller_id(channel.env.get("callerid", ""))
-        mode = await self._store.menu_mode(entry.number, entry.mode)
-        facts = await self._facts(caller_id)
-        flow = self._flows[choose_flow(entry, mode, facts.overload_level)]
+        # One round trip before the first prompt: a caller who presses early must find a
+        # prompt running (res_agi drops digits that arrive while no command runs).
+        set_mode, tier, level = await self._store.arrival_facts(entry.number, caller_id)
+        mode = set_mode or entry.mode
+        flow = self._flows[choose_flow(entry, mode, level)]
+        facts = await self._facts(tier, level, flow.ewt_skills())
         with structlog.contextvars.bound_contextvars(flow=flow.name, entry=entry.number):
             log.info(
                 "ivr.call_arrived",
@@ -176,12 +182,13 @@ class IvrService:
                     raise
                 await self._walk(call, call.run.fall_back())
 
-    async def _facts(self, caller_id: str) -> Facts:
+    async def _facts(self, tier: str, level: int, ewt_skills: frozenset[str]) -> Facts:
+        """What the flow branches on; the wait estimates only of the queues it asks about."""
         now = self._clock()
-        tier = await self._store.tier(caller_id)
-        level = await self._store.overload_level()
-        load = await self._store.load(self._settings.skill_names())
-        ewt = {skill: await self._estimate(skill, None, load, now) for skill in load.waiting}
+        ewt: dict[str, float] = {}
+        if ewt_skills:
+            load = await self._load.get(sorted(ewt_skills))
+            ewt = {skill: await self._estimate(skill, None, load, now) for skill in load.waiting}
         return Facts(
             now=datetime.fromtimestamp(now, UTC),
             tier=tier,
@@ -194,8 +201,16 @@ class IvrService:
         """Estimated wait for a new caller of `skill` (for status and the wallboard)."""
         return await self._estimate(skill, None, load, now)
 
-    async def _estimate(self, skill: str, uid: str | None, load: LoadSnapshot, now: float) -> float:
-        """Estimated wait in `skill`'s queue: for a new caller (uid None), or for one waiting."""
+    async def _estimate(
+        self,
+        skill: str,
+        uid: str | None,
+        load: LoadSnapshot,
+        now: float,
+        waited: float | None = None,
+    ) -> float:
+        """Estimated wait in `skill`'s queue: for a new caller (uid None), or for one waiting
+        (`waited`: how long it has, when the caller knows; else read from its call)."""
         figures = await self._store.queue_figures(
             skill, uid, load.staffed_by_skill.get(skill, 0),
             self._settings.overload.handle_seconds, now,
@@ -210,11 +225,12 @@ class IvrService:
         config = self._skills.get(skill)
         if config is None or not config.escalation:
             return ewt
-        waited = 0.0
-        if uid is not None:
-            record = await self._store.call(uid)
-            joined = record.fields.get("enqueued_at") if record else None
-            waited = now - float(joined) if joined else 0.0
+        if waited is None:
+            waited = 0.0
+            if uid is not None:
+                record = await self._store.call(uid)
+                joined = record.fields.get("enqueued_at") if record else None
+                waited = now - float(joined) if joined else 0.0
         steps = [(step.after, step.min_level) for step in config.escalation]
         return escalated_wait(ewt, waited, steps, figures.best_free_level)
 
@@ -227,7 +243,7 @@ class IvrService:
             return
         skill = call.fields.get("skill", "")
         now = self._clock()
-        load = await self._store.load([skill])
+        load = await self._load.get([skill])
         ewt = await self._estimate(skill, uid, load, now)
         position = (await self._store.queue_figures(skill, uid, 0, 0.0, now)).ahead + 1
         with structlog.contextvars.bound_contextvars(queue=skill):
@@ -493,7 +509,7 @@ class IvrService:
         if await self._closed(call, step, offer=True):
             return True
         now = self._clock()
-        load = await self._store.load([step.skill])
+        load = await self._load.get([step.skill])
         ewt = await self._estimate(step.skill, None, load, now)
         level = call.run.facts.overload_level
         trunks = self._trunks
@@ -619,8 +635,8 @@ class IvrService:
                 "path": path,
             },
         )
-        load = await self._store.load([skill])
-        ewt = await self._estimate(skill, channel.uniqueid, load, now)
+        load = await self._load.get([skill])
+        ewt = await self._estimate(skill, channel.uniqueid, load, now, waited=0.0)
         await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
         log.info("ivr.queued", queue=skill, priority=priority, ewt=round(ewt, 1))
         await self._emit("queued", channel.uniqueid, skill=skill, tier=tier, ewt=round(ewt, 1))
