@@ -22,7 +22,7 @@ import contextlib
 import itertools
 import random
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import structlog
 
@@ -212,6 +212,57 @@ class AmiClient:
         up to but excluding the `EventList: Complete` marker. The deadline covers the whole list."""
         pending = await self._exchange(self._live_connection(), action, fields, timeout, True)
         return pending.events
+
+    async def send_actions(
+        self,
+        actions: Sequence[tuple[str, Mapping[str, FieldValue]]],
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109 - deadline for all of them
+    ) -> list[AmiMessage]:
+        """Send several actions in one write and return their responses in order.
+
+        Asterisk runs one session's actions in the order they arrive, so this keeps their order
+        at the cost of one round trip instead of one each. Once every reply is in, the first
+        failure in order is raised (AmiActionFailed); AmiTimeout, AmiDisconnected as
+        send_action."""
+        conn = self._live_connection()
+        if conn.lost.is_set():
+            raise AmiDisconnected("AMI connection lost")
+        loop = asyncio.get_running_loop()
+        pendings: list[tuple[str, _Pending]] = []
+        data = bytearray()
+        for action, fields in actions:
+            action_id = f"{self._id_prefix}.{next(self._ids)}"
+            data += encode_action(action, action_id, fields)
+            pendings.append((action_id, _Pending(action, loop.create_future(), is_list=False)))
+        names = ",".join(action for action, _ in actions)
+        deadline = self._action_timeout if timeout is None else timeout
+        for action_id, pending in pendings:
+            conn.pending[action_id] = pending
+        try:
+            async with asyncio.timeout(deadline):
+                conn.writer.write(bytes(data))
+                await conn.writer.drain()
+                await asyncio.wait([pending.future for _, pending in pendings])
+        except TimeoutError:
+            raise AmiTimeout(f"no response to AMI {names} within {deadline}s") from None
+        except ConnectionError as exc:
+            conn.drop(f"write failed: {exc!r}")
+            raise AmiDisconnected(f"AMI connection lost during {names}") from exc
+        finally:
+            for action_id, pending in pendings:
+                conn.pending.pop(action_id, None)
+                if pending.future.done() and not pending.future.cancelled():
+                    pending.future.exception()  # retrieved: no "never retrieved" on early exit
+        failures = [pending.future.exception() for _, pending in pendings]
+        for failure in failures:
+            if failure is not None:
+                raise failure
+        out = []
+        for _, pending in pendings:
+            assert pending.response is not None  # set before the future resolves
+            out.append(pending.response)
+        return out
 
     def _live_connection(self) -> _Connection:
         conn = self._conn

@@ -2,8 +2,9 @@
 
 Driven by events, never by polling: a caller queued, an agent freed, an AMI event about one of our
 calls (hangup, end of the agent's dial, bridge), and a full resync after every AMI (re)connect.
-Work items go through one asyncio queue so that AMI listeners stay synchronous and never block the
-AMI reader.
+Work items are submitted synchronously (AMI listeners never block the AMI reader) to a
+KeyedExecutor: what concerns one call, one agent or one queue's claims runs in order, everything
+else at once, so one caller's round trips never hold up another's; a resync runs alone.
 """
 
 from __future__ import annotations
@@ -12,12 +13,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import structlog
 
 from acd.adapters.ami import AmiClient
 from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
+from acd.dispatch.executor import KeyedExecutor
 from acd.domain.agent import BUSY, AgentEvent, AgentState, device_event
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
@@ -57,11 +60,18 @@ class HandoffWork:
 
 
 @dataclass(frozen=True)
+class ConnectWork:
+    """A claimed (caller, agent) pair to connect."""
+
+    claim: Claim
+
+
+@dataclass(frozen=True)
 class ResyncWork:
     done: asyncio.Future[None]
 
 
-Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ResyncWork
+Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ConnectWork | ResyncWork
 
 # The only AMI events the dispatcher acts on; the controller's AMI session filters on them.
 EVENTS = frozenset(
@@ -103,61 +113,93 @@ class Dispatcher:
         # This node's agents' phones, by the device Asterisk reports their state under.
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
         self._escalation = {s.name: s.escalation for s in settings.skills}
-        self._work: asyncio.Queue[Work] = asyncio.Queue()
+        self._executor = KeyedExecutor(limit=settings.redis.pool_size)
         self.connects = 0
+
+    def _key(self, work: Work) -> tuple[str, str]:
+        """What `work` must stay in order with: its call, its agent, or its queue's claims."""
+        if isinstance(work, SkillWork):
+            return ("skill", work.skill)
+        if isinstance(work, AgentWork | WrapUpDone):
+            return ("agent", work.agent_id)
+        if isinstance(work, HandoffWork):
+            return ("call", work.uid)
+        if isinstance(work, ConnectWork):
+            return ("call", work.claim.uid)
+        if isinstance(work, EventWork):
+            event = work.event
+            if event.event == "DeviceStateChange":
+                device = event.get("Device") or ""
+                return ("agent", self._devices.get(device, device))
+            return ("call", event.get("Uniqueid") or "")
+        return ("resync", "")
+
+    def _put(self, work: Work) -> None:
+        job = partial(self._guarded, work)
+        if isinstance(work, ResyncWork):
+            self._executor.submit_exclusive(job)
+        else:
+            self._executor.submit(self._key(work), job)
+
+    def stats(self) -> dict[str, int]:
+        """The executor's counters (for the status page and benchmarks)."""
+        return self._executor.stats()._asdict()
 
     # Synchronous entry points: safe to call from AMI listeners and the IVR.
     def skill_ready(self, skill: str, waited: float = 0.0) -> None:
         """A caller joined `skill`'s queue (having waited `waited` s already): try now, and again
         at each escalation step, when its ring widens (the overflow skills' agents too)."""
-        self._work.put_nowait(SkillWork(skill))
+        self._put(SkillWork(skill))
         loop = asyncio.get_running_loop()
         for step in self._escalation.get(skill, ()):
             if step.after > waited:
-                loop.call_later(step.after - waited, self._work.put_nowait, SkillWork(skill))
+                loop.call_later(step.after - waited, self._put, SkillWork(skill))
 
     def handed(self, uid: str) -> None:
         """A caller of this node was claimed by another node's controller: connect it here."""
-        self._work.put_nowait(HandoffWork(uid))
+        self._put(HandoffWork(uid))
 
     def agent_ready(self, agent_id: str) -> None:
         """An agent may take a caller now (logged in, resumed); a callback may be admitted for
         it too."""
-        self._work.put_nowait(AgentWork(agent_id))
+        self._put(AgentWork(agent_id))
         self._on_callback_slot()
 
     async def sweep_wrapups(self) -> None:
         """Finish wrap-ups whose time is over (a safety net for timers lost in a restart)."""
         for agent_id in await self._store.due_wrapups(self._clock()):
-            self._work.put_nowait(WrapUpDone(agent_id))
+            self._put(WrapUpDone(agent_id))
 
     def on_ami_event(self, event: AmiMessage) -> None:
         if event.event in EVENTS:
-            self._work.put_nowait(EventWork(event))
+            self._put(EventWork(event))
 
     async def resync(self) -> None:
         """Called after every AMI (re)connect; returns when the resync has been carried out."""
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._work.put_nowait(ResyncWork(done))
+        self._put(ResyncWork(done))
         await done
 
     async def run(self) -> None:
-        while True:
-            work = await self._work.get()
-            try:
-                await self._handle(work)
-            except StoreUnavailable as exc:
-                log.error(  # noqa: TRY400 - a Redis outage is expected; its message is enough
-                    "dispatch.store_unavailable", error=str(exc), work=type(work).__name__
-                )
-                self._settle(work, exc)
-            except AmiError as exc:
-                # The AMI link dropped mid-way; the resync after reconnect puts things right.
-                log.warning("dispatch.ami_unavailable", error=str(exc), work=type(work).__name__)
-                self._settle(work, None)
-            except AcdError as exc:
-                log.exception("dispatch.failed", work=type(work).__name__)
-                self._settle(work, exc)
+        await self._executor.run()
+
+    async def _guarded(self, work: Work) -> None:
+        """Do one work item; the errors of the adapters it meets are logged, and settle a
+        resync's waiter."""
+        try:
+            await self._handle(work)
+        except StoreUnavailable as exc:
+            log.error(  # noqa: TRY400 - a Redis outage is expected; its message is enough
+                "dispatch.store_unavailable", error=str(exc), work=type(work).__name__
+            )
+            self._settle(work, exc)
+        except AmiError as exc:
+            # The AMI link dropped mid-way; the resync after reconnect puts things right.
+            log.warning("dispatch.ami_unavailable", error=str(exc), work=type(work).__name__)
+            self._settle(work, None)
+        except AcdError as exc:
+            log.exception("dispatch.failed", work=type(work).__name__)
+            self._settle(work, exc)
 
     @staticmethod
     def _settle(work: Work, exc: Exception | None) -> None:
@@ -169,12 +211,15 @@ class Dispatcher:
 
     async def _handle(self, work: Work) -> None:
         if isinstance(work, SkillWork):
+            # Claim while there are pairs; each connect goes on beside the next claim.
             while (claim := await self._store.claim_for_skill(work.skill)) is not None:
-                await self._connect(claim)
+                self._put(ConnectWork(claim))
         elif isinstance(work, AgentWork):
             claim = await self._store.claim_for_agent(work.agent_id)
             if claim is not None:
-                await self._connect(claim)
+                self._put(ConnectWork(claim))
+        elif isinstance(work, ConnectWork):
+            await self._connect(work.claim)
         elif isinstance(work, HandoffWork):
             record = await self._store.call(work.uid)
             if record is None or record.state != "offered" or not record.agent:
@@ -191,7 +236,7 @@ class Dispatcher:
             )
             if done:
                 log.info("dispatch.wrap_up_done", agent=work.agent_id)
-                self._work.put_nowait(AgentWork(work.agent_id))
+                self._put(AgentWork(work.agent_id))
         elif isinstance(work, EventWork):
             await self._on_event(work.event)
         else:
@@ -214,7 +259,7 @@ class Dispatcher:
             log.warning("dispatch.unknown_agent", uniqueid=claim.uid, agent=claim.agent_id)
             await self._store.retire_agents([claim.agent_id])
             if await self._store.requeue(claim.uid):
-                self._work.put_nowait(SkillWork(claim.skill))
+                self._put(SkillWork(claim.skill))
             return
         if record is None:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
@@ -229,22 +274,28 @@ class Dispatcher:
         dial = self._settings.agent_dial(agent)
         with bound:
             try:
-                for variable, value in (
-                    ("ACD_AGENT", claim.agent_id),
-                    ("ACD_AGENT_DIAL", dial),
-                ):
-                    await self._ami.send_action(
-                        "Setvar",
-                        {"Channel": record.channel, "Variable": variable, "Value": value},
-                    )
-                await self._ami.send_action(
-                    "Redirect",
-                    {
-                        "Channel": record.channel,
-                        "Context": "acd-connect",
-                        "Exten": "s",
-                        "Priority": "1",
-                    },
+                # One write, one round trip: Asterisk runs them in this order.
+                channel = record.channel
+                await self._ami.send_actions(
+                    [
+                        (
+                            "Setvar",
+                            {"Channel": channel, "Variable": "ACD_AGENT", "Value": claim.agent_id},
+                        ),
+                        (
+                            "Setvar",
+                            {"Channel": channel, "Variable": "ACD_AGENT_DIAL", "Value": dial},
+                        ),
+                        (
+                            "Redirect",
+                            {
+                                "Channel": channel,
+                                "Context": "acd-connect",
+                                "Exten": "s",
+                                "Priority": "1",
+                            },
+                        ),
+                    ]
                 )
             except AmiActionFailed as exc:
                 # The channel is gone (it hung up between the claim and now).
@@ -443,10 +494,10 @@ class Dispatcher:
             return
         log.info("dispatch.call_ended", uniqueid=uid, agent=agent, agent_state=state)
         if state == AgentState.AVAILABLE:
-            self._work.put_nowait(AgentWork(agent))
+            self._put(AgentWork(agent))
         elif state == AgentState.WRAP_UP:
             loop = asyncio.get_running_loop()
-            loop.call_later(wrap_up, self._work.put_nowait, WrapUpDone(agent))
+            loop.call_later(wrap_up, self._put, WrapUpDone(agent))
 
     async def _record_hangup(self, uid: str, cause: str, *, fallback: bool = False) -> None:
         """The journey's last event for a caller who came in through the IVR: how it ended
@@ -574,7 +625,7 @@ class Dispatcher:
             log.info("dispatch.agent_missed", uniqueid=uid, agent=agent, dial_status=status)
             record = await self._store.call(uid)
             if await self._store.requeue(uid) and record is not None:
-                self._work.put_nowait(SkillWork(record.fields.get("skill", "")))
+                self._put(SkillWork(record.fields.get("skill", "")))
             if agent:
                 if self._settings.agent_policy.pause_on_missed:
                     await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
@@ -686,7 +737,7 @@ class Dispatcher:
             trunk_channels_released=released,
         )
         for skill in self._settings.skill_names():
-            self._work.put_nowait(SkillWork(skill))
+            self._put(SkillWork(skill))
         # Escalation timers of callers who were already waiting (ours were lost in a restart).
         for uid in await self._store.calls_of_node(self._settings.asterisk.node):
             record = await self._store.call(uid)

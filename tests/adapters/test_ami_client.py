@@ -137,6 +137,53 @@ async def test_responses_are_matched_by_action_id() -> None:
             assert (await second).get("Value") == "value-b"
 
 
+async def test_send_actions_writes_all_before_any_reply_and_keeps_their_order() -> None:
+    """A connect's Setvar, Setvar, Redirect reach Asterisk in one go, in order (one round trip),
+    and their replies come back in that order whatever order they arrive in."""
+    async with FakeAmiServer() as ami:
+        client = make_client(ami)
+        async with running(client) as bg:
+            conn = ami.connections[0]
+            sent = bg.start(
+                client.send_actions(
+                    [
+                        ("Setvar", {"Variable": "A", "Value": "1"}),
+                        ("Setvar", {"Variable": "B", "Value": "2"}),
+                        ("Redirect", {"Channel": "PJSIP/x-1", "Context": "acd-connect"}),
+                    ]
+                )
+            )
+            # All three arrive while none has been answered.
+            received = [await conn.next_action() for _ in range(3)]
+            assert [a.get("Action") for a in received] == ["Setvar", "Setvar", "Redirect"]
+            assert [a.get("Variable") for a in received[:2]] == ["A", "B"]
+            for action, tag in zip(reversed(received), "zyx", strict=True):
+                await conn.reply(action, Message=tag)
+            replies = await sent
+            assert [r.get("Message") for r in replies] == ["x", "y", "z"]
+
+
+async def test_send_actions_raises_the_first_failure_after_all_replies() -> None:
+    """A Setvar on a channel that hung up fails the whole connect with Asterisk's message."""
+    async with FakeAmiServer() as ami:
+        client = make_client(ami)
+        async with running(client) as bg:
+            conn = ami.connections[0]
+            sent = bg.start(
+                result_or_error(
+                    client.send_actions([("Setvar", {"Variable": "A"}), ("Redirect", {})])
+                )
+            )
+            setvar, redirect = await conn.next_action("Setvar"), await conn.next_action()
+            await conn.reply(redirect, "Error", Message="Channel not found")
+            await conn.reply(setvar, "Error", Message="No such channel")
+            failure = await sent
+            assert isinstance(failure, AmiActionFailed)
+            assert failure.action == "Setvar"
+            assert failure.message == "No such channel"
+            assert client.reconnects == 0
+
+
 async def test_response_error_raises_action_failed() -> None:
     """`Response: Error` raises AmiActionFailed with Asterisk's message; the connection stays up."""
 

@@ -1,0 +1,2 @@
+"""Dispatch: claiming (caller, agent) pairs and connecting them, concurrently and in order per
+call and per agent."""
