@@ -67,7 +67,7 @@ AGENTS_MEDIA_PORT = 31100
 NODE = "bench-a"
 CALLER_ID = "5550100"
 # AGI commands that start a prompt.
-PROMPT_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "SAY ", "GET DATA")
+PROMPT_COMMANDS = ("STREAM FILE", "CONTROL STREAM FILE", "SAY ", "GET DATA", "GET OPTION")
 ANY_DIGIT = "0123456789*#"
 TURN_WINDOW_US = 10_000_000  # a digit with no prompt within 10 s ended the IVR (the final 0)
 PRESS_INTERVAL = 2.2  # between presses on promo-rules (14 s long): each lands mid-prompt
@@ -133,6 +133,8 @@ def digits_taken(command: str) -> str | None:
     verb = " ".join(words[:2]).upper()
     if verb in ("WAIT FOR", "GET DATA"):
         return ANY_DIGIT
+    if verb == "GET OPTION":
+        return words[3] if len(words) > 3 else ""
     if verb == "STREAM FILE" or words[:1] == ["SAY"]:
         return words[3] if len(words) > 3 else ""
     if verb == "CONTROL STREAM":

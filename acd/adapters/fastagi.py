@@ -190,6 +190,13 @@ class AgiChannel:
         reply = await self.command("STREAM FILE", prompt, escape_digits)
         return self._digit_result("STREAM FILE", reply)
 
+    async def get_option(self, prompt: str, escape_digits: str, timeout_ms: int) -> str:
+        """Play `prompt`, then wait up to `timeout_ms` for one of `escape_digits`, in ONE command:
+        a digit pressed as the prompt ends is never lost between two commands (res_agi drops
+        digits that arrive while no command runs). Returns the digit, or "" on timeout."""
+        reply = await self.command("GET OPTION", prompt, escape_digits, str(timeout_ms))
+        return self._digit_result("GET OPTION", reply)
+
     async def get_data(self, prompt: str, timeout_ms: int, max_digits: int) -> tuple[str, bool]:
         """Play `prompt` and collect up to `max_digits`; return (digits, timed_out)."""
         reply = await self.command("GET DATA", prompt, str(timeout_ms), str(max_digits))

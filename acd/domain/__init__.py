@@ -1,1 +1,1 @@
-"""domain layer of acd (see DESIGN.md)."""
+"""domain layer of acd (see docs/architecture.md)."""

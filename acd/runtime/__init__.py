@@ -1,1 +1,1 @@
-"""runtime layer of acd (see DESIGN.md)."""
+"""runtime layer of acd (see docs/architecture.md)."""

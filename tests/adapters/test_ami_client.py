@@ -1,6 +1,6 @@
 """AmiClient against a scripted fake Asterisk manager on 127.0.0.1:0.
 
-Each panoramisk defect listed in DESIGN.md has a test here whose docstring names it."""
+Each panoramisk defect listed in docs/architecture.md has a test here whose docstring names it."""
 
 from __future__ import annotations
 

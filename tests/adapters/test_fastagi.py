@@ -1,8 +1,8 @@
 """FastAgiServer and AgiChannel against a scripted fake Asterisk on 127.0.0.1.
 
-Each panoramisk FastAGI defect listed in DESIGN.md has a test here whose docstring names it. The
-server always closes the socket when a call ends, so `expect_eof()` is where a test knows the
-handler has finished."""
+Each panoramisk FastAGI defect listed in docs/architecture.md has a test here whose docstring
+names it. The server always closes the socket when a call ends, so `expect_eof()` is where a test
+knows the handler has finished."""
 
 from __future__ import annotations
 

@@ -113,7 +113,7 @@ async def shipped(redis_url: str, order_service: int) -> AsyncIterator[Harness]:
 
 async def converse(peer: FakeAsterisk, digits: str | list[str]) -> list[list[str]]:
     """Play Asterisk: answer every AGI command until the session ends; a prompt with escape
-    digits or a WAIT FOR DIGIT takes the next of `digits` ('' = nothing pressed)."""
+    digits, a GET OPTION or a WAIT FOR DIGIT takes the next of `digits` ('' = nothing pressed)."""
     pressed = list(digits)
     commands = []
     while True:
@@ -124,11 +124,11 @@ async def converse(peer: FakeAsterisk, digits: str | list[str]) -> list[list[str
             return commands
         words = shlex.split(line)
         commands.append(words)
-        takes_digit = (words[:2] == ["STREAM", "FILE"] and words[3]) or words[:3] == [
-            "WAIT",
-            "FOR",
-            "DIGIT",
-        ]
+        takes_digit = (
+            (words[:2] == ["STREAM", "FILE"] and words[3])
+            or words[:3] == ["WAIT", "FOR", "DIGIT"]
+            or words[:2] == ["GET", "OPTION"]
+        )
         if takes_digit and pressed:
             digit = pressed.pop(0)
             await peer.reply(f"200 result={ord(digit) if digit else 0} endpos=800")
@@ -136,6 +136,11 @@ async def converse(peer: FakeAsterisk, digits: str | list[str]) -> list[list[str
             await peer.reply("200 result=1")
         else:
             await peer.reply("200 result=0 endpos=16000")
+
+
+# The commands that play a prompt (a menu's last prompt is a GET OPTION, which then waits for the
+# digit).
+PROMPTS = (["STREAM", "FILE"], ["GET", "OPTION"])
 
 
 def variables(commands: list[list[str]]) -> dict[str, str]:
@@ -186,7 +191,7 @@ async def test_garbage_dtmf_counts_as_no_input(shipped: Harness) -> None:
     """A digit that is no DTMF key (Asterisk reported 'x') is treated as silence: the timeout
     prompt plays and the menu is asked again; 4 then queues for after-sales."""
     commands = await _call(shipped, ["x", "x", "", "4"], "1.4")
-    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    streamed = [w[2] for w in commands if w[:2] in PROMPTS]
     assert streamed == [
         "acd/promo-welcome",
         "acd/promo-menu",
@@ -208,7 +213,7 @@ async def test_menu_modes_choose_the_fallback_flow(shipped: Harness) -> None:
     await shipped.store.set_menu_mode("1000", "fallback")
     commands = await _call(shipped, "2", "1.5")
     assert variables(commands)["ACD_FLOW"] == "promo-lite"
-    assert next(w[2] for w in commands if w[:2] == ["STREAM", "FILE"]) == "acd/lite-menu"
+    assert next(w[2] for w in commands if w[:2] in PROMPTS) == "acd/lite-menu"
 
 
 async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
@@ -256,7 +261,7 @@ async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
     confirmation; input that never makes a valid number queues the caller instead."""
     await shipped.store.set_menu_mode("1000", "fallback")
     commands = await _call(shipped, digits, "2.1", caller=caller)
-    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    streamed = [w[2] for w in commands if w[:2] in PROMPTS]
     assert ("invalid" in streamed) is invalid_heard
     # Every number on offer (the caller ID, each valid one keyed) is read out to be confirmed.
     assert streamed.count("acd/callback-number-is") == read_out
@@ -293,7 +298,7 @@ async def test_a_caller_whose_callback_cannot_be_taken_does_not_join_a_closed_qu
     await shipped.store.set_queue_states(["orders"], "closed", "test", 1.0)
     await shipped.store.set_callback_modes(["orders"], "off", "test", 1.0)
     commands = await _call(shipped, ["1", "1"], "2.3")
-    streamed = [w[2] for w in commands if w[:2] == ["STREAM", "FILE"]]
+    streamed = [w[2] for w in commands if w[:2] in PROMPTS]
     assert streamed[-1] == "acd/queue-closed"
     assert variables(commands)["ACD_RESULT"] == "closed"
     assert await shipped.store.callback("2.3") == {}

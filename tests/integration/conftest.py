@@ -411,11 +411,12 @@ async def until(check: Callable[[], Any], what: str, timeout: float = 60) -> Any
 
 
 def played(events: EventLog, uid: str) -> list[str]:
-    """The sounds the IVR streamed to a channel, in order."""
+    """The sounds the IVR streamed to a channel, in order (a menu's last prompt is played by
+    GET OPTION, which then waits for the digit)."""
     out = []
     for command in agi_commands(events, uid):
         parts = shlex.split(command)
-        if parts[:2] == ["STREAM", "FILE"]:
+        if parts[:2] in (["STREAM", "FILE"], ["GET", "OPTION"]):
             out.append(parts[2])
     return out
 

@@ -1,6 +1,6 @@
 """What happens to a new caller before it queues: callback offers and overflow to the standby
-centre by overload level, with level 4's plan (DESIGN.md): callback-only for low tiers, VIPs and
-urgent problems first in-house, overflow to standby lines."""
+centre by overload level, with level 4's plan (docs/architecture.md): callback-only for low
+tiers, VIPs and urgent problems first in-house, overflow to standby lines."""
 
 from __future__ import annotations
 
