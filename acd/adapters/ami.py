@@ -197,7 +197,9 @@ class AmiClient:
         before the response, AmiTimeout without a response in time, ProtocolError for fields that
         would inject headers.
         """
-        pending = await self._exchange(self._live_connection(), action, fields, timeout, False)
+        (pending,) = await self._exchange(
+            self._live_connection(), [(action, fields or {})], timeout, is_list=False
+        )
         assert pending.response is not None  # set before the future resolves
         return pending.response
 
@@ -210,7 +212,9 @@ class AmiClient:
     ) -> list[AmiMessage]:
         """Send a list action (CoreShowChannels, QueueStatus...) and return the events it produced,
         up to but excluding the `EventList: Complete` marker. The deadline covers the whole list."""
-        pending = await self._exchange(self._live_connection(), action, fields, timeout, True)
+        (pending,) = await self._exchange(
+            self._live_connection(), [(action, fields or {})], timeout, is_list=True
+        )
         return pending.events
 
     async def send_actions(
@@ -225,41 +229,9 @@ class AmiClient:
         at the cost of one round trip instead of one each. Once every reply is in, the first
         failure in order is raised (AmiActionFailed); AmiTimeout, AmiDisconnected as
         send_action."""
-        conn = self._live_connection()
-        if conn.lost.is_set():
-            raise AmiDisconnected("AMI connection lost")
-        loop = asyncio.get_running_loop()
-        pendings: list[tuple[str, _Pending]] = []
-        data = bytearray()
-        for action, fields in actions:
-            action_id = f"{self._id_prefix}.{next(self._ids)}"
-            data += encode_action(action, action_id, fields)
-            pendings.append((action_id, _Pending(action, loop.create_future(), is_list=False)))
-        names = ",".join(action for action, _ in actions)
-        deadline = self._action_timeout if timeout is None else timeout
-        for action_id, pending in pendings:
-            conn.pending[action_id] = pending
-        try:
-            async with asyncio.timeout(deadline):
-                conn.writer.write(bytes(data))
-                await conn.writer.drain()
-                await asyncio.wait([pending.future for _, pending in pendings])
-        except TimeoutError:
-            raise AmiTimeout(f"no response to AMI {names} within {deadline}s") from None
-        except ConnectionError as exc:
-            conn.drop(f"write failed: {exc!r}")
-            raise AmiDisconnected(f"AMI connection lost during {names}") from exc
-        finally:
-            for action_id, pending in pendings:
-                conn.pending.pop(action_id, None)
-                if pending.future.done() and not pending.future.cancelled():
-                    pending.future.exception()  # retrieved: no "never retrieved" on early exit
-        failures = [pending.future.exception() for _, pending in pendings]
-        for failure in failures:
-            if failure is not None:
-                raise failure
+        pendings = await self._exchange(self._live_connection(), actions, timeout, is_list=False)
         out = []
-        for _, pending in pendings:
+        for pending in pendings:
             assert pending.response is not None  # set before the future resolves
             out.append(pending.response)
         return out
@@ -273,33 +245,47 @@ class AmiClient:
     async def _exchange(
         self,
         conn: _Connection,
-        action: str,
-        fields: Mapping[str, FieldValue] | None,
+        actions: Sequence[tuple[str, Mapping[str, FieldValue]]],
         deadline: float | None,
+        *,
         is_list: bool,
-    ) -> _Pending:
-        action_id = f"{self._id_prefix}.{next(self._ids)}"
-        data = encode_action(action, action_id, fields or {})
+    ) -> list[_Pending]:
+        """Write `actions` at once and wait for every reply; raise the first failure in order."""
+        loop = asyncio.get_running_loop()
+        frames: list[tuple[str, _Pending]] = []
+        data = bytearray()
+        for action, fields in actions:
+            action_id = f"{self._id_prefix}.{next(self._ids)}"
+            data += encode_action(action, action_id, fields)
+            frames.append((action_id, _Pending(action, loop.create_future(), is_list=is_list)))
         if conn.lost.is_set():
             raise AmiDisconnected("AMI connection lost")
-        pending = _Pending(action, asyncio.get_running_loop().create_future(), is_list=is_list)
-        # Registered before writing: the reply must find it however fast it comes.
-        conn.pending[action_id] = pending
+        names = ",".join(action for action, _ in actions)
         if deadline is None:
             deadline = self._action_timeout
+        # Registered before writing: a reply must find its action however fast it comes.
+        for action_id, pending in frames:
+            conn.pending[action_id] = pending
         try:
             async with asyncio.timeout(deadline):
-                conn.writer.write(data)
+                conn.writer.write(bytes(data))
                 await conn.writer.drain()
-                await pending.future
+                await asyncio.wait([pending.future for _, pending in frames])
         except TimeoutError:
-            raise AmiTimeout(f"no response to AMI {action} within {deadline}s") from None
+            raise AmiTimeout(f"no response to AMI {names} within {deadline}s") from None
         except ConnectionError as exc:
             conn.drop(f"write failed: {exc!r}")
-            raise AmiDisconnected(f"AMI connection lost during {action}") from exc
+            raise AmiDisconnected(f"AMI connection lost during {names}") from exc
         finally:
-            conn.pending.pop(action_id, None)
-        return pending
+            for action_id, pending in frames:
+                conn.pending.pop(action_id, None)
+                if pending.future.done() and not pending.future.cancelled():
+                    pending.future.exception()  # retrieved: no "never retrieved" on early exit
+        for _, pending in frames:
+            failure = pending.future.exception()
+            if failure is not None:
+                raise failure
+        return [pending for _, pending in frames]
 
     # -- reading -----------------------------------------------------------------------------
 
@@ -360,7 +346,7 @@ class AmiClient:
         while not conn.lost.is_set():
             await asyncio.sleep(self._ping_interval)
             try:
-                await self._exchange(conn, "Ping", None, self._ping_timeout, False)
+                await self._exchange(conn, [("Ping", {})], self._ping_timeout, is_list=False)
             except AmiTimeout:
                 log.warning("ami.ping_timeout", host=self._host, timeout=self._ping_timeout)
                 conn.drop("ping timeout")
@@ -482,7 +468,7 @@ class AmiClient:
     async def _login(self, conn: _Connection) -> None:
         fields = {"Username": self._username, "Secret": self._secret}
         try:
-            await self._exchange(conn, "Login", fields, self._action_timeout, False)
+            await self._exchange(conn, [("Login", fields)], self._action_timeout, is_list=False)
         except AmiActionFailed as exc:
             raise AmiLoginFailed(
                 f"AMI login as {self._username!r} refused: {exc.message}"
