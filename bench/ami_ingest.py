@@ -57,10 +57,8 @@ import json
 import math
 import os
 import re
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -69,13 +67,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from claims import private_redis  # bench/ is on sys.path when a bench runs
 
 from acd.protocol.ami import AmiCodec, AmiMessage
 
 HERE = Path(__file__).resolve()
 REPO = HERE.parents[1]
 TRANSCRIPTS = sorted((REPO / "bench" / "ami").glob("*.ami"))
-REDIS_CONF = REPO / "redis" / "redis.conf"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"  # what Asterisk 22.10 sends
 LAG_SLEEP = 0.005
 # Events the fake sends outside the replay (login, the resync's list ends): not counted.
@@ -596,37 +594,6 @@ def report(r: Result, args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[tuple[str, int]]:
-    """A redis-server with the shipped configuration, a free port and a temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="acd-ami-ingest-") as tmp:
-        port = _free_port()
-        proc = subprocess.Popen(
-            ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", tmp],
-            stdout=subprocess.DEVNULL,
-        )
-        try:
-            deadline = time.monotonic() + 10
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                    break
-                except OSError:
-                    if time.monotonic() > deadline or proc.poll() is not None:
-                        raise SystemExit("redis-server did not start") from None
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0", proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(5)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -669,7 +636,7 @@ def main() -> int:
         if args.redis_url:
             redis_url, redis_pid = args.redis_url, None
         else:
-            redis_url, redis_pid = stack.enter_context(private_redis())
+            redis_url, redis_pid = stack.enter_context(private_redis("acd-ami-ingest-"))
         for run, rate in enumerate(rates):
             result = asyncio.run(measure(args, rate, redis_url, redis_pid, run))
             print(report(result, args), flush=True)

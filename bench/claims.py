@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import random
 import resource
 import socket
@@ -29,6 +30,7 @@ import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -187,16 +189,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--rate", type=float, default=500.0)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--redis-url", default="")
-    args = parser.parse_args()
-    if args.redis_url:
-        asyncio.run(run(args.redis_url, args.rate, args.seconds))
-        return
-    with tempfile.TemporaryDirectory() as tmp:
+@contextlib.contextmanager
+def private_redis(prefix: str = "acd-bench-") -> Iterator[tuple[str, int]]:
+    """A redis-server with the shipped configuration, a free port and a temporary directory:
+    yields its URL and pid (bench/ami_ingest.py uses it too)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         port = _free_port()
         proc = subprocess.Popen(
             ["redis-server", str(REDIS_CONF), "--port", str(port), "--dir", tmp],
@@ -212,10 +209,23 @@ def main() -> None:
                     if time.monotonic() > deadline or proc.poll() is not None:
                         raise SystemExit("redis-server did not start") from None
                     time.sleep(0.02)
-            asyncio.run(run(f"redis://127.0.0.1:{port}/0", args.rate, args.seconds))
+            yield f"redis://127.0.0.1:{port}/0", proc.pid
         finally:
             proc.terminate()
             proc.wait(5)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rate", type=float, default=500.0)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--redis-url", default="")
+    args = parser.parse_args()
+    if args.redis_url:
+        asyncio.run(run(args.redis_url, args.rate, args.seconds))
+        return
+    with private_redis() as (url, _pid):
+        asyncio.run(run(url, args.rate, args.seconds))
 
 
 if __name__ == "__main__":

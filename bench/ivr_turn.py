@@ -142,7 +142,7 @@ def digits_taken(command: str) -> str | None:
     return None
 
 
-def _micros(timestamp: str | None) -> int | None:
+def ami_micros(timestamp: str | None) -> int | None:
     """AMI's `Timestamp: 1712345678.123456` as integer microseconds (no float rounding)."""
     if not timestamp:
         return None
@@ -180,7 +180,7 @@ class TurnMeter:
 
     def __call__(self, event: AmiMessage) -> None:
         uid = event.get("Uniqueid") or ""
-        at = _micros(event.get("Timestamp"))
+        at = ami_micros(event.get("Timestamp"))
         name = event.event
         if name == "Newchannel" and event.get("CallerIDNum") == self.caller_id:
             self._channels[uid] = _Channel()

@@ -90,6 +90,8 @@ if str(REPO) not in sys.path:
     # The SIPp helpers live in the test tree, which is not installed: import them from the checkout.
     sys.path.insert(0, str(REPO))
 
+from ivr_turn import ami_micros  # noqa: E402 - bench/ is on sys.path when a bench runs
+
 from tests.integration import sipp  # noqa: E402 - importable only once the checkout is on sys.path
 
 PEAK = REPO / "bench" / "peak"
@@ -134,16 +136,6 @@ SYSTEMS = ("acd", "app_queue")
 # What Asterisk says about each caller
 
 
-def _micros(timestamp: str | None) -> int | None:
-    """AMI's `Timestamp: 1712345678.123456` as integer microseconds (no float rounding)."""
-    if not timestamp:
-        return None
-    seconds, _, fraction = timestamp.partition(".")
-    if not seconds.isdigit() or not (fraction or "0").isdigit():
-        return None
-    return int(seconds) * 1_000_000 + int(fraction.ljust(6, "0")[:6])
-
-
 @dataclass
 class Caller:
     new_at: int | None
@@ -176,7 +168,7 @@ class Meter:
         self.events += 1
         name = event.event
         uid = event.get("Uniqueid") or ""
-        at = _micros(event.get("Timestamp"))
+        at = ami_micros(event.get("Timestamp"))
         if name == "Newchannel":
             if (event.get("Channel") or "").startswith(f"PJSIP/{TRUNK}-"):
                 self.callers[uid] = Caller(new_at=at)
