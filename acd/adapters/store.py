@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import json
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -73,6 +73,8 @@ class QueueFigures:
     handle: float
     rate: float
     best_free_level: int = 0  # the highest level among the skill's free agents (0: none)
+    ahead_of_score: int = 0  # callers with a better score than the one asked about (if asked)
+    state: str = "open"  # the queue's state (open, closed, paused), when asked for
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,20 @@ class Claim:
     agent_id: str
     skill: str
     node: str = ""  # the Asterisk node holding the caller's channel
+    channel: str = ""  # the caller's channel ('' when not known: read the call)
+    kind: str = ""  # 'callback' for a callback, else ''
+
+
+@dataclass(frozen=True)
+class JourneyEntry:
+    """One journey event as written to P:journey, with the live counters it moves."""
+
+    event: str
+    uid: str
+    t: float
+    node: str
+    fields: Mapping[str, str]
+    live: tuple[LiveCount, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -165,7 +181,7 @@ return out
 """
 
 
-def _script(name: str) -> str:
+def script_text(name: str) -> str:
     return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
@@ -212,22 +228,28 @@ class RedisStore:
         self._rules = json.dumps(escalation or {}, separators=(",", ":"))
         if self._rules == "{}":
             self._rules = '{"":{"min":1,"steps":[]}}'  # cjson decodes {} as an array-like table
-        self._enqueue = self._redis.register_script(_script("enqueue"))
-        self._claim = self._redis.register_script(_script("claim"))
-        self._agent_event = self._redis.register_script(_script("agent_event"))
-        self._requeue = self._redis.register_script(_script("requeue"))
-        self._end_call = self._redis.register_script(_script("end_call"))
-        self._callback_admit = self._redis.register_script(_script("callback_admit"))
-        self._callback_register = self._redis.register_script(_script("callback_register"))
-        self._trunk_commit = self._redis.register_script(_script("trunk_commit"))
+        self._enqueue = self._redis.register_script(script_text("enqueue"))
+        self._claim = self._redis.register_script(script_text("claim"))
+        self._agent_event = self._redis.register_script(script_text("agent_event"))
+        self._requeue = self._redis.register_script(script_text("requeue"))
+        self._end_call = self._redis.register_script(script_text("end_call"))
+        self._callback_admit = self._redis.register_script(script_text("callback_admit"))
+        self._callback_register = self._redis.register_script(script_text("callback_register"))
+        self._trunk_commit = self._redis.register_script(script_text("trunk_commit"))
         self._service_counts = self._redis.register_script(_SERVICE_COUNTS)
-        self._agent_skills = self._redis.register_script(_script("agent_skills"))
+        self._agent_skills = self._redis.register_script(script_text("agent_skills"))
         self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
         self._hset_existing = self._redis.register_script(_HSET_EXISTING)
-        self._callback_finish = self._redis.register_script(_script("callback_finish"))
+        self._callback_finish = self._redis.register_script(script_text("callback_finish"))
+        self._journey = self._redis.register_script(script_text("journey"))
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The pooled client, for the small stores of single features (acd.adapters.calls)."""
+        return self._redis
 
     async def close(self) -> None:
         await self._redis.aclose()
@@ -332,10 +354,21 @@ class RedisStore:
         await self._run(self._enqueue, keys, args)
 
     async def queue_figures(
-        self, skill: str, uid: str | None, staffed: int, default_handle: float, now: float
+        self,
+        skill: str,
+        uid: str | None,
+        staffed: int,
+        default_handle: float,
+        now: float,
+        *,
+        score: float | None = None,
+        with_state: bool = False,
     ) -> QueueFigures:
         """What the wait estimate needs about one queue, in one round trip. Free agents count
-        from the queue's minimum level (the available sets' scores encode the level)."""
+        from the queue's minimum level (the available sets' scores encode the level). `ahead`:
+        the callers ahead of `uid`, or all of them; with `score`, also how many a caller joining
+        with that score would have ahead of it (`ahead_of_score`); `with_state`: the queue's
+        state too (QUEUE_STATES)."""
         min_level = self._min_levels.get(skill, 1)
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -347,7 +380,12 @@ class RedisStore:
                 pipe.zrange(self.key("avail", skill), 0, 0, withscores=True)
                 pipe.zcount(self.key("arrivals", skill), now - ARRIVAL_WINDOW_SECONDS, "+inf")
                 pipe.hget(self.key("stats", skill), "aht")
-                ahead, free, best, arrivals, aht = await pipe.execute()
+                pipe.zcount(
+                    self.key("q", skill), "-inf", f"({score!r}" if score is not None else "-inf"
+                )
+                if with_state:
+                    pipe.hget(self.key("queue_state"), skill)
+                ahead, free, best, arrivals, aht, before, *state = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return QueueFigures(
@@ -357,39 +395,9 @@ class RedisStore:
             handle=float(aht) if aht else default_handle,
             rate=int(arrivals or 0) / ARRIVAL_WINDOW_SECONDS,
             best_free_level=10 - int(float(best[0][1]) // 1e10) if best else 0,
+            ahead_of_score=int(before or 0),
+            state=str(state[0]) if state and state[0] in QUEUE_STATES else "open",
         )
-
-    async def record_answer(self, uid: str, now: float) -> dict[str, str]:
-        """The caller is talking to its agent: note when, and log the wait against the estimate
-        given at join (P:ewt_log), for the estimate's error. Returns the call's fields."""
-        record = await self.call(uid)
-        if record is None:
-            return {}  # it hung up meanwhile: nothing to record (and no key to recreate)
-        fields = record.fields
-        waited = now - float(fields.get("enqueued_at") or now)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                await self._hset_existing(
-                    keys=[self.key("call", uid)],
-                    args=["state", "connected", "answered_at", repr(now)],
-                    client=pipe,
-                )
-                if "ewt_at_join" in fields:
-                    pipe.xadd(
-                        self.key("ewt_log"),
-                        {
-                            "uid": uid,
-                            "skill": fields.get("skill", ""),
-                            "ewt": fields["ewt_at_join"],
-                            "waited": repr(waited),
-                        },
-                        maxlen=EWT_LOG_MAXLEN,
-                        approximate=True,
-                    )
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return dict(fields)
 
     async def set_call_field(self, uid: str, name: str, value: str) -> bool:
         """Set a field of a call that still exists (a call that hung up meanwhile is not
@@ -398,22 +406,34 @@ class RedisStore:
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
+        claims, _ = await self.claim_batch(skill, 1, now)
+        return claims[0] if claims else None
+
+    async def claim_batch(
+        self, skill: str, limit: int, now: float | None = None
+    ) -> tuple[list[Claim], bool]:
+        """Up to `limit` pairs of this queue, best first, in one round trip; and whether the
+        queue may hold more (it stopped at the limit with callers left): claim again only then."""
         when = repr(time.time() if now is None else now)
-        args = [self.prefix, "skill", skill, when, self._rules, self.node]
-        return self._claim_result(await self._run(self._claim, [], args))
+        args = [self.prefix, "skill", skill, when, self._rules, self.node, limit]
+        return self._claims(await self._run(self._claim, [], args))
 
     async def claim_for_agent(self, agent_id: str, now: float | None = None) -> Claim | None:
         """This agent (if available) with the best caller whose ring accepts it, or None."""
         when = repr(time.time() if now is None else now)
         args = [self.prefix, "agent", agent_id, when, self._rules, self.node]
-        return self._claim_result(await self._run(self._claim, [], args))
+        claims, _ = self._claims(await self._run(self._claim, [], args))
+        return claims[0] if claims else None
 
     @staticmethod
-    def _claim_result(result: Any) -> Claim | None:
-        if not result:
-            return None
-        uid, agent_id, skill, node = result
-        return Claim(uid=str(uid), agent_id=str(agent_id), skill=str(skill), node=str(node))
+    def _claims(result: Any) -> tuple[list[Claim], bool]:
+        more, flat = bool(int(result[0])), result[1:]
+        pairs = [flat[i : i + 6] for i in range(0, len(flat), 6)]
+        claims = [
+            Claim(str(u), str(a), str(s), node=str(n), channel=str(c), kind=str(k))
+            for u, a, s, n, c, k in pairs
+        ]
+        return claims, more
 
     async def next_handoff(self, block: float) -> str | None:
         """The next caller another controller claimed for an agent and handed to this node, or
@@ -427,8 +447,8 @@ class RedisStore:
 
     async def end_call(self, uid: str, now: float, wrap_up: float = 0.0) -> tuple[str, str]:
         """Forget a call; returns (agent it held, that agent's new state) or ('', '')."""
-        agent, state = await self._run(
-            self._end_call, [], [self.prefix, uid, repr(now), repr(wrap_up)]
+        agent, state, *_ = await self._run(
+            self._end_call, [], [self.prefix, uid, repr(now), repr(wrap_up), "0"]
         )
         return str(agent or ""), str(state or "")
 
@@ -530,7 +550,7 @@ class RedisStore:
 
     @functools.cached_property
     def _toggle(self) -> Any:
-        return self._redis.register_script(_script("toggle"))
+        return self._redis.register_script(script_text("toggle"))
 
     async def _set_toggles(
         self,
@@ -611,11 +631,11 @@ class RedisStore:
 
     @functools.cached_property
     def _overload_save(self) -> Any:
-        return self._redis.register_script(_script("overload_save"))
+        return self._redis.register_script(script_text("overload_save"))
 
     @functools.cached_property
     def _overload_pin(self) -> Any:
-        return self._redis.register_script(_script("overload_pin"))
+        return self._redis.register_script(script_text("overload_pin"))
 
     async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
         """Store the governor's computed level; returns the effective level (a pin wins). One
@@ -645,15 +665,21 @@ class RedisStore:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return {skill: int(n or 0) for skill, n in zip(skills, counts, strict=True)}
 
-    async def arrival_facts(self, number: str, caller_id: str) -> tuple[str | None, str, int]:
+    async def arrival_facts(
+        self, number: str, caller_id: str, uid: str = "", now: float = 0.0
+    ) -> tuple[str | None, str, int]:
         """What a new call needs before its first prompt, in one round trip: the entry's menu
-        mode as a supervisor set it (None: not set), the caller's tier, the overload level."""
+        mode as a supervisor set it (None: not set), the caller's tier, the overload level. With
+        `uid`, the call is marked live (P:live:UID = `now`, its arrival) in the same round trip,
+        so that its hangup records its journey's end once (lua/end_call.lua takes the mark)."""
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 pipe.hget(self.key("menu_mode"), number)
                 pipe.hget(self.key("tiers"), caller_id or "-")
                 pipe.hget(self.key("overload"), "level")
-                mode, tier, level = await pipe.execute()
+                if uid:
+                    pipe.set(self.key("live", uid), repr(now), ex=CALL_TTL_SECONDS)
+                mode, tier, level, *_ = await pipe.execute()
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"redis: {exc}") from exc
         return (
@@ -847,43 +873,32 @@ class RedisStore:
 
     async def journey(
         self,
-        event: str,
-        uid: str,
-        now: float,
-        node: str,
-        fields: Mapping[str, str],
+        entries: Sequence[JourneyEntry],
         min_time: float,
-        live: Iterable[LiveCount] = (),
         live_window: float = 3600.0,
     ) -> None:
-        """Append a journey event to P:journey and move the live counters it causes (`live`,
+        """Append journey events to P:journey and move the live counters they cause (`live`,
         P:sl:SKILL:MINUTE, kept `live_window` seconds past their minute), in one transaction:
-        both or neither. An arrival also marks the call live (P:live:UID) so that its hangup is
-        recorded once.
+        all or none. Several events in one call are the Recorder's group commit: the events
+        of many calls in one command (lua/journey.lua).
 
         Entries older than `min_time` are trimmed, roughly: XADD's `~` MINID drops whole stream
         nodes (stream-node-max-entries, 100 by default) that are entirely older, at most 100
         nodes per call, so that no event ever waits on a long trim; the report reads by time,
         so an old entry left in a node is never counted."""
-        entry = {"event": event, "uid": uid, "t": repr(now), "node": node, **fields}
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.xadd(
-                    self.key("journey"),
-                    entry,  # type: ignore[arg-type]
-                    minid=str(int(min_time * 1000)),
-                    approximate=True,
-                )
-                if event == "arrival":
-                    pipe.set(self.key("live", uid), repr(now), ex=CALL_TTL_SECONDS)
-                for count in live:
-                    key = self.key("sl", count.skill, str(count.minute))
-                    for name, n in count.counts.items():
-                        pipe.hincrby(key, name, n)
-                    pipe.expireat(key, int((count.minute + 1) * MINUTE + live_window) + 60)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        if not entries:
+            return
+        args: list[Any] = [self.prefix, str(int(min_time * 1000))]
+        for e in entries:
+            args += [e.event, e.uid, repr(e.t), e.node, len(e.fields)]
+            for name, value in e.fields.items():
+                args += [name, value]
+            counters = [(c, name, n) for c in e.live for name, n in c.counts.items()]
+            args.append(len(counters))
+            for c, name, n in counters:
+                expire = int((c.minute + 1) * MINUTE + live_window) + 60
+                args += [c.skill, c.minute, name, n, expire]
+        await self._run(self._journey, [], args)
 
     async def service_counts(
         self, skills: Iterable[str], minutes: range

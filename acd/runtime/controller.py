@@ -594,5 +594,6 @@ class Controller:
                 tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
+            await asyncio.shield(self.recorder.flush())
             await asyncio.shield(self.lookups.close())
             await asyncio.shield(self.store.close())

@@ -18,10 +18,12 @@ from functools import partial
 import structlog
 
 from acd.adapters.ami import AmiClient
+from acd.adapters.calls import CallStore
 from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
 from acd.dispatch.executor import KeyedExecutor
-from acd.domain.agent import BUSY, AgentEvent, AgentState, device_event
+from acd.dispatch.policy import after_call, hangup_journey, is_agent_leg
+from acd.domain.agent import BUSY, AgentEvent, device_event
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
@@ -81,6 +83,7 @@ CALLBACK_ACTIVE = ("offered", "connected")
 WRAP_UP_SLACK = 0.25  # seconds
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
+CLAIM_BATCH = 16  # pairs claimed in one script call at most
 
 
 class Dispatcher:
@@ -99,6 +102,7 @@ class Dispatcher:
         self._on_callback_slot = on_callback_slot
         self._settings = settings
         self._store = store
+        self._calls = CallStore(store.client, store.prefix)
         self._ami = ami
         self._clock = clock
         self._node = settings.asterisk.node
@@ -114,6 +118,9 @@ class Dispatcher:
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._executor = KeyedExecutor(limit=settings.redis.pool_size)
+        # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
+        # ends, so that the dial's events need not read the call back from Redis.
+        self._dialling: dict[str, tuple[str, str]] = {}
         self.connects = 0
 
     def _key(self, work: Work) -> tuple[str, str]:
@@ -211,9 +218,13 @@ class Dispatcher:
 
     async def _handle(self, work: Work) -> None:
         if isinstance(work, SkillWork):
-            # Claim while there are pairs; each connect goes on beside the next claim.
-            while (claim := await self._store.claim_for_skill(work.skill)) is not None:
-                self._put(ConnectWork(claim))
+            # Claim in batches while the queue may hold pairs; each connect goes on beside the
+            # next claim.
+            more = True
+            while more:
+                claims, more = await self._store.claim_batch(work.skill, CLAIM_BATCH)
+                for pair in claims:
+                    self._put(ConnectWork(pair))
         elif isinstance(work, AgentWork):
             claim = await self._store.claim_for_agent(work.agent_id)
             if claim is not None:
@@ -251,7 +262,9 @@ class Dispatcher:
                 "dispatch.handed_off", uniqueid=claim.uid, agent=claim.agent_id, node=claim.node
             )
             return
-        record = await self._store.call(claim.uid)
+        # What the claim said of the call is enough for a caller; a callback needs its record.
+        known = bool(claim.channel) and claim.kind != "callback"
+        record = None if known else await self._store.call(claim.uid)
         agent = self._agents.get(claim.agent_id)
         if agent is None:
             # Redis knows an agent this deployment no longer has: it must not take callers (and
@@ -261,11 +274,11 @@ class Dispatcher:
             if await self._store.requeue(claim.uid):
                 self._put(SkillWork(claim.skill))
             return
-        if record is None:
+        if record is None and not known:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
-        if record.fields.get("kind") == "callback":
+        if record is not None and record.fields.get("kind") == "callback":
             await self._dial_callback(claim, record, self._settings.agent_dial(agent))
             return
         bound = structlog.contextvars.bound_contextvars(
@@ -275,7 +288,7 @@ class Dispatcher:
         with bound:
             try:
                 # One write, one round trip: Asterisk runs them in this order.
-                channel = record.channel
+                channel = claim.channel if record is None else record.channel
                 await self._ami.send_actions(
                     [
                         (
@@ -298,15 +311,18 @@ class Dispatcher:
                     ]
                 )
             except AmiActionFailed as exc:
-                # The channel is gone (it hung up between the claim and now).
+                # The channel is gone (it hung up between the claim and now). Its agent is
+                # released even if its call is gone too (nothing else would release it).
                 log.info("dispatch.connect_failed", error=exc.message)
                 await self._end_call(claim.uid)
+                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 return
             except AmiError:
                 await self._store.requeue(claim.uid)
                 await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 raise
             self.connects += 1
+            self._dialling[claim.uid] = (claim.agent_id, claim.skill)
             log.info("dispatch.connecting", dial=dial, handed=handed)
 
     async def _dial_callback(self, claim: Claim, record: CallRecord, agent_dial: str) -> None:
@@ -492,38 +508,37 @@ class Dispatcher:
         agent, state = await self._store.end_call(uid, self._clock(), wrap_up)
         if not agent:
             return
+        self._agent_after_call(uid, agent, state)
+
+    def _agent_after_call(self, uid: str, agent: str, state: str) -> None:
         log.info("dispatch.call_ended", uniqueid=uid, agent=agent, agent_state=state)
-        if state == AgentState.AVAILABLE:
+        then = after_call(state, self._settings.agent_policy.wrap_up)
+        if then.claim:
             self._put(AgentWork(agent))
-        elif state == AgentState.WRAP_UP:
-            loop = asyncio.get_running_loop()
-            loop.call_later(wrap_up, self._put, WrapUpDone(agent))
+        elif then.wrap_up:
+            asyncio.get_running_loop().call_later(then.wrap_up, self._put, WrapUpDone(agent))
 
     async def _record_hangup(self, uid: str, cause: str, *, fallback: bool = False) -> None:
         """The journey's last event for a caller who came in through the IVR: how it ended
         (`fallback`: the dialplan's fallback queue had taken it over)."""
         record = await self._store.call(uid)
-        now = self._clock()
-        fields: dict[str, object] = {"cause": cause}
-        if record is None:
-            fields["outcome"] = "fallback" if fallback else "ivr"
-        else:
-            f = record.fields
-            joined = float(f.get("enqueued_at") or now)
-            answered = f.get("answered_at")
-            fields["skill"] = f.get("skill")
-            if answered:
-                fields.update(
-                    outcome="answered",
-                    agent=record.agent,
-                    waited=round(float(answered) - joined, 3),
-                    talked=round(now - float(answered), 3),
-                )
-            elif record.state == "left_for_callback":
-                fields.update(outcome="callback", waited=round(now - joined, 3))
-            else:
-                fields.update(outcome="abandoned", waited=round(now - joined, 3))
+        fields = hangup_journey(record, cause, self._clock(), fallback=fallback)
         await self._recorder.emit("hangup", uid, **fields)
+
+    async def _hung_up(self, uid: str, cause: str) -> None:
+        """A caller's (or a trunk leg's) channel hung up: one round trip ends its call, moves
+        its agent on, takes its journey marker and names the trunk channels it held."""
+        self._dialling.pop(uid, None)
+        now = self._clock()
+        wrap_up = self._settings.agent_policy.wrap_up
+        ended = await self._calls.hangup(uid, now, wrap_up, self._trunks.names())
+        if ended.live is not None:
+            fields = hangup_journey(ended.call, cause, now, fallback=ended.live == "fallback")
+            await self._recorder.emit("hangup", uid, **fields)
+        if ended.agent:
+            self._agent_after_call(uid, ended.agent, ended.agent_state)
+        if ended.trunks:
+            await self._trunks.leg_gone(uid, held=list(ended.trunks))
 
     async def _end_callback_leg(self, uid: str) -> None:
         """A callback attempt's agent leg is gone. If no AcdCallbackEnd closed the attempt, the
@@ -546,25 +561,37 @@ class Dispatcher:
     async def _on_event(self, event: AmiMessage) -> None:
         name = event.event
         uid = event.get("Uniqueid") or ""
+        if name in ("Hangup", "BridgeEnter") and is_agent_leg(
+            event.get("Channel") or "", uid, self._devices
+        ):
+            return  # an agent's leg: its caller's events say all
         if name == "Hangup":
-            marker = await self._store.take_live(uid)
-            if marker is not None:
-                await self._record_hangup(
-                    uid, event.get("Cause-txt") or "", fallback=marker == "fallback"
-                )
-            await self._end_call(uid)
-            await self._trunks.leg_gone(uid)
+            if uid.startswith("cb-"):
+                # A callback attempt's agent leg: the attempt reads its call before it ends.
+                marker = await self._store.take_live(uid)
+                if marker is not None:
+                    await self._record_hangup(
+                        uid, event.get("Cause-txt") or "", fallback=marker == "fallback"
+                    )
+                await self._end_call(uid)
+                await self._trunks.leg_gone(uid)
+            else:
+                await self._hung_up(uid, event.get("Cause-txt") or "")
         elif name == "DialBegin":
-            record = await self._store.call(uid)
-            if record is not None and record.agent:
-                await self._agent(record.agent, AgentEvent.RING, uid)
-                await self._recorder.emit(
-                    "ring", uid, skill=record.fields.get("skill"), agent=record.agent
-                )
+            dialling = self._dialling.get(uid)
+            if dialling is None:
+                record = await self._store.call(uid)
+                if record is None or not record.agent:
+                    return
+                dialling = (record.agent, record.fields.get("skill", ""))
+            agent, skill = dialling
+            await self._agent(agent, AgentEvent.RING, uid)
+            await self._recorder.emit("ring", uid, skill=skill, agent=agent)
         elif name == "BridgeEnter":
-            record = await self._store.call(uid)
-            if record is not None and record.state == "offered" and record.agent:
-                fields = await self._store.record_answer(uid, self._clock())
+            self._dialling.pop(uid, None)
+            record = await self._calls.answer(uid, self._clock())
+            if record is not None:
+                fields = record.fields
                 await self._agent(record.agent, AgentEvent.ANSWER, uid)
                 waited = self._clock() - float(fields.get("enqueued_at") or self._clock())
                 await self._recorder.emit(
@@ -590,7 +617,7 @@ class Dispatcher:
             if record is None or not record.agent or record.state != "offered":
                 return
             if event.get("Response") == "Success":
-                await self._store.record_answer(uid, self._clock())
+                await self._calls.answer(uid, self._clock())
                 await self._agent(record.agent, AgentEvent.ANSWER, uid)
                 log.info("dispatch.callback_agent_answered", uniqueid=uid, agent=record.agent)
             else:
@@ -623,6 +650,7 @@ class Dispatcher:
             if status == "ANSWER":
                 return  # the conversation is over; the caller's hangup frees the agent
             log.info("dispatch.agent_missed", uniqueid=uid, agent=agent, dial_status=status)
+            self._dialling.pop(uid, None)
             record = await self._store.call(uid)
             if await self._store.requeue(uid) and record is not None:
                 self._put(SkillWork(record.fields.get("skill", "")))

@@ -21,7 +21,7 @@ import structlog
 
 from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
-from acd.adapters.store import LoadSnapshot, RedisStore
+from acd.adapters.store import LoadSnapshot, QueueFigures, RedisStore
 from acd.config import Entry, Settings
 from acd.domain.breaker import failure_status
 from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
@@ -97,6 +97,14 @@ def _dtmf_or_nothing(digit: str) -> str:
     return digit
 
 
+@dataclass(frozen=True)
+class Joining:
+    """A caller about to queue: when it joins, and its wait estimate at that moment."""
+
+    now: float
+    ewt: float
+
+
 class IvrService:
     def __init__(
         self,
@@ -148,7 +156,9 @@ class IvrService:
         caller_id = clean_caller_id(channel.env.get("callerid", ""))
         # One round trip before the first prompt: a caller who presses early must find a
         # prompt running (res_agi drops digits that arrive while no command runs).
-        set_mode, tier, level = await self._store.arrival_facts(entry.number, caller_id)
+        set_mode, tier, level = await self._store.arrival_facts(
+            entry.number, caller_id, channel.uniqueid, self._clock()
+        )
         mode = set_mode or entry.mode
         flow = self._flows[choose_flow(entry, mode, level)]
         facts = await self._facts(tier, level, flow.ewt_skills())
@@ -215,8 +225,20 @@ class IvrService:
             skill, uid, load.staffed_by_skill.get(skill, 0),
             self._settings.overload.handle_seconds, now,
         )  # fmt: skip
+        config = self._skills.get(skill)
+        if waited is None:
+            waited = 0.0
+            if uid is not None and config is not None and config.escalation:
+                record = await self._store.call(uid)
+                joined = record.fields.get("enqueued_at") if record else None
+                waited = now - float(joined) if joined else 0.0
+        return self._wait_from(skill, figures, figures.ahead, waited)
+
+    def _wait_from(self, skill: str, figures: QueueFigures, ahead: int, waited: float) -> float:
+        """The wait estimate from a queue's figures, for a caller with `ahead` callers before it
+        who has waited `waited` seconds (the queue's escalation widens its ring with that)."""
         ewt = estimated_wait(
-            ahead=figures.ahead,
+            ahead=ahead,
             free=figures.free,
             staffed=figures.staffed,
             handle=figures.handle,
@@ -225,12 +247,6 @@ class IvrService:
         config = self._skills.get(skill)
         if config is None or not config.escalation:
             return ewt
-        if waited is None:
-            waited = 0.0
-            if uid is not None:
-                record = await self._store.call(uid)
-                joined = record.fields.get("enqueued_at") if record else None
-                waited = now - float(joined) if joined else 0.0
         steps = [(step.after, step.min_level) for step in config.escalation]
         return escalated_wait(ewt, waited, steps, figures.best_free_level)
 
@@ -318,8 +334,9 @@ class IvrService:
                         await self._enqueue(call, enqueue)
                     return []
             elif isinstance(step, Enqueue):
-                if not await self._overflow_or_offer(call, step):
-                    await self._enqueue(call, step)
+                handled = await self._overflow_or_offer(call, step)
+                if handled is not True:
+                    await self._enqueue(call, step, handled or None)
                 return []
             elif isinstance(step, Transfer):
                 await self._transfer(call, step)
@@ -496,29 +513,37 @@ class IvrService:
             await call.channel.set_variable("ACD_RESULT", "hangup")
         return registered
 
-    async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool:
+    async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool | Joining:
         """Before a caller queues: a closed queue (its announcement, a callback offer, else the
         dialplan's fallback path), then what acd.domain.callback.before_queueing plans: the
         queue's overflow to a standby destination and a callback offer, in its order (at level
         4 a low tier is offered the callback first and overflows if it declines; a caller with
         a head start keeps its in-house place). True when the caller was handled; False: it
-        queues."""
+        queues; a Joining: it queues now, with the wait estimate read on the way (no second
+        read when the plan asked nothing of the caller)."""
         skill = self._skills.get(step.skill)
         if skill is None:
             return False
-        if await self._closed(call, step, offer=True):
-            return True
         now = self._clock()
-        load = await self._load.get([step.skill])
-        ewt = await self._estimate(step.skill, None, load, now)
+        head_start = step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0)
+        floor = await self._load.floor()
+        # One round trip: the queue's state, depth and wait figures, and the place this caller
+        # would take.
+        figures = await self._store.queue_figures(
+            step.skill, None, floor.staffed_by_skill.get(step.skill, 0),
+            self._settings.overload.handle_seconds, now, score=now - head_start, with_state=True,
+        )  # fmt: skip
+        if await self._closed(call, step, offer=True, state=figures.state):
+            return True
+        ewt = self._wait_from(step.skill, figures, figures.ahead, 0.0)
         level = call.run.facts.overload_level
         trunks = self._trunks
         over = skill.overflow_to if trunks is not None else None
         plan = before_queueing(
             ewt=ewt,
-            waiting=load.waiting.get(step.skill, 0),
+            waiting=figures.ahead,  # a new caller's: everybody waiting
             level=level,
-            head_start=step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0),
+            head_start=head_start,
             offer_ewt=skill.callback_offer_ewt,
             target=skill.ewt_target,
             overflow=over is not None,
@@ -536,13 +561,18 @@ class IvrService:
                 and await self._overflow(call, step, trunks, over.number, ewt)
             ):
                 return True
-        return False
+        if plan:
+            return False  # time went by (an offer declined): the caller's figures are old
+        return Joining(now, self._wait_from(step.skill, figures, figures.ahead_of_score, 0.0))
 
-    async def _closed(self, call: _Call, step: Enqueue, *, offer: bool) -> bool:
+    async def _closed(
+        self, call: _Call, step: Enqueue, *, offer: bool, state: str | None = None
+    ) -> bool:
         """A closed queue takes no new callers: they hear its announcement and, with `offer`
         (and callbacks on), a callback offer, else go to the dialplan's static fallback path.
-        False when the queue is not closed."""
-        state = (await self._store.queue_states([step.skill]))[step.skill]
+        False when the queue is not closed. `state`: the queue's, when read already."""
+        if state is None:
+            state = (await self._store.queue_states([step.skill]))[step.skill]
         if state != "closed":
             return False
         log.info("ivr.queue_closed", queue=step.skill)
@@ -587,10 +617,11 @@ class IvrService:
         await self._set_transfer(channel, step.number, trunk)
         log.info("ivr.transfer", node=step.node, trunk=trunk, preferred=step.trunk)
 
-    async def _enqueue(self, call: _Call, step: Enqueue) -> None:
+    async def _enqueue(self, call: _Call, step: Enqueue, joining: Joining | None = None) -> None:
         run = call.run
         await self._enqueue_channel(
             call.channel,
+            joining=joining,
             skill=step.skill,
             priority=step.priority,
             entry=call.entry,
@@ -611,13 +642,17 @@ class IvrService:
         tier: str,
         flow: str,
         path: str,
+        joining: Joining | None = None,
     ) -> None:
-        now = self._clock()
+        """Queue the caller. `joining`: the time and wait estimate read just before (else both
+        are taken now, and the estimate read after the caller has its place)."""
+        now = self._clock() if joining is None else joining.now
         await channel.set_variable("ACD_QUEUE", skill)
         await channel.set_variable("ACD_RESULT", "queued")
         # Aging priority: the tier's and the flow's head starts are seconds of wait credited at
         # join, so a regular caller who has waited longer still goes first.
         head_start = priority + self._settings.tiers.get(tier, 0.0)
+        known = {} if joining is None else {"ewt_at_join": repr(round(joining.ewt, 3))}
         await self._store.enqueue(
             uid=channel.uniqueid,
             skill=skill,
@@ -633,11 +668,15 @@ class IvrService:
                 "head_start": repr(head_start),
                 "enqueued_at": repr(now),
                 "path": path,
+                **known,
             },
         )
-        load = await self._load.get([skill])
-        ewt = await self._estimate(skill, channel.uniqueid, load, now, waited=0.0)
-        await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
+        if joining is None:
+            load = await self._load.get([skill])
+            ewt = await self._estimate(skill, channel.uniqueid, load, now, waited=0.0)
+            await self._store.set_call_field(channel.uniqueid, "ewt_at_join", repr(round(ewt, 3)))
+        else:
+            ewt = joining.ewt
         log.info("ivr.queued", queue=skill, priority=priority, ewt=round(ewt, 1))
         await self._emit("queued", channel.uniqueid, skill=skill, tier=tier, ewt=round(ewt, 1))
         self._on_enqueued(skill)

@@ -48,6 +48,11 @@ class LoadCache:
                 self.floor_reads += 1
             return self._floor
 
+    async def floor(self) -> LoadSnapshot:
+        """The agents' counts alone (no queue depths: `waiting` is empty), at most `max_age`
+        old: for a caller that reads its own queue's depth with other figures."""
+        return await self._agents()
+
     def invalidate(self) -> None:
         """Forget the agents' count (an agent logged in or out here): the next read is fresh."""
         self._floor = None

@@ -95,11 +95,13 @@ class TrunkBoard:
         """The leg `uid` was never placed through `name` after all."""
         await self._release(name, uid, None)
 
-    async def leg_gone(self, uid: str) -> list[str]:
+    async def leg_gone(self, uid: str, held: list[str] | None = None) -> list[str]:
         """The channel of leg `uid` hung up: release whatever trunk channel (and probe slot) it
         still holds, saying nothing about the trunk (an outcome came before, if there was
-        one). Returns the trunks it held a channel of."""
-        held = await self._store.trunks_holding(uid, self.names())
+        one). `held`: the trunks it holds, when the caller read them already. Returns the
+        trunks it held a channel of."""
+        if held is None:
+            held = await self._store.trunks_holding(uid, self.names())
         for name in held:
             await self._release(name, uid, None)
         if held:

@@ -3,6 +3,7 @@ shared by every controller and outlive a restart; the stream keeps its retention
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 
@@ -78,6 +79,7 @@ async def test_the_counters_move_with_their_journey_event_and_leave_the_window(
     await rec.emit("queued", "c1", skill="presale")
     clock.now += 12
     await rec.emit("answer", "c1", skill="presale", waited=12.0)
+    await rec.flush()
     entries = await stores[0].journey_range(0, time.time() + 60)
     assert [e["event"] for e in entries] == ["queued", "answer"]
     assert await rec.service_levels(["presale"], clock.now) == {"presale": 0.0}  # 12 s > 10 s
@@ -110,7 +112,9 @@ async def test_events_older_than_the_retention_are_trimmed_newer_ones_kept(
             "j:journey", {"event": "arrival", "uid": f"kept{i}"}, id=f"{kept_ms + i}-0"
         )
 
-    await Recorder(store, 35, "node-a", Clock(now)).emit("arrival", "new", caller_id="139")
+    recorder = Recorder(store, 35, "node-a", Clock(now))
+    await recorder.emit("arrival", "new", caller_id="139")
+    await recorder.flush()
 
     uids = [fields["uid"] for _, fields in await redis.xrange("j:journey")]
     old_left = [u for u in uids if u.startswith("old")]
@@ -118,3 +122,33 @@ async def test_events_older_than_the_retention_are_trimmed_newer_ones_kept(
     # Every node entirely older than 35 days is gone: what is left shares the node of the
     # first newer event (a node holds at most stream-node-max-entries).
     assert len(old_left) < node_size
+
+
+async def test_the_events_of_many_calls_share_a_few_writes_in_the_order_emitted(
+    stores: list[RedisStore],
+) -> None:
+    """Group commit: 200 calls emitting at once never wait on Redis, and their events are
+    written in a few commands, each once and in the order emitted; a flush waits for them."""
+    store = stores[0]
+    rec = Recorder(store, 35, "node-a", Clock(time.time()))
+    for i in range(200):
+        await rec.emit("menu", f"c{i}", at="menu", digit="1")
+    assert await store.client.xlen("j:journey") == 0  # nothing written yet: they linger
+    await rec.flush()
+    uids = [fields["uid"] for _, fields in await store.client.xrange("j:journey")]
+    assert uids == [f"c{i}" for i in range(200)]
+    assert rec.batches == 1
+
+
+async def test_a_redis_outage_loses_the_events_of_its_batch_and_the_callers_go_on(
+    tmp_path: object,
+) -> None:
+    """No Redis: the emitters go on, the flush returns (the events are lost, and logged), and
+    the next events are written once Redis answers again."""
+    store = RedisStore(f"unix://{tmp_path}/none.sock", "j")
+    rec = Recorder(store, 35, "node-a", Clock(time.time()))
+    for i in range(20):
+        await rec.emit("menu", f"c{i}")
+    await asyncio.wait_for(rec.flush(), timeout=30)
+    assert rec.batches == 1
+    await store.close()

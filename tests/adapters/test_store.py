@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from acd.adapters.calls import CallStore
 from acd.adapters.store import RedisStore
 from acd.config import Agent
 from acd.domain.agent import AgentEvent
@@ -49,6 +50,29 @@ async def test_claim_pairs_the_head_caller_with_the_highest_level_agent(store: R
     assert second is not None
     assert (second.uid, second.agent_id) == ("late", "a")
     assert await store.claim_for_skill("presale") is None
+
+
+async def test_a_batch_claims_the_pairs_in_order_and_says_whether_to_claim_again(
+    store: RedisStore,
+) -> None:
+    """Five callers, three agents (levels 9, 5, 3): a batch of two claims the two best pairs and
+    says the queue may hold more; the next batch claims the last agent and says no more (two
+    callers left, no agent): one round trip per batch, never a call that finds nothing."""
+    agents = [_agent("a9", presale=9), _agent("a5", presale=5), _agent("a3", presale=3)]
+    await store.register_agents(agents, now=100.0)
+    for i in range(5):
+        await _enqueue(store, f"c{i}", "presale", 10.0 + i)
+    claims, more = await store.claim_batch("presale", 2)
+    assert [(c.uid, c.agent_id) for c in claims] == [("c0", "a9"), ("c1", "a5")]
+    assert [(c.channel, c.kind) for c in claims] == [("PJSIP/x-c0", ""), ("PJSIP/x-c1", "")]
+    assert more is True
+    claims, more = await store.claim_batch("presale", 2)
+    assert [(c.uid, c.agent_id) for c in claims] == [("c2", "a3")]
+    assert more is False
+    assert await store.queue_depth("presale") == 2
+    assert {(await store.agent(a.id))["state"] for a in agents} == {"reserved"}
+    claims, more = await store.claim_batch("presale", 16)
+    assert (claims, more) == ([], False)
 
 
 async def test_equal_levels_go_to_the_longest_idle_agent(store: RedisStore) -> None:
@@ -337,7 +361,7 @@ async def test_retired_agents_are_forgotten(store: RedisStore) -> None:
 async def test_a_field_of_a_call_that_hung_up_does_not_recreate_it(store: RedisStore) -> None:
     """Setting a field (or an answer) on a call that is gone leaves no key without a lifetime."""
     assert not await store.set_call_field("gone", "ewt_at_join", "3.0")
-    assert await store.record_answer("gone", 10.0) == {}
+    assert await CallStore(store.client, store.prefix).answer("gone", 10.0) is None
     assert await store._redis.exists("t:call:gone") == 0
     await _enqueue(store, "c1", "presale", 1.0)
     assert await store.set_call_field("c1", "ewt_at_join", "3.0")

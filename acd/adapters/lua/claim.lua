@@ -7,11 +7,17 @@
 -- 'skill': callers of that queue (best first) against the best agents their ring accepts.
 -- 'agent': that agent (if available) against the best caller, across the queues it may serve.
 --   ARGV[6]: the claiming controller's Asterisk node ('' = no hand-off).
+--   ARGV[7]: 'skill' mode only: pairs to claim at most in this call (default 1), so that a queue
+--   with several callers and free agents is dispatched in one round trip.
 -- A caller held by another node is handed to that node's controller, which alone can redirect
 -- its channel: its uid goes on P:connect:NODE in the same atomic step.
--- Returns {uid, agent_id, queue skill, caller's node} or false.
+-- Returns {more, uid, agent_id, queue skill, caller's node, caller's channel, kind, uid, ...}: the
+-- pairs claimed (none, one, or up to ARGV[7]), with what the connect needs of the call (its
+-- channel; kind 'callback' for a callback, else ''), and more = 1 when the queue may still hold a pair (it stopped at the
+-- limit with callers left) else 0: the caller claims again only then.
 local prefix, mode, which, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local mynode = ARGV[6] or ''
+local limit = tonumber(ARGV[7]) or 1
 local rules = cjson.decode(ARGV[5])
 local SCAN = 20  -- callers looked at per queue: the best ones, where a match is decided
 
@@ -73,95 +79,115 @@ local function paused(queue)
   return redis.call('HGET', prefix .. ':queue_state', queue) == 'paused'
 end
 
-local uid, agent, skill
-if mode == 'skill' then
-  skill = which
-  if paused(skill) then return false end
-  local h = heads(skill)
-  for i = 1, #h, 2 do
-    local min, over = ring(skill, waited(h[i]))
-    local a, level = best_agent(skill)
-    if a and level >= min then
-      uid, agent = h[i], a
-      break
-    end
-    for _, o in ipairs(over) do
-      local oa = best_agent(o)
-      if oa then
-        uid, agent = h[i], oa
+-- One pair: {uid, agent, skill, node, channel, kind}; nil when there is none; 'stale' when the pair found was
+-- stale (its entry dropped: looking again may find another).
+local function claim_once()
+  local uid, agent, skill
+  if mode == 'skill' then
+    skill = which
+    if paused(skill) then return nil end
+    local h = heads(skill)
+    for i = 1, #h, 2 do
+      local min, over = ring(skill, waited(h[i]))
+      local a, level = best_agent(skill)
+      if a and level >= min then
+        uid, agent = h[i], a
         break
       end
-    end
-    if uid then break end
-  end
-  if not uid then return false end
-else
-  agent = which
-  local akey = prefix .. ':agent:' .. agent
-  if redis.call('HGET', akey, 'state') ~= 'available' then return false end
-  local levels = {}
-  for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
-    local name, level = string.match(s, '^([^:]+):(%d+)$')
-    levels[name] = tonumber(level)
-  end
-  local best
-  local function consider(queue, accepts)
-    if paused(queue) then return end
-    local h = heads(queue)
-    for i = 1, #h, 2 do
-      local score = tonumber(h[i + 1])
-      if best ~= nil and score >= best then return end
-      if accepts(h[i]) then
-        best, uid, skill = score, h[i], queue
-        return
-      end
-    end
-  end
-  for name, level in pairs(levels) do
-    consider(name, function(u)
-      local min = ring(name, waited(u))
-      return level >= min
-    end)
-  end
-  -- queues that overflow into one of this agent's skills
-  for queue, r in pairs(rules) do
-    if levels[queue] == nil then
-      local reaches = false
-      for _, step in ipairs(r.steps) do
-        for _, o in ipairs(step[3]) do
-          if levels[o] ~= nil then reaches = true end
+      for _, o in ipairs(over) do
+        local oa = best_agent(o)
+        if oa then
+          uid, agent = h[i], oa
+          break
         end
       end
-      if reaches then
-        consider(queue, function(u)
-          local _, over = ring(queue, waited(u))
-          for _, o in ipairs(over) do
-            if levels[o] ~= nil then return true end
-          end
-          return false
-        end)
+      if uid then break end
+    end
+    if not uid then return nil end
+  else
+    agent = which
+    local akey = prefix .. ':agent:' .. agent
+    if redis.call('HGET', akey, 'state') ~= 'available' then return nil end
+    local levels = {}
+    for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
+      local name, level = string.match(s, '^([^:]+):(%d+)$')
+      levels[name] = tonumber(level)
+    end
+    local best
+    local function consider(queue, accepts)
+      if paused(queue) then return end
+      local h = heads(queue)
+      for i = 1, #h, 2 do
+        local score = tonumber(h[i + 1])
+        if best ~= nil and score >= best then return end
+        if accepts(h[i]) then
+          best, uid, skill = score, h[i], queue
+          return
+        end
       end
     end
+    for name, level in pairs(levels) do
+      consider(name, function(u)
+        local min = ring(name, waited(u))
+        return level >= min
+      end)
+    end
+    -- queues that overflow into one of this agent's skills
+    for queue, r in pairs(rules) do
+      if levels[queue] == nil then
+        local reaches = false
+        for _, step in ipairs(r.steps) do
+          for _, o in ipairs(step[3]) do
+            if levels[o] ~= nil then reaches = true end
+          end
+        end
+        if reaches then
+          consider(queue, function(u)
+            local _, over = ring(queue, waited(u))
+            for _, o in ipairs(over) do
+              if levels[o] ~= nil then return true end
+            end
+            return false
+          end)
+        end
+      end
+    end
+    if not uid then return nil end
   end
-  if not uid then return false end
+  local akey = prefix .. ':agent:' .. agent
+  local ckey = prefix .. ':call:' .. uid
+  if redis.call('HGET', akey, 'state') ~= 'available' then return 'stale' end
+  if redis.call('HGET', ckey, 'state') ~= 'queued' then
+    -- a stale queue entry (the call hash expired or moved on): drop it, let the caller retry
+    redis.call('ZREM', prefix .. ':q:' .. skill, uid)
+    return 'stale'
+  end
+  redis.call('ZREM', prefix .. ':q:' .. skill, uid)
+  for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
+    redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), agent)
+  end
+  redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
+  redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
+  local call = redis.call('HMGET', ckey, 'node', 'channel', 'kind')
+  local node = call[1] or ''
+  if mynode ~= '' and node ~= '' and node ~= mynode then
+    redis.call('RPUSH', prefix .. ':connect:' .. node, uid)
+  end
+  best_of = {}  -- the agent taken may have been the best of several skills
+  return {uid, agent, skill, node, call[2] or '', call[3] or ''}
 end
 
-local akey = prefix .. ':agent:' .. agent
-local ckey = prefix .. ':call:' .. uid
-if redis.call('HGET', akey, 'state') ~= 'available' then return false end
-if redis.call('HGET', ckey, 'state') ~= 'queued' then
-  -- a stale queue entry (the call hash expired or moved on): drop it, let the caller retry
-  redis.call('ZREM', prefix .. ':q:' .. skill, uid)
-  return false
+local out = {0}
+local tries = (mode == 'skill') and limit or 1
+while tries > 0 do
+  local pair = claim_once()
+  if pair == nil then break end
+  if pair ~= 'stale' then
+    for _, v in ipairs(pair) do out[#out + 1] = v end
+  end
+  tries = tries - 1
 end
-redis.call('ZREM', prefix .. ':q:' .. skill, uid)
-for s in string.gmatch(redis.call('HGET', akey, 'skills') or '', '([^,]+)') do
-  redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), agent)
+if mode == 'skill' and tries == 0 and redis.call('ZCARD', prefix .. ':q:' .. which) > 0 then
+  out[1] = 1
 end
-redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
-redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
-local node = redis.call('HGET', ckey, 'node') or ''
-if mynode ~= '' and node ~= '' and node ~= mynode then
-  redis.call('RPUSH', prefix .. ':connect:' .. node, uid)
-end
-return {uid, agent, skill, node}
+return out

@@ -1,0 +1,69 @@
+"""Dispatch decisions without I/O: what a call's events mean, as plain values the dispatcher
+acts on (acd.runtime.dispatch does the Redis and AMI work). Table-driven tests beside them:
+tests/unit/test_dispatch_policy.py."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from acd.adapters.store import CallRecord
+from acd.domain.agent import AgentState
+
+
+def device_of(channel: str) -> str:
+    """The device a channel belongs to: 'PJSIP/agent-7001-0000001a' -> 'PJSIP/agent-7001'."""
+    device, sep, _ = channel.rpartition("-")
+    return device if sep else channel
+
+
+def is_agent_leg(channel: str, uid: str, agent_devices: Mapping[str, str]) -> bool:
+    """An inbound caller's agent leg (the channel Dial made to an agent's phone): it never holds
+    a call, a journey or a trunk channel of its own, so its events ask nothing of Redis. A
+    callback attempt's agent leg (uniqueid cb-...) is the attempt itself: not one of these."""
+    return not uid.startswith("cb-") and device_of(channel) in agent_devices
+
+
+def hangup_journey(
+    call: CallRecord | None, cause: str, now: float, *, fallback: bool = False
+) -> dict[str, object]:
+    """The journey's `hangup` fields of a caller who came in through the IVR, from its call as
+    it was when it hung up (None: it never queued, or the fallback queue had taken it over)."""
+    fields: dict[str, object] = {"cause": cause}
+    if call is None:
+        fields["outcome"] = "fallback" if fallback else "ivr"
+        return fields
+    f = call.fields
+    joined = float(f.get("enqueued_at") or now)
+    answered = f.get("answered_at")
+    fields["skill"] = f.get("skill")
+    if answered:
+        fields.update(
+            outcome="answered",
+            agent=call.agent,
+            waited=round(float(answered) - joined, 3),
+            talked=round(now - float(answered), 3),
+        )
+    elif call.state == "left_for_callback":
+        fields.update(outcome="callback", waited=round(now - joined, 3))
+    else:
+        fields.update(outcome="abandoned", waited=round(now - joined, 3))
+    return fields
+
+
+@dataclass(frozen=True)
+class AfterCall:
+    """What follows for the agent a call held: look for its next caller now (`claim`), or
+    after its wrap-up (`wrap_up` seconds), or nothing."""
+
+    claim: bool = False
+    wrap_up: float = 0.0
+
+
+def after_call(agent_state: str, wrap_up: float) -> AfterCall:
+    """The agent's state after its call ended (lua/end_call.lua) -> what the dispatcher does."""
+    if agent_state == AgentState.AVAILABLE:
+        return AfterCall(claim=True)
+    if agent_state == AgentState.WRAP_UP:
+        return AfterCall(wrap_up=wrap_up)
+    return AfterCall()

@@ -1,0 +1,102 @@
+"""A call's answer and end in one round trip each (acd.adapters.calls), against a real
+redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import pytest
+
+from acd.adapters.calls import CallStore
+from acd.adapters.store import RedisStore
+from acd.config import Agent
+from acd.domain.agent import AgentEvent
+
+
+@pytest.fixture
+async def store(redis_url: str) -> AsyncIterator[RedisStore]:
+    s = RedisStore(redis_url, "t")
+    yield s
+    await s.close()
+
+
+async def _offered(store: RedisStore, uid: str, agent: str, at: float) -> None:
+    """A caller that queued at `at` with an ewt of 3 s and was claimed for `agent`."""
+    await store.register_agents(
+        [Agent(id=agent, endpoint=f"agent-{agent}", skills={"presale": 5})], now=0.0
+    )
+    await store.enqueue(
+        uid=uid, skill="presale", score=at, node="n1",
+        fields={"channel": f"PJSIP/x-{uid}", "enqueued_at": repr(at), "ewt_at_join": "3.0"},
+    )  # fmt: skip
+    claim = await store.claim_for_skill("presale", now=at)
+    assert claim is not None
+    assert claim.agent_id == agent
+
+
+async def test_answer_connects_an_offered_call_once_and_logs_its_wait(store: RedisStore) -> None:
+    calls = CallStore(store.client, store.prefix)
+    redis = store.client
+    await _offered(store, "c1", "a1", at=100.0)
+    before = await calls.answer("c1", 104.5)
+    assert before is not None
+    assert (before.state, before.agent, before.fields["skill"]) == ("offered", "a1", "presale")
+    call = await store.call("c1")
+    assert call is not None
+    assert (call.state, call.fields["answered_at"]) == ("connected", "104.5")
+    log = await redis.xrange("t:ewt_log")
+    assert [(f["uid"], f["ewt"], float(f["waited"])) for _, f in log] == [("c1", "3.0", 4.5)]
+    # Connected already, or never offered, or gone: nothing changes.
+    assert await calls.answer("c1", 200.0) is None
+    assert (await store.call("c1")).fields["answered_at"] == "104.5"  # type: ignore[union-attr]
+    await store.enqueue(uid="q", skill="presale", score=1.0, node="n1", fields={"channel": "x"})
+    assert await calls.answer("q", 1.0) is None
+    assert (await store.call("q")).state == "queued"  # type: ignore[union-attr]
+    assert await calls.answer("gone", 1.0) is None
+    assert await redis.exists("t:call:gone") == 0
+    assert len(await redis.xrange("t:ewt_log")) == 1
+
+
+async def test_hangup_ends_the_call_moves_its_agent_takes_the_marker_and_names_the_trunks(
+    store: RedisStore,
+) -> None:
+    """One round trip: the answered call is gone with its fields returned, its agent is in
+    wrap-up, the live marker is taken (a second hangup finds none: the end is recorded once),
+    and the trunk whose channel the leg held is named."""
+    calls = CallStore(store.client, store.prefix)
+    redis = store.client
+    await _offered(store, "c1", "a1", at=100.0)
+    await calls.answer("c1", 104.0)
+    applied, _ = await store.agent_event("a1", AgentEvent.ANSWER, 104.0, call="c1")
+    assert applied
+    await redis.set("t:live:c1", "99.0")
+    await redis.hset("t:trunk_legs:standby", "c1", "n1")
+    ended = await calls.hangup("c1", 130.0, 10.0, ["primary", "standby"])
+    assert (ended.agent, ended.agent_state, ended.live) == ("a1", "wrap_up", "99.0")
+    assert ended.call is not None
+    assert (ended.call.fields["answered_at"], ended.call.agent) == ("104.0", "a1")
+    assert ended.trunks == ("standby",)
+    assert await redis.exists("t:call:c1", "t:live:c1") == 0
+    assert (await store.agent("a1"))["state"] == "wrap_up"
+    again = await calls.hangup("c1", 131.0, 10.0, ["primary", "standby"])
+    assert (again.agent, again.live, again.call) == ("", None, None)
+
+
+async def test_hangup_of_a_caller_who_never_queued_takes_only_its_marker(
+    store: RedisStore,
+) -> None:
+    calls = CallStore(store.client, store.prefix)
+    await store.client.set("t:live:ivr1", "fallback")
+    ended = await calls.hangup("ivr1", 10.0, 0.0)
+    assert (ended.agent, ended.agent_state, ended.live, ended.call) == ("", "", "fallback", None)
+
+
+async def test_hangup_loads_its_script_again_after_redis_forgot_it(store: RedisStore) -> None:
+    """A Redis restart flushes the script cache: the pipelined EVALSHA is retried after a
+    load, and the call still ends."""
+    calls = CallStore(store.client, store.prefix)
+    await _offered(store, "c1", "a1", at=100.0)
+    await store.client.script_flush()
+    ended = await calls.hangup("c1", 101.0, 0.0, ["primary"])
+    assert (ended.agent, ended.agent_state) == ("a1", "available")
+    assert (await store.agent("a1"))["state"] == "available"

@@ -1,0 +1,87 @@
+"""The dispatcher's pure decisions (acd.dispatch.policy), table-driven."""
+
+from __future__ import annotations
+
+import pytest
+
+from acd.adapters.store import CallRecord
+from acd.dispatch.policy import AfterCall, after_call, device_of, hangup_journey, is_agent_leg
+
+DEVICES = {"PJSIP/agent-7001": "7001", "PJSIP/agent-7002": "7002"}
+
+
+@pytest.mark.parametrize(
+    ("channel", "uid", "agent_leg"),
+    [
+        ("PJSIP/agent-7001-0000001a", "n1-1700.5", True),  # Dial's leg to an agent's phone
+        ("PJSIP/agent-7002-00000003", "n1-1700.9", True),
+        ("PJSIP/agent-7001-0000001a", "cb-42-1", False),  # a callback attempt is its agent leg
+        ("PJSIP/carrier-0000001b", "n1-1700.4", False),  # a caller
+        ("PJSIP/agent-7003-00000001", "n1-1700.6", False),  # not this node's agent
+        ("PJSIP/agent-7001", "n1-1", False),  # no channel suffix: a device, not a channel
+        ("", "n1-1", False),
+    ],
+)
+def test_agent_legs_are_told_by_their_device(channel: str, uid: str, agent_leg: bool) -> None:
+    assert is_agent_leg(channel, uid, DEVICES) is agent_leg
+
+
+def test_device_of_strips_the_channel_suffix_only() -> None:
+    assert device_of("PJSIP/agent-7001-0000001a") == "PJSIP/agent-7001"
+    assert device_of("Local/1000@acd-entry-00000001;1") == "Local/1000@acd-entry"
+    assert device_of("nodash") == "nodash"
+
+
+def _call(**fields: str) -> CallRecord:
+    return CallRecord("c1", {"skill": "presale", "enqueued_at": "100.0", **fields})
+
+
+@pytest.mark.parametrize(
+    ("call", "fallback", "expected"),
+    [
+        (None, False, {"cause": "Normal", "outcome": "ivr"}),
+        (None, True, {"cause": "Normal", "outcome": "fallback"}),
+        (
+            _call(state="connected", agent="7001", answered_at="104.0"),
+            False,
+            {"cause": "Normal", "skill": "presale", "outcome": "answered", "agent": "7001",
+             "waited": 4.0, "talked": 26.0},
+        ),
+        (
+            _call(state="left_for_callback"),
+            False,
+            {"cause": "Normal", "skill": "presale", "outcome": "callback", "waited": 30.0},
+        ),
+        (
+            _call(state="queued"),
+            False,
+            {"cause": "Normal", "skill": "presale", "outcome": "abandoned", "waited": 30.0},
+        ),
+        (
+            _call(state="offered", agent="7001"),  # rang, never answered
+            False,
+            {"cause": "Normal", "skill": "presale", "outcome": "abandoned", "waited": 30.0},
+        ),
+    ],
+)  # fmt: skip
+def test_a_hangup_tells_the_journey_how_the_call_ended(
+    call: CallRecord | None, fallback: bool, expected: dict[str, object]
+) -> None:
+    assert hangup_journey(call, "Normal", 130.0, fallback=fallback) == expected
+
+
+@pytest.mark.parametrize(
+    ("state", "wrap_up", "expected"),
+    [
+        ("available", 0.0, AfterCall(claim=True)),
+        ("available", 10.0, AfterCall(claim=True)),
+        ("wrap_up", 10.0, AfterCall(wrap_up=10.0)),
+        ("device_busy", 0.0, AfterCall()),  # waits for its phone, not for a caller
+        ("paused", 0.0, AfterCall()),
+        ("", 0.0, AfterCall()),
+    ],
+)
+def test_what_follows_for_an_agent_after_its_call(
+    state: str, wrap_up: float, expected: AfterCall
+) -> None:
+    assert after_call(state, wrap_up) == expected
