@@ -62,7 +62,11 @@ def _int_result(command: str, reply: AgiReply) -> int:
 
 
 class AgiChannel:
-    """One AGI session on one channel: send commands, get replies, one command at a time."""
+    """One AGI session on one channel: send commands, get replies, one command at a time.
+
+    Never two commands in one write: res_agi waits for the socket to be readable before each
+    command and reads it through a stdio buffer, so a second command that arrived with the
+    first sits in that buffer unread until the session times out (seen on Asterisk 22)."""
 
     def __init__(
         self,
@@ -360,7 +364,7 @@ class FastAgiServer:
         loop = asyncio.get_running_loop()
         started = loop.time()
         # No caller ID here: logs outlive the retention rules of customer data.
-        log.info("agi.call_started", route=route, channel=channel.env.get("channel"))
+        log.debug("agi.call_started", route=route, channel=channel.env.get("channel"))
         outcome = "completed"
         try:
             await handler(channel)

@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 # Callback admission runs on events and when the next callback falls due; this bounds the wait
 # for what only another controller saw (a callback it recorded, an agent it freed).
 ADMISSION_SAFETY_SECONDS = 5.0
+ADMISSION_MIN_INTERVAL = 0.25  # seconds between two admission rounds at most: a peak frees
+# agents many times a second, and one round admits for all of them
 # What an agent's phone hears after a star code (core sounds).
 AGENT_CODE_PROMPTS = {
     "login": "agent-loginok",
@@ -237,11 +239,13 @@ class Controller:
         hours = self.settings.hours[cb.hours].to_domain() if cb.hours else None
         await self.ready.wait()
         while True:
+            # Cleared before the round: a wake during the round (or the pause after it) is kept.
+            self._callbacks_due.clear()
             wait = ADMISSION_SAFETY_SECONDS
             try:
                 now = time.time()
                 if may_dial(hours, now):
-                    load = await self.load.get()
+                    load = await self.load.floor()  # staffed agents only
                     admitted, expired, next_due = await self.store.admit_callbacks(
                         now, cb.share, cb.expiry, load.staffed_by_skill
                     )
@@ -256,9 +260,11 @@ class Controller:
                         wait = min(wait, max(0.05, next_due - now))
             except StoreUnavailable as exc:
                 log.warning("callback.store_unavailable", error=str(exc))
-            self._callbacks_due.clear()
+            await asyncio.sleep(ADMISSION_MIN_INTERVAL)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._callbacks_due.wait(), wait)
+                await asyncio.wait_for(
+                    self._callbacks_due.wait(), max(0.0, wait - ADMISSION_MIN_INTERVAL)
+                )
 
     async def _take_handoffs(self) -> None:
         """Callers of this node that another node's controller claimed an agent for (multi-node:

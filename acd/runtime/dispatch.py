@@ -83,6 +83,9 @@ CALLBACK_ACTIVE = ("offered", "connected")
 WRAP_UP_SLACK = 0.25  # seconds
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
+ROUTINE_AGENT_EVENTS = frozenset(
+    {AgentEvent.RING, AgentEvent.ANSWER, AgentEvent.DEVICE_BUSY, AgentEvent.DEVICE_IDLE}
+)
 CLAIM_BATCH = 16  # pairs claimed in one script call at most
 
 
@@ -116,6 +119,9 @@ class Dispatcher:
         self._agents = {a.id: a for a in settings.agents}
         # This node's agents' phones, by the device Asterisk reports their state under.
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
+        # Whether each phone was busy as last recorded: a change that keeps it busy (RINGING,
+        # then INUSE) or idle asks nothing of Redis.
+        self._phone_busy: dict[str, bool] = {}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._executor = KeyedExecutor(limit=settings.redis.pool_size)
         # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
@@ -483,7 +489,9 @@ class Dispatcher:
             agent_id, event, self._clock(), call=uid, reason=reason, device=device
         )
         if applied:
-            log.info("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
+            # A call's routine steps are in the journey: the log keeps the rest.
+            emit = log.debug if event in ROUTINE_AGENT_EVENTS else log.info
+            emit("dispatch.agent_event", agent=agent_id, agent_event=event.value, before=before)
             if event in (
                 AgentEvent.RELEASE,
                 AgentEvent.RESUME,
@@ -629,15 +637,21 @@ class Dispatcher:
                 )
                 await self._end_call(uid)
 
-    async def _device_changed(self, device: str, state: str) -> None:
+    async def _device_changed(self, device: str, state: str, *, force: bool = False) -> None:
         """An agent's phone changed state in Asterisk: a phone in use outside the ACD (or
         unreachable) takes its agent out of the available sets until it is free again. The
-        state is recorded whatever the agent is doing (a call of ours keeps it busy too)."""
+        state is recorded whatever the agent is doing (a call of ours keeps it busy too): the
+        state that made the phone busy or idle (a change from busy to busy is not recorded,
+        unless `force`: a resync)."""
         agent = self._devices.get(device)
         if agent is None or not state:
             return
         event = device_event(state)
+        busy = event is AgentEvent.DEVICE_BUSY
+        if not force and self._phone_busy.get(device) is busy:
+            return
         applied = await self._agent(agent, event, device=state, reason=state)
+        self._phone_busy[device] = busy
         if applied:
             log.info("dispatch.agent_device", agent=agent, device_state=state)
 
@@ -753,7 +767,9 @@ class Dispatcher:
             changes = []
         for change in changes:
             if change.get("Device") in self._devices:
-                await self._device_changed(change.get("Device") or "", change.get("State") or "")
+                await self._device_changed(
+                    change.get("Device") or "", change.get("State") or "", force=True
+                )
                 devices += 1
         released = await self._trunks.reconcile(live)
         log.info(
