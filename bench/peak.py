@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import math
 import os
@@ -70,7 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,7 +146,17 @@ class Caller:
     dialled_at: int | None = None  # the first agent leg dialled for this caller
     dials: int = 0
     answered_at: int | None = None
+    answers: int = 0  # agent legs answered for this caller: once, or a caller bridged twice
     hung_up: bool = False
+
+
+@dataclass
+class Leg:
+    """An agent leg dialled for a caller: whose phone, when it was answered and hung up."""
+
+    agent: str  # the agent's device (PJSIP/agent-7001)
+    answered_at: int | None = None
+    ended_at: int | None = None
 
 
 # The events the meter reads; the observer's AMI session gets only these (an AMI filter), so
@@ -161,6 +172,7 @@ class Meter:
     """An AMI listener keeping each caller's milestones, keyed by the caller channel's Uniqueid."""
 
     callers: dict[str, Caller] = field(default_factory=dict)
+    legs: dict[str, Leg] = field(default_factory=dict)  # by the agent leg's Uniqueid
     events: int = 0
     live: int = 0  # caller channels not hung up yet
 
@@ -176,6 +188,9 @@ class Meter:
             return
         caller = self.callers.get(uid)
         if caller is None:
+            leg = self.legs.get(uid)
+            if leg is not None and name == "Hangup" and leg.ended_at is None:
+                leg.ended_at = at
             return
         if name == "DTMFEnd":
             if event.get("Direction") == "Received" and caller.digit_at is None:
@@ -195,9 +210,16 @@ class Meter:
             caller.dials += 1
             if caller.dialled_at is None:
                 caller.dialled_at = at
+            device = (event.get("DestChannel") or "").rpartition("-")[0]
+            self.legs[event.get("DestUniqueid") or ""] = Leg(device)
         elif name == "DialEnd":
-            if event.get("DialStatus") == "ANSWER" and caller.answered_at is None:
-                caller.answered_at = at
+            if event.get("DialStatus") == "ANSWER":
+                caller.answers += 1
+                leg = self.legs.get(event.get("DestUniqueid") or "")
+                if leg is not None:
+                    leg.answered_at = at
+                if caller.answered_at is None:
+                    caller.answered_at = at
         elif name == "Hangup" and not caller.hung_up:
             caller.hung_up = True
             self.live -= 1
@@ -642,6 +664,8 @@ class Result:
     static_fallback: int = 0
     abandons: int = 0
     redials: int = 0  # agent legs beyond the first (an agent did not answer)
+    bridged_twice: int = 0  # callers for whom more than one agent leg was answered
+    double_booked: int = 0  # agents with two answered legs at once
     answered_late: int = 0  # agent answered after the caller's patience: counted as abandons
     controller_cpu_s: float | None = None
     controller_cpu_ms_per_call: float | None = None
@@ -760,6 +784,21 @@ async def drain(client: AmiClient, within: float = 60) -> int:
     return left
 
 
+def double_booked(legs: Iterable[Leg]) -> set[str]:
+    """The agents (devices) with two answered legs overlapping in time."""
+    by_agent: dict[str, list[tuple[int, int]]] = {}
+    for leg in legs:
+        if leg.answered_at is not None:
+            end = leg.ended_at if leg.ended_at is not None else 2**62
+            by_agent.setdefault(leg.agent, []).append((leg.answered_at, end))
+    out = set()
+    for agent, spans in by_agent.items():
+        spans.sort()
+        if any(later[0] < earlier[1] for earlier, later in itertools.pairwise(spans)):
+            out.add(agent)
+    return out
+
+
 def settle(
     result: Result, meter: Meter, before: Usage, after: Usage, patience: float, is_acd: bool
 ) -> None:
@@ -792,6 +831,8 @@ def settle(
             # infinite here, so that abandons count against the percentiles.
             dial = (c.dialled_at - c.digit_at) / 1000 if c.dialled_at is not None else math.inf
             waits.append(dial if dial <= patience * 1000 else math.inf)
+        result.bridged_twice += c.answers > 1
+    result.double_booked = len(double_booked(meter.legs.values()))
     waits.sort()
     result.seen = len(meter.callers)
     result.waiting = len(waits)
@@ -915,6 +956,10 @@ def notes(results: list[Result]) -> list[str]:
             )
         if r.redials:
             out.append(f"{where}: {r.redials} agent legs beyond the first (unanswered dials)")
+        if r.bridged_twice:
+            out.append(f"{where}: {r.bridged_twice} callers bridged to more than one agent")
+        if r.double_booked:
+            out.append(f"{where}: {r.double_booked} agents on two calls at once (double-booked)")
         if r.controllers is not None and r.controllers != 1:
             out.append(f"{where}: {r.controllers} controller processes at the end")
     return out
