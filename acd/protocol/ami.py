@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from types import MappingProxyType
 
 from acd.errors import ProtocolError
@@ -49,13 +50,18 @@ class AmiMessage:
 
     fields: tuple[tuple[str, str], ...]
 
+    @cached_property
+    def _first(self) -> dict[str, str]:
+        """The first value of each header, by its lower-cased name: built once, on the first
+        lookup (an event is read several times on its way through the dispatcher)."""
+        index: dict[str, str] = {}
+        for key, value in self.fields:
+            index.setdefault(key.lower(), value)
+        return index
+
     def get(self, name: str, default: str | None = None) -> str | None:
         """Value of the first header called `name` (any case), else `default`."""
-        wanted = name.lower()
-        for key, value in self.fields:
-            if key.lower() == wanted:
-                return value
-        return default
+        return self._first.get(name.lower(), default)
 
     def get_all(self, name: str) -> list[str]:
         """Values of every header called `name` (any case), in order."""

@@ -119,9 +119,6 @@ class Dispatcher:
         self._agents = {a.id: a for a in settings.agents}
         # This node's agents' phones, by the device Asterisk reports their state under.
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
-        # Whether each phone was busy as last recorded: a change that keeps it busy (RINGING,
-        # then INUSE) or idle asks nothing of Redis.
-        self._phone_busy: dict[str, bool] = {}
         self._escalation = {s.name: s.escalation for s in settings.skills}
         self._executor = KeyedExecutor(limit=settings.redis.pool_size)
         # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
@@ -637,21 +634,15 @@ class Dispatcher:
                 )
                 await self._end_call(uid)
 
-    async def _device_changed(self, device: str, state: str, *, force: bool = False) -> None:
+    async def _device_changed(self, device: str, state: str) -> None:
         """An agent's phone changed state in Asterisk: a phone in use outside the ACD (or
         unreachable) takes its agent out of the available sets until it is free again. The
-        state is recorded whatever the agent is doing (a call of ours keeps it busy too): the
-        state that made the phone busy or idle (a change from busy to busy is not recorded,
-        unless `force`: a resync)."""
+        state is recorded whatever the agent is doing (a call of ours keeps it busy too)."""
         agent = self._devices.get(device)
         if agent is None or not state:
             return
         event = device_event(state)
-        busy = event is AgentEvent.DEVICE_BUSY
-        if not force and self._phone_busy.get(device) is busy:
-            return
         applied = await self._agent(agent, event, device=state, reason=state)
-        self._phone_busy[device] = busy
         if applied:
             log.info("dispatch.agent_device", agent=agent, device_state=state)
 
@@ -767,9 +758,7 @@ class Dispatcher:
             changes = []
         for change in changes:
             if change.get("Device") in self._devices:
-                await self._device_changed(
-                    change.get("Device") or "", change.get("State") or "", force=True
-                )
+                await self._device_changed(change.get("Device") or "", change.get("State") or "")
                 devices += 1
         released = await self._trunks.reconcile(live)
         log.info(
