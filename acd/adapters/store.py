@@ -109,6 +109,7 @@ class Claim:
     node: str = ""  # the Asterisk node holding the caller's channel
     channel: str = ""  # the caller's channel ('' when not known: read the call)
     kind: str = ""  # 'callback' for a callback, else ''
+    held_at: float = 0.0  # when the caller's channel headed for the hold context (0: unknown)
 
 
 @dataclass(frozen=True)
@@ -428,11 +429,14 @@ class RedisStore:
     @staticmethod
     def _claims(result: Any) -> tuple[list[Claim], bool]:
         more, flat = bool(int(result[0])), result[1:]
-        pairs = [flat[i : i + 6] for i in range(0, len(flat), 6)]
+        pairs = [flat[i : i + 7] for i in range(0, len(flat), 7)]
         claims = [
-            Claim(str(u), str(a), str(s), node=str(n), channel=str(c), kind=str(k))
-            for u, a, s, n, c, k in pairs
-        ]
+            Claim(
+                str(u), str(a), str(s), node=str(n), channel=str(c), kind=str(k),
+                held_at=float(h) if h else 0.0,
+            )
+            for u, a, s, n, c, k, h in pairs
+        ]  # fmt: skip
         return claims, more
 
     async def next_handoff(self, block: float) -> str | None:
@@ -443,7 +447,7 @@ class RedisStore:
 
     async def requeue(self, uid: str) -> bool:
         """Put an offered caller back at the front of its queue."""
-        return bool(await self._run(self._requeue, [], [self.prefix, uid]))
+        return bool(await self._run(self._requeue, [], [self.prefix, uid, repr(time.time())]))
 
     async def end_call(self, uid: str, now: float, wrap_up: float = 0.0) -> tuple[str, str]:
         """Forget a call; returns (agent it held, that agent's new state) or ('', '')."""

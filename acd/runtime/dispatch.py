@@ -86,6 +86,7 @@ REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk ref
 ROUTINE_AGENT_EVENTS = frozenset(
     {AgentEvent.RING, AgentEvent.ANSWER, AgentEvent.DEVICE_BUSY, AgentEvent.DEVICE_IDLE}
 )
+HOLD_SETTLE = 0.1  # seconds between a caller heading for the hold context and its Redirect
 CLAIM_BATCH = 16  # pairs claimed in one script call at most
 
 
@@ -288,6 +289,12 @@ class Dispatcher:
             uniqueid=claim.uid, queue=claim.skill, agent=claim.agent_id
         )
         dial = self._settings.agent_dial(agent)
+        # A caller claimed the moment it queued (or was put back) may still be on its way to the
+        # hold context: a Redirect that lands while the dialplan runs its Goto there is lost by
+        # Asterisk (the channel falls through the dialplan and hangs up, seen at 30 calls/s).
+        settle = min(HOLD_SETTLE, claim.held_at + HOLD_SETTLE - self._clock())
+        if settle > 0:
+            await asyncio.sleep(settle)
         with bound:
             try:
                 # One write, one round trip: Asterisk runs them in this order.

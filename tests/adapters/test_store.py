@@ -65,6 +65,7 @@ async def test_a_batch_claims_the_pairs_in_order_and_says_whether_to_claim_again
     claims, more = await store.claim_batch("presale", 2)
     assert [(c.uid, c.agent_id) for c in claims] == [("c0", "a9"), ("c1", "a5")]
     assert [(c.channel, c.kind) for c in claims] == [("PJSIP/x-c0", ""), ("PJSIP/x-c1", "")]
+    assert all(c.held_at > 0 for c in claims)  # when they headed for the hold context
     assert more is True
     claims, more = await store.claim_batch("presale", 2)
     assert [(c.uid, c.agent_id) for c in claims] == [("c2", "a3")]

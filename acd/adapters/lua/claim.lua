@@ -11,9 +11,10 @@
 --   with several callers and free agents is dispatched in one round trip.
 -- A caller held by another node is handed to that node's controller, which alone can redirect
 -- its channel: its uid goes on P:connect:NODE in the same atomic step.
--- Returns {more, uid, agent_id, queue skill, caller's node, caller's channel, kind, uid, ...}: the
--- pairs claimed (none, one, or up to ARGV[7]), with what the connect needs of the call (its
--- channel; kind 'callback' for a callback, else ''), and more = 1 when the queue may still hold a pair (it stopped at the
+-- Returns {more, uid, agent_id, queue skill, caller's node, caller's channel, kind, held_at, uid,
+-- ...}: the pairs claimed (none, one, or up to ARGV[7]), with what the connect needs of the call
+-- (its channel; kind 'callback' for a callback, else ''; when its channel headed for the hold
+-- context), and more = 1 when the queue may still hold a pair (it stopped at the
 -- limit with callers left) else 0: the caller claims again only then.
 local prefix, mode, which, now = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local mynode = ARGV[6] or ''
@@ -79,7 +80,7 @@ local function paused(queue)
   return redis.call('HGET', prefix .. ':queue_state', queue) == 'paused'
 end
 
--- One pair: {uid, agent, skill, node, channel, kind}; nil when there is none; 'stale' when the pair found was
+-- One pair: {uid, agent, skill, node, channel, kind, held_at}; nil when there is none; 'stale' when the pair found was
 -- stale (its entry dropped: looking again may find another).
 local function claim_once()
   local uid, agent, skill
@@ -168,13 +169,13 @@ local function claim_once()
   end
   redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
   redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
-  local call = redis.call('HMGET', ckey, 'node', 'channel', 'kind')
+  local call = redis.call('HMGET', ckey, 'node', 'channel', 'kind', 'held_at')
   local node = call[1] or ''
   if mynode ~= '' and node ~= '' and node ~= mynode then
     redis.call('RPUSH', prefix .. ':connect:' .. node, uid)
   end
   best_of = {}  -- the agent taken may have been the best of several skills
-  return {uid, agent, skill, node, call[2] or '', call[3] or ''}
+  return {uid, agent, skill, node, call[2] or '', call[3] or '', call[4] or ''}
 end
 
 local out = {0}

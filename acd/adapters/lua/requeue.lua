@@ -1,5 +1,6 @@
 -- Put an offered caller back at the front of its queue (its agent did not answer).
--- ARGV: prefix, uid. Returns 1 if requeued, 0 if the call is gone or not offered.
+-- ARGV: prefix, uid, now (when its channel heads back to the hold context: held_at).
+-- Returns 1 if requeued, 0 if the call is gone or not offered.
 local prefix, uid = ARGV[1], ARGV[2]
 local ckey = prefix .. ':call:' .. uid
 local state = redis.call('HGET', ckey, 'state')
@@ -9,5 +10,6 @@ local qkey = prefix .. ':q:' .. skill
 local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
 if #head > 0 and tonumber(head[2]) <= score then score = tonumber(head[2]) - 0.001 end
 redis.call('HSET', ckey, 'state', 'queued', 'agent', '', 'score', score)
+if ARGV[3] then redis.call('HSET', ckey, 'held_at', ARGV[3]) end
 redis.call('ZADD', qkey, score, uid)
 return 1
