@@ -8,7 +8,10 @@ A `hangup` carries how the call ended: answered (talked to an agent), abandoned 
 waiting), callback (left for a callback), fallback (the hold limit passed), ivr (ended in the
 menus: self-service, transfer, or gave up there).
 
-The live service level is shared by every controller: in the same transaction as the event,
+Events are written in batches (Recorder.emit never waits on Redis): one command every 50 ms
+carries the events of every call of this controller (lua/journey.lua).
+
+The live service level is shared by every controller: in the same atomic step as the event,
 `queued`, `answer`, `fallback` and a `hangup` as abandoned move per-queue per-minute counters in
 Redis (acd.domain.report.live_counts); /metrics, /status, the wallboard and the alerts read them
 summed over the last `reports.service_window` seconds. So the figure is the same on every
@@ -74,7 +77,7 @@ class Recorder:
         self._linger = linger
         self._pending: list[JourneyEntry] = []
         self._writer: asyncio.Future[None] | None = None
-        self.batches = 0  # transactions written (events / batches: the group commit's gain)
+        self.batches = 0  # batches written (events / batches: what the group commit saves)
         self.registry = CollectorRegistry()
         r = self.registry
         self.events = Counter(
