@@ -100,7 +100,7 @@ class RedisSettings(_Frozen):
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
 ADMIN_USER = "admin"  # the user of the generated token (`token_file`, or ACD_ADMIN_TOKEN)
 MIN_TOKEN_LENGTH = 16
-_TOKEN = re.compile(r"^[A-Za-z0-9_.~+/=-]+$")
+_TOKEN = re.compile(r"^[A-Za-z0-9_.~+/=-]+\Z")
 
 
 class AdminSettings(_Frozen):
@@ -573,7 +573,7 @@ def _dotted(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-_ENV_REF = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_ENV_REF = re.compile(r"^[A-Z_][A-Z0-9_]*\Z")
 
 
 def read_secret(settings: Settings, path: Path, env: str) -> str:

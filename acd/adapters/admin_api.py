@@ -37,10 +37,10 @@ from acd.errors import (
 log = structlog.get_logger(__name__)
 
 ADMIN_USER = "admin"  # the user of a single token given as a string
-_USER = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}$")
-_REASON = re.compile(r"^[a-z0-9_-]{0,32}$")
-_CALLER = re.compile(r"^\+?[0-9]{2,32}$")
-_TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
+_USER = re.compile(r"^[A-Za-z0-9_.@:-]{1,64}\Z")
+_REASON = re.compile(r"^[a-z0-9_-]{0,32}\Z")
+_CALLER = re.compile(r"^\+?[0-9]{2,32}\Z")
+_TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
 _QUERY_TOKEN_PATHS = frozenset({"/wallboard", "/events"})
 EVENTS_INTERVAL = 1.0  # seconds between two status pushes on /events
 EVENTS_DEPTH = 2  # status events a slow /events client may have queued; older ones are dropped

@@ -23,10 +23,12 @@ import yaml
 from acd.domain.hours import BusinessHours
 from acd.errors import AcdError, ConfigError
 
-PROMPT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/-]{0,79}$")
-_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}$")
-_VAR = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})?$")
+PROMPT_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_/-]{0,79}\Z")
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
+_VAR = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})?\Z")
 # A number we dial or answer on: an entry number, a transfer or overflow destination.
+# Also pydantic's pattern for numbers in acd.yaml (Rust regex: `$` is the end of the text); Python
+# code uses it with fullmatch, where a trailing newline cannot pass either.
 NUMBER_RE = re.compile(r"^[0-9]{2,20}$")
 DTMF = frozenset("0123456789*#")
 MAX_HOPS = 50  # nodes visited without asking the caller anything before a run is declared looping
@@ -419,7 +421,7 @@ class FlowRun:
                 if node.prompt:
                     steps.append(Play(node.prompt))
                 number = self._value(node.number)
-                if not NUMBER_RE.match(number):
+                if not NUMBER_RE.fullmatch(number):
                     raise FlowError(f"transfer node {node.name}: {number!r} is not a number")
                 return [*steps, Transfer(node=node.name, number=number, trunk=node.trunk)]
             else:
@@ -917,7 +919,7 @@ class _Compiler:
 
     def _transfer(self, name: str, path: tuple[str, ...], s: dict[str, Any]) -> TransferNode:
         number = self.value((*path, "number"), s.get("number"))
-        if not number.startswith("$") and not NUMBER_RE.match(number):
+        if not number.startswith("$") and not NUMBER_RE.fullmatch(number):
             self.c.add((*path, "number"), f"{number!r} is not a number of 2 to 20 digits")
         trunk = s.get("trunk")
         if trunk not in self.catalog.trunks:

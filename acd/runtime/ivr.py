@@ -54,10 +54,10 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-_CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}$")
+_CALLER_ID = re.compile(r"^\+?[0-9 ()-]{1,40}\Z")
 # A number we may call back: what a caller keys in or its caller ID, digits only (and a leading
 # '+'), 5 to 16 digits; it goes into a dial string, so nothing else passes.
-CALLBACK_NUMBER = re.compile(r"^\+?[0-9]{5,16}$")
+CALLBACK_NUMBER = re.compile(r"^\+?[0-9]{5,16}\Z")
 ALL_DIGITS = "0123456789*#"
 FALLBACK_LEVEL = 2  # overload level from which auto mode uses the entry's fallback flow
 
@@ -148,7 +148,7 @@ class IvrService:
 
     async def inbound(self, channel: AgiChannel) -> None:
         number = channel.env.get("arg_1", "")
-        entry = self._entries.get(number) if NUMBER_RE.match(number) else None
+        entry = self._entries.get(number) if NUMBER_RE.fullmatch(number) else None
         if entry is None:
             log.warning("ivr.unknown_entry", entry=number[:32])
             await channel.set_variable("ACD_RESULT", "error")
@@ -692,7 +692,7 @@ class IvrService:
         tried_before = await channel.get_variable("ACD_TRANSFER_TRIED") or ""
         tried = set(filter(None, tried_before.split(",")))
         number = await channel.get_variable("ACD_TRANSFER_NUMBER") or ""
-        if self._trunks is not None and failure_status(status) and NUMBER_RE.match(number):
+        if self._trunks is not None and failure_status(status) and NUMBER_RE.fullmatch(number):
             trunk = await self._trunks.choose(uid, exclude=tried)
             if trunk is not None:
                 await self._set_transfer(channel, number, trunk, tried)
