@@ -35,7 +35,7 @@ from acd.domain.overload import (
     load_of,
     next_state,
 )
-from acd.errors import AmiActionFailed, StoreUnavailable, UnknownName
+from acd.errors import AmiActionFailed, AmiError, StoreUnavailable, UnknownName
 from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
@@ -48,6 +48,8 @@ log = structlog.get_logger(__name__)
 # Callback admission runs on events and when the next callback falls due; this bounds the wait
 # for what only another controller saw (a callback it recorded, an agent it freed).
 ADMISSION_SAFETY_SECONDS = 5.0
+RESYNC_RETRY_FIRST = 0.5  # seconds before a failed resync is tried again (doubling, up to:)
+RESYNC_RETRY_MAX = 10.0
 ADMISSION_MIN_INTERVAL = 0.25  # seconds between two admission rounds at most: a peak frees
 # agents many times a second, and one round admits for all of them
 # What an agent's phone hears after a star code (core sounds).
@@ -164,8 +166,19 @@ class Controller:
     # -- AMI ---------------------------------------------------------------------------------
 
     async def _on_ami_connected(self) -> None:
+        """After every AMI login: filter the session's events, then resync, again and again
+        until a resync succeeds (a refused or timed-out list, or Redis down, is no resync);
+        only then is AMI ready. A lost session cancels this, and the next login starts over."""
         await self._filter_events()
-        await self.dispatcher.resync()
+        delay = RESYNC_RETRY_FIRST
+        while True:
+            try:
+                await self.dispatcher.resync()
+                break
+            except (AmiError, StoreUnavailable) as exc:
+                log.warning("controller.resync_failed", error=str(exc), retry_in=delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, RESYNC_RETRY_MAX)
         self.resyncs += 1
         log.info("controller.ami_resynced", resyncs=self.resyncs)
         self._component_ready("ami")

@@ -205,9 +205,11 @@ class Dispatcher:
             )
             self._settle(work, exc)
         except AmiError as exc:
-            # The AMI link dropped mid-way; the resync after reconnect puts things right.
+            # The AMI link dropped mid-way (or Asterisk refused or timed out a list): the resync
+            # after reconnect puts things right; a resync that failed says so to its waiter,
+            # who tries again (Controller._on_ami_connected).
             log.warning("dispatch.ami_unavailable", error=str(exc), work=type(work).__name__)
-            self._settle(work, None)
+            self._settle(work, exc)
         except AcdError as exc:
             log.exception("dispatch.failed", work=type(work).__name__)
             self._settle(work, exc)
