@@ -573,13 +573,7 @@ def peer_asterisk(state: Path, agents: int) -> Iterator[System]:
             "app_queue", PEER_PORTS, PEER_USER, secret, lambda: asterisk_usage(proc.pid), log
         )
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+        stop(proc, grace=20)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -602,14 +596,15 @@ def start_sipp(args: list[str], log: Path, workdir: Path) -> subprocess.Popen[by
         return subprocess.Popen(["sipp", *args], stdout=out, stderr=subprocess.STDOUT, cwd=workdir)
 
 
-def stop(proc: subprocess.Popen[bytes]) -> None:
+def stop(proc: subprocess.Popen[Any], grace: float = 5) -> None:
+    """Terminate `proc`, killing it if it has not exited within `grace` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:
-            proc.wait(5)
+            proc.wait(grace)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(5)
+            proc.wait(10)
 
 
 def sipp_stats(csv: Path) -> dict[str, int]:

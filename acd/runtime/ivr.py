@@ -334,9 +334,9 @@ class IvrService:
                         await self._enqueue(call, enqueue)
                     return []
             elif isinstance(step, Enqueue):
-                handled = await self._overflow_or_offer(call, step)
-                if handled is not True:
-                    await self._enqueue(call, step, handled or None)
+                handled, joining = await self._overflow_or_offer(call, step)
+                if not handled:
+                    await self._enqueue(call, step, joining)
                 return []
             elif isinstance(step, Transfer):
                 await self._transfer(call, step)
@@ -513,17 +513,17 @@ class IvrService:
             await call.channel.set_variable("ACD_RESULT", "hangup")
         return registered
 
-    async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> bool | Joining:
+    async def _overflow_or_offer(self, call: _Call, step: Enqueue) -> tuple[bool, Joining | None]:
         """Before a caller queues: a closed queue (its announcement, a callback offer, else the
         dialplan's fallback path), then what acd.domain.callback.before_queueing plans: the
         queue's overflow to a standby destination and a callback offer, in its order (at level
         4 a low tier is offered the callback first and overflows if it declines; a caller with
-        a head start keeps its in-house place). True when the caller was handled; False: it
-        queues; a Joining: it queues now, with the wait estimate read on the way (no second
-        read when the plan asked nothing of the caller)."""
+        a head start keeps its in-house place). Returns (handled, joining): handled, the caller
+        is taken care of; else it queues, with `joining` the time and wait estimate read on the
+        way (None when the plan asked something of the caller meanwhile: the figures are old)."""
         skill = self._skills.get(step.skill)
         if skill is None:
-            return False
+            return False, None
         now = self._clock()
         head_start = step.priority + self._settings.tiers.get(call.run.facts.tier, 0.0)
         floor = await self._load.floor()
@@ -534,7 +534,7 @@ class IvrService:
             self._settings.overload.handle_seconds, now, score=now - head_start, with_state=True,
         )  # fmt: skip
         if await self._closed(call, step, offer=True, state=figures.state):
-            return True
+            return True, None
         ewt = self._wait_from(step.skill, figures, figures.ahead, 0.0)
         level = call.run.facts.overload_level
         trunks = self._trunks
@@ -554,16 +554,18 @@ class IvrService:
             if action == "offer":
                 why = f"level {level}" if level >= OVERFLOW_LEVEL else f"ewt {round(ewt)} s"
                 if await self._callbacks_on(step.skill) and await self._offer(call, step, why):
-                    return True
+                    return True, None
             elif (
                 over is not None
                 and trunks is not None
                 and await self._overflow(call, step, trunks, over.number, ewt)
             ):
-                return True
+                return True, None
         if plan:
-            return False  # time went by (an offer declined): the caller's figures are old
-        return Joining(now, self._wait_from(step.skill, figures, figures.ahead_of_score, 0.0))
+            return False, None  # time went by (an offer declined): the caller's figures are old
+        return False, Joining(
+            now, self._wait_from(step.skill, figures, figures.ahead_of_score, 0.0)
+        )
 
     async def _closed(
         self, call: _Call, step: Enqueue, *, offer: bool, state: str | None = None
