@@ -202,7 +202,7 @@ class Flow:
 
 @dataclass(frozen=True)
 class PlayAndCollect:
-    """Play prompts (interruptible by the valid digits), then wait for one digit."""
+    """Play prompts (any key ends them), then wait for one digit; `valid_digits` are the choices."""
 
     node: str
     prompts: tuple[str, ...]

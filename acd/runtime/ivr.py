@@ -291,13 +291,8 @@ class IvrService:
         channel, run = call.channel, call.run
         # Type-ahead: a caller who knows the menu may press during the announcements before it.
         ask = steps[-1] if steps and isinstance(steps[-1], PlayAndCollect | CollectDigits) else None
-        escape = (
-            ""
-            if ask is None
-            else ask.valid_digits
-            if isinstance(ask, PlayAndCollect)
-            else ALL_DIGITS
-        )
+        # Any key: the menu that follows tells a valid choice from an invalid one.
+        escape = "" if ask is None else ALL_DIGITS
         early = ""
         for step in steps:
             if isinstance(step, Play):
@@ -349,13 +344,21 @@ class IvrService:
 
     @staticmethod
     async def _menu_digit(channel: AgiChannel, step: PlayAndCollect) -> str:
+        """The caller's choice: any key ends a prompt (like Background), the last prompt and the
+        wait after it are ONE command (GET OPTION), so a key pressed as the prompt ends is never
+        lost between two commands (res_agi drops digits that arrive while no command runs); the
+        menu then tells a valid choice from an invalid one."""
         digit = ""
-        for prompt in step.prompts:
-            digit = await channel.stream_file(prompt, step.valid_digits)
+        *leading, last = step.prompts or ("",)
+        for prompt in leading:
+            digit = await channel.stream_file(prompt, ALL_DIGITS)
             if digit:
                 break
         if not digit:
-            digit = await channel.wait_for_digit(step.timeout_ms)
+            if last:
+                digit = await channel.get_option(last, ALL_DIGITS, step.timeout_ms)
+            else:
+                digit = await channel.wait_for_digit(step.timeout_ms)
         if digit and digit not in DTMF:
             log.warning("ivr.garbage_digit", node=step.node)
             return ""
@@ -499,9 +502,7 @@ class IvrService:
 
     async def _offer(self, call: _Call, step: Enqueue, why: str) -> bool:
         """Offer a callback instead of the wait; True if the caller took it."""
-        digit = _dtmf_or_nothing(await call.channel.stream_file("acd/callback-offer", "12"))
-        if not digit:
-            digit = _dtmf_or_nothing(await call.channel.wait_for_digit(5000))
+        digit = _dtmf_or_nothing(await call.channel.get_option("acd/callback-offer", "12", 5000))
         log.info("ivr.callback_offered", queue=step.skill, why=why, accepted=digit == "1")
         if digit != "1":
             return False
