@@ -368,12 +368,18 @@ class IvrService:
     async def _collect(channel: AgiChannel, step: CollectDigits, digit: str = "") -> str:
         """Digits until the terminator, `max_digits`, or a pause longer than the timeout."""
         if not digit:
-            for prompt in step.prompts:
+            *leading, last = step.prompts or ("",)
+            for prompt in leading:
                 digit = await channel.stream_file(prompt, ALL_DIGITS)
                 if digit:
                     break
-        if not digit:
-            digit = await channel.wait_for_digit(step.timeout_ms)
+            if not digit:
+                # The first digit as in a menu: one command for the last prompt and its wait.
+                digit = await (
+                    channel.get_option(last, ALL_DIGITS, step.timeout_ms)
+                    if last
+                    else channel.wait_for_digit(step.timeout_ms)
+                )
         if digit and digit in step.shortcuts:
             return digit
         digits = ""
