@@ -38,7 +38,9 @@ channel left. Figures, all from the system's own Asterisk (AMI events and their 
 - CPU: utime+stime from /proc of the controller processes (every acd process of the stack: the
   `acd up` supervisor, its `acd run` controllers, and the controllers it reaped), of Asterisk
   and of Redis, from just before SIPp starts to the end of the drain; controller CPU per offered
-  call; the controllers' peak RSS (VmHWM of the `acd run` processes, summed).
+  call; the controllers' peak RSS (VmHWM of the `acd run` processes, summed);
+- redis cmd/call: the commands acd's Redis ran over the same span (INFO commandstats; a script
+  call counts once, a pipeline's commands one by one), per offered call; by command in --json.
 
 The AMI observer (this process) reads only the events it needs (a session filter). SIPp, the
 observer and the system under test share this machine's cores: past saturation, SIPp's own
@@ -307,10 +309,24 @@ class Usage:
     controller_hwm_kib: int = 0
     controllers: int = 0  # `acd run` processes alive
     asterisk_hwm_kib: int = 0
+    redis_calls: dict[str, int] = field(default_factory=dict)  # INFO commandstats: calls
 
 
-def acd_usage(supervisor: int) -> Usage:
-    usage = Usage()
+def redis_calls(port: int) -> dict[str, int]:
+    """Commands Redis ran so far, by name (EVALSHA counts once per script call; a pipeline's
+    commands count one by one)."""
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def acd_usage(supervisor: int, redis_port: int) -> Usage:
+    usage = Usage(redis_calls=redis_calls(redis_port))
     for p in descendants(supervisor):
         if p.comm == "asterisk":
             usage.asterisk += p.cpu
@@ -451,7 +467,7 @@ def acd_stack(state: Path, agents: int) -> Iterator[System]:
             ACD_PORTS,
             "acd",
             (state / "ami.secret").read_text().strip(),
-            lambda: acd_usage(supervisor),
+            lambda: acd_usage(supervisor, ACD_PORTS.redis),
             log,
         )
     finally:
@@ -671,6 +687,8 @@ class Result:
     asterisk_peak_rss_mib: float = 0.0
     observer_cpu_s: float = 0.0  # this process (the AMI observer) during the run, for scale
     redis_cpu_s: float | None = None
+    redis_commands_per_call: float | None = None  # commands Redis ran, per offered call
+    redis_commands: dict[str, int] = field(default_factory=dict)  # by command, in the run
     leftover_channels: int = 0
     ami_events: int = 0
     ami_reconnects: int = 0
@@ -848,6 +866,14 @@ def settle(
         result.controller_peak_rss_mib = round(after.controller_hwm_kib / 1024, 1)
         result.controllers = after.controllers
         result.redis_cpu_s = round(after.redis - before.redis, 2)
+        result.redis_commands = {
+            name: calls - before.redis_calls.get(name, 0)
+            for name, calls in sorted(after.redis_calls.items())
+            if calls > before.redis_calls.get(name, 0)
+        }
+        if offered:
+            total = sum(result.redis_commands.values())
+            result.redis_commands_per_call = round(total / offered, 1)
 
 
 def run_one(system: str, rate: float, talk: float, args: argparse.Namespace, tmp: Path) -> Result:
@@ -884,7 +910,7 @@ COLUMNS = (
     ("system", 9), ("rate/s", 6), ("offered", 7), ("sipp fail", 9), ("reached %", 9),
     ("p50 ms", 7), ("p95 ms", 7), ("p99 ms", 7), ("lost digit", 10), ("no dtmf", 7),
     ("static", 6), ("abandon", 7), ("ctl cpu ms/call", 15), ("ctl RSS MiB", 11),
-    ("ast cpu s", 9), ("redis cpu s", 11),
+    ("ast cpu s", 9), ("redis cpu s", 11), ("redis cmd/call", 14),
 )  # fmt: skip
 
 
@@ -900,7 +926,7 @@ def table(results: list[Result]) -> str:
             _ms(r, r.p50_ms), _ms(r, r.p95_ms), _ms(r, r.p99_ms), str(r.lost_digit),
             str(r.no_digit), str(r.static_fallback), str(r.abandons),
             _f(r.controller_cpu_ms_per_call, 2), _f(r.controller_peak_rss_mib, 0),
-            _f(r.asterisk_cpu_s, 1), _f(r.redis_cpu_s, 1),
+            _f(r.asterisk_cpu_s, 1), _f(r.redis_cpu_s, 1), _f(r.redis_commands_per_call, 1),
         )  # fmt: skip
         lines.append("  ".join(c.rjust(w) for c, (_, w) in zip(cells, COLUMNS, strict=True)))
     return "\n".join(lines)
