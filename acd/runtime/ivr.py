@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -87,6 +87,18 @@ class _Call:
     entry: str
     caller_id: str
     run: FlowRun
+
+
+async def _first_digit(channel: AgiChannel, prompts: Sequence[str], timeout_ms: int) -> str:
+    """Play `prompts` (any key ends them) and wait up to `timeout_ms` for a key: the last prompt
+    and the wait are ONE command (GET OPTION), so a key pressed as the prompt ends never falls
+    between two commands (res_agi drops digits that arrive while no command runs)."""
+    for prompt in prompts[:-1]:
+        if digit := await channel.stream_file(prompt, ALL_DIGITS):
+            return digit
+    if prompts:
+        return await channel.get_option(prompts[-1], ALL_DIGITS, timeout_ms)
+    return await channel.wait_for_digit(timeout_ms)
 
 
 def _dtmf_or_nothing(digit: str) -> str:
@@ -344,21 +356,8 @@ class IvrService:
 
     @staticmethod
     async def _menu_digit(channel: AgiChannel, step: PlayAndCollect) -> str:
-        """The caller's choice: any key ends a prompt (like Background), the last prompt and the
-        wait after it are ONE command (GET OPTION), so a key pressed as the prompt ends is never
-        lost between two commands (res_agi drops digits that arrive while no command runs); the
-        menu then tells a valid choice from an invalid one."""
-        digit = ""
-        *leading, last = step.prompts or ("",)
-        for prompt in leading:
-            digit = await channel.stream_file(prompt, ALL_DIGITS)
-            if digit:
-                break
-        if not digit:
-            if last:
-                digit = await channel.get_option(last, ALL_DIGITS, step.timeout_ms)
-            else:
-                digit = await channel.wait_for_digit(step.timeout_ms)
+        """The caller's choice (see `_first_digit`); the menu tells a valid one from an invalid."""
+        digit = await _first_digit(channel, step.prompts, step.timeout_ms)
         if digit and digit not in DTMF:
             log.warning("ivr.garbage_digit", node=step.node)
             return ""
@@ -368,18 +367,7 @@ class IvrService:
     async def _collect(channel: AgiChannel, step: CollectDigits, digit: str = "") -> str:
         """Digits until the terminator, `max_digits`, or a pause longer than the timeout."""
         if not digit:
-            *leading, last = step.prompts or ("",)
-            for prompt in leading:
-                digit = await channel.stream_file(prompt, ALL_DIGITS)
-                if digit:
-                    break
-            if not digit:
-                # The first digit as in a menu: one command for the last prompt and its wait.
-                digit = await (
-                    channel.get_option(last, ALL_DIGITS, step.timeout_ms)
-                    if last
-                    else channel.wait_for_digit(step.timeout_ms)
-                )
+            digit = await _first_digit(channel, step.prompts, step.timeout_ms)
         if digit and digit in step.shortcuts:
             return digit
         digits = ""
