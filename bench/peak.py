@@ -39,8 +39,9 @@ channel left. Figures, all from the system's own Asterisk (AMI events and their 
   `acd up` supervisor, its `acd run` controllers, and the controllers it reaped), of Asterisk
   and of Redis, from just before SIPp starts to the end of the drain; controller CPU per offered
   call; the controllers' peak RSS (VmHWM of the `acd run` processes, summed);
-- redis cmd/call: the commands acd's Redis ran over the same span (INFO commandstats; a script
-  call counts once, a pipeline's commands one by one), per offered call; by command in --json.
+- redis cmd/call: the commands acd's Redis ran over the same span (INFO commandstats: each
+  EVALSHA and each command a script ran, a pipeline's commands one by one), per offered call; by
+  command in --json.
 
 The AMI observer (this process) reads only the events it needs (a session filter). SIPp, the
 observer and the system under test share this machine's cores: past saturation, SIPp's own
@@ -313,9 +314,8 @@ class Usage:
 
 
 def redis_calls(port: int) -> dict[str, int]:
-    """Commands Redis ran so far, by name (EVALSHA counts once per script call; a pipeline's
-    commands count one by one)."""
-    import redis
+    """Commands Redis ran so far, by name (the commands scripts ran count too)."""
+    import redis  # here: the checkout's redis/ (its config) makes a top-level import look local
 
     client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
     try:
