@@ -90,10 +90,9 @@ class RedisSettings(_Frozen):
         "redis://127.0.0.1:6379/0"
     )
     prefix: Name = "acd"
-    # The controller's connection pool: at most `pool_size` connections; a command waits up to
-    # `pool_timeout` seconds for a free one (then the call takes its fallback).
-    pool_size: Annotated[int, Field(ge=4, le=1024)] = 64
-    pool_timeout: Annotated[float, Field(gt=0, le=60)] = 5.0
+    # The longest a command waits for Redis, connecting included; then it fails and the call
+    # takes its fallback (the controller shares one multiplexed connection: no pool to size).
+    timeout: Annotated[float, Field(gt=0, le=60)] = 3.0
 
 
 # Who changed what: the names the admin API knows its callers by (and records in the audit log).

@@ -88,3 +88,11 @@ class StoreUnavailable(AcdError):
     """Redis could not be reached."""
 
     retriable = True
+
+
+class StoreReplyError(StoreUnavailable):
+    """Redis answered a command with an error (a script that failed, a wrong type): trying the
+    same again will not help. A StoreUnavailable, so that every caller that falls back when Redis
+    cannot serve it falls back here too."""
+
+    retriable = False

@@ -12,14 +12,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-import redis.asyncio as aioredis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, RedisError
-
-from acd.adapters.store import EWT_LOG_MAXLEN, CallRecord, script_text
-from acd.errors import StoreUnavailable
+from acd.adapters.redis_link import RedisLink
+from acd.adapters.store import ANSWER, END_CALL, EWT_LOG_MAXLEN, CallRecord, fields_of
 
 
 @dataclass(frozen=True)
@@ -35,16 +30,10 @@ class Ended:
     trunks: tuple[str, ...] = ()
 
 
-def _fields(flat: Sequence[Any]) -> dict[str, str]:
-    return {str(k): str(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
-
-
 class CallStore:
-    def __init__(self, redis: aioredis.Redis, prefix: str) -> None:
-        self._redis = redis
+    def __init__(self, link: RedisLink, prefix: str) -> None:
+        self._link = link
         self.prefix = prefix
-        self._end_call = redis.register_script(script_text("end_call"))
-        self._answer = redis.register_script(script_text("answer"))
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
@@ -52,13 +41,10 @@ class CallStore:
     async def answer(self, uid: str, now: float) -> CallRecord | None:
         """Mark an offered call connected at `now`; returns the call as it was before, or None
         when it is gone or was not offered to an agent (then nothing changed)."""
-        try:
-            flat = await self._answer(
-                keys=[self.key("call", uid), self.key("ewt_log")], args=[repr(now), EWT_LOG_MAXLEN]
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        return CallRecord(uid, _fields(flat)) if flat else None
+        flat = await self._link.run_script(
+            ANSWER, [self.key("call", uid), self.key("ewt_log")], [repr(now), EWT_LOG_MAXLEN]
+        )
+        return CallRecord(uid, fields_of(flat)) if flat else None
 
     async def hangup(
         self, uid: str, now: float, wrap_up: float, trunks: Sequence[str] = ()
@@ -66,14 +52,12 @@ class CallStore:
         """Leg `uid` hung up: forget its call, move its agent on, take its live marker, and name
         the trunks (of `trunks`) it held a channel of, in one round trip."""
         args = [self.prefix, uid, repr(now), repr(wrap_up), "1"]
-        try:
-            replies = await self._pipelined(
-                self._end_call, args, [self.key("trunk_legs", name) for name in trunks], uid
-            )
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        replies = await self._link.batch(
+            [self._link.script_command(END_CALL, [], args)]
+            + [("HEXISTS", self.key("trunk_legs", name), uid) for name in trunks]
+        )
         (agent, state, live, flat), held = replies[0], replies[1:]
-        fields = _fields(flat)
+        fields = fields_of(flat)
         return Ended(
             agent=str(agent or ""),
             agent_state=str(state or ""),
@@ -81,22 +65,3 @@ class CallStore:
             call=CallRecord(uid, fields) if fields else None,
             trunks=tuple(name for name, h in zip(trunks, held, strict=True) if h),
         )
-
-    async def _pipelined(
-        self, script: AsyncScript, args: list[Any], hashes: list[str], member: str
-    ) -> list[Any]:
-        """EVALSHA `script` then HEXISTS `member` in each of `hashes`, in one write. (redis-py's
-        own scripts in a pipeline ask SCRIPT EXISTS first: a second round trip every time.)
-        Loads the script once if this Redis does not know it yet (a restart flushed it)."""
-        for attempt in (1, 2):
-            try:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    pipe.evalsha(script.sha, 0, *args)
-                    for name in hashes:
-                        pipe.hexists(name, member)
-                    return list(await pipe.execute())
-            except NoScriptError:
-                if attempt == 2:
-                    raise
-                await self._redis.script_load(script.script)
-        raise AssertionError("unreachable")

@@ -33,7 +33,6 @@ Scripts build key names from the prefix, so this needs one Redis instance (not a
 
 from __future__ import annotations
 
-import functools
 import json
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -41,13 +40,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
+from acd.adapters.redis_link import RedisLink, Script
 from acd.config import Agent
 from acd.domain.agent import BUSY, BUSY_DEVICE_STATES, AgentEvent, AgentState
 from acd.domain.agent import sources as agent_sources
@@ -186,8 +179,36 @@ def script_text(name: str) -> str:
     return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
+def lua(name: str) -> Script:
+    """The script acd/adapters/lua/NAME.lua."""
+    return Script(script_text(name))
+
+
+def fields_of(flat: Sequence[Any]) -> dict[str, str]:
+    """A hash from its flat reply (HGETALL, or a script returning one): field -> value."""
+    return {str(k): str(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
+
+
+# The scripts, read once for every store.
+ENQUEUE, CLAIM, AGENT_EVENT, REQUEUE, END_CALL, ANSWER = (
+    lua(n) for n in ("enqueue", "claim", "agent_event", "requeue", "end_call", "answer")
+)
+CALLBACK_ADMIT, CALLBACK_REGISTER, CALLBACK_FINISH = (
+    lua(n) for n in ("callback_admit", "callback_register", "callback_finish")
+)
+TRUNK_COMMIT, AGENT_SKILLS, JOURNEY, TOGGLE = (
+    lua(n) for n in ("trunk_commit", "agent_skills", "journey", "toggle")
+)
+OVERLOAD_SAVE, OVERLOAD_PIN = lua("overload_save"), lua("overload_pin")
+SERVICE_COUNTS, RETIRE_AGENTS, HSET_EXISTING = (
+    Script(text) for text in (_SERVICE_COUNTS, _RETIRE_AGENTS, _HSET_EXISTING)
+)
+
+
 class RedisStore:
-    """The controller's view of Redis. Every method is one or two round trips."""
+    """The controller's view of Redis. Every method is one or two round trips, over one
+    multiplexed connection (acd.adapters.redis_link); the blocking pop of hand-offs has a
+    connection of its own."""
 
     def __init__(
         self,
@@ -196,30 +217,15 @@ class RedisStore:
         escalation: Mapping[str, Any] | None = None,
         node: str = "",
         *,
-        pool_size: int = 64,
-        pool_timeout: float = 5.0,
+        timeout: float = 3.0,
     ) -> None:
         """`node`: this controller's Asterisk node; claims of callers held by other nodes are
         handed to their controllers (P:connect:NODE). Empty: no hand-off (tools, benchmarks).
-        `pool_size`: connections at most; `pool_timeout`: how long a command waits for one."""
-        # One bounded pool for the whole controller: a full pool makes a command wait (up to
-        # `pool_timeout`) for a free connection instead of failing the call, and a peak can no
-        # longer open connections until Redis refuses them. After a Redis restart every pooled
-        # connection is dead: a command retries on a fresh connection (set on the pool's
-        # connections, where redis-py applies it).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=pool_size,
-            timeout=pool_timeout,
-            decode_responses=True,
-            socket_connect_timeout=2.0,
-            socket_timeout=5.0,
-            health_check_interval=10,
-            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=5),
-            retry_on_error=[RedisConnectionError, RedisTimeoutError],
-        )
-        self._redis: aioredis.Redis = aioredis.Redis(connection_pool=pool)
-        self._redis.auto_close_connection_pool = True
+        `timeout`: the longest a command waits for Redis (connecting included) before it fails
+        with StoreUnavailable and the call takes its fallback."""
+        self._link = RedisLink(url, timeout=timeout, name=f"acd-{node or prefix}")
+        self._blocking: RedisLink | None = None  # BLPOP holds a connection: its own, made once
+        self._url, self._timeout = url, timeout
         self.prefix = prefix
         self.node = node
         self._min_levels = {
@@ -229,43 +235,28 @@ class RedisStore:
         self._rules = json.dumps(escalation or {}, separators=(",", ":"))
         if self._rules == "{}":
             self._rules = '{"":{"min":1,"steps":[]}}'  # cjson decodes {} as an array-like table
-        self._enqueue = self._redis.register_script(script_text("enqueue"))
-        self._claim = self._redis.register_script(script_text("claim"))
-        self._agent_event = self._redis.register_script(script_text("agent_event"))
-        self._requeue = self._redis.register_script(script_text("requeue"))
-        self._end_call = self._redis.register_script(script_text("end_call"))
-        self._callback_admit = self._redis.register_script(script_text("callback_admit"))
-        self._callback_register = self._redis.register_script(script_text("callback_register"))
-        self._trunk_commit = self._redis.register_script(script_text("trunk_commit"))
-        self._service_counts = self._redis.register_script(_SERVICE_COUNTS)
-        self._agent_skills = self._redis.register_script(script_text("agent_skills"))
-        self._retire_agents = self._redis.register_script(_RETIRE_AGENTS)
-        self._hset_existing = self._redis.register_script(_HSET_EXISTING)
-        self._callback_finish = self._redis.register_script(script_text("callback_finish"))
-        self._journey = self._redis.register_script(script_text("journey"))
 
     def key(self, *parts: str) -> str:
         return ":".join((self.prefix, *parts))
 
     @property
-    def client(self) -> aioredis.Redis:
-        """The pooled client, for the small stores of single features (acd.adapters.calls)."""
-        return self._redis
+    def link(self) -> RedisLink:
+        """The connection, for the small stores of single features (acd.adapters.calls)."""
+        return self._link
 
     async def close(self) -> None:
-        await self._redis.aclose()
+        await self._link.close()
+        if self._blocking is not None:
+            await self._blocking.close()
 
     async def ping(self) -> bool:
         try:
-            return bool(await self._redis.ping())
-        except (RedisError, OSError):
+            return bool(await self._link.execute("PING") == "PONG")
+        except StoreUnavailable:
             return False
 
-    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
-        try:
-            return await script(keys=keys, args=args)
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+    async def _run(self, script: Script, keys: Sequence[Any], args: Sequence[Any]) -> Any:
+        return await self._link.run_script(script, keys, args)
 
     async def register_agents(
         self, agents: Iterable[Agent], now: float, *, login: bool = True
@@ -277,15 +268,16 @@ class RedisStore:
         for agent in agents:
             skills = ",".join(f"{s}:{lvl}" for s, lvl in sorted(agent.skills.items()))
             key = self.key("agent", agent.id)
-            try:
-                created = await self._redis.hsetnx(key, "state", AgentState.LOGGED_OUT.value)
-                await self._redis.hset(key, mapping={"id": agent.id, "endpoint": agent.endpoint})
-                await self._redis.sadd(self.key("agents"), agent.id)
-            except (RedisError, OSError) as exc:
-                raise StoreUnavailable(f"redis: {exc}") from exc
+            created, *_ = await self._link.batch(
+                [
+                    ("HSETNX", key, "state", AgentState.LOGGED_OUT.value),
+                    ("HSET", key, "id", agent.id, "endpoint", agent.endpoint),
+                    ("SADD", self.key("agents"), agent.id),
+                ]
+            )
             # Skills set by a supervisor (`acd agent skills`) outlive restarts; others follow the
             # configuration, re-ranking an available agent in the same step.
-            await self._run(self._agent_skills, [], [self.prefix, agent.id, skills, ""])
+            await self._run(AGENT_SKILLS, [], [self.prefix, agent.id, skills, ""])
             if created:
                 if agent.auto_login if agent.auto_login is not None else login:
                     await self.agent_event(agent.id, AgentEvent.LOGIN, now)
@@ -296,7 +288,7 @@ class RedisStore:
         """Forget agents the deployment no longer has (out of every available set)."""
         ids = sorted(agent_ids)
         if ids:
-            await self._run(self._retire_agents, [], [self.prefix, *ids])
+            await self._run(RETIRE_AGENTS, [], [self.prefix, *ids])
 
     async def agent_event(
         self,
@@ -319,7 +311,7 @@ class RedisStore:
         target = agent_target(event, sources[0])
         busy = "1" if device.upper() in BUSY_DEVICE_STATES else "0"
         result = await self._run(
-            self._agent_event,
+            AGENT_EVENT,
             [],
             [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
             + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
@@ -329,7 +321,7 @@ class RedisStore:
 
     async def due_wrapups(self, now: float) -> list[str]:
         """Agents whose wrap-up time is over."""
-        due = await self._call(self._redis.zrangebyscore(self.key("wrapups"), "-inf", now))
+        due = await self._link.execute("ZRANGEBYSCORE", self.key("wrapups"), "-inf", repr(now))
         return [str(a) for a in due]
 
     async def enqueue(
@@ -352,7 +344,7 @@ class RedisStore:
             self.key("calls", node),
             self.key("arrivals", skill),
         ]
-        await self._run(self._enqueue, keys, args)
+        await self._run(ENQUEUE, keys, args)
 
     async def queue_figures(
         self,
@@ -371,31 +363,25 @@ class RedisStore:
         with that score would have ahead of it (`ahead_of_score`); `with_state`: the queue's
         state too (QUEUE_STATES)."""
         min_level = self._min_levels.get(skill, 1)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                if uid is None:
-                    pipe.zcard(self.key("q", skill))
-                else:
-                    pipe.zrank(self.key("q", skill), uid)
-                pipe.zcount(self.key("avail", skill), "-inf", f"({(11 - min_level) * 1e10!r}")
-                pipe.zrange(self.key("avail", skill), 0, 0, withscores=True)
-                pipe.zcount(self.key("arrivals", skill), now - ARRIVAL_WINDOW_SECONDS, "+inf")
-                pipe.hget(self.key("stats", skill), "aht")
-                pipe.zcount(
-                    self.key("q", skill), "-inf", f"({score!r}" if score is not None else "-inf"
-                )
-                if with_state:
-                    pipe.hget(self.key("queue_state"), skill)
-                ahead, free, best, arrivals, aht, before, *state = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        queue, avail = self.key("q", skill), self.key("avail", skill)
+        commands: list[tuple[Any, ...]] = [
+            ("ZCARD", queue) if uid is None else ("ZRANK", queue, uid),
+            ("ZCOUNT", avail, "-inf", f"({(11 - min_level) * 1e10!r}"),
+            ("ZRANGE", avail, 0, 0, "WITHSCORES"),
+            ("ZCOUNT", self.key("arrivals", skill), repr(now - ARRIVAL_WINDOW_SECONDS), "+inf"),
+            ("HGET", self.key("stats", skill), "aht"),
+            ("ZCOUNT", queue, "-inf", f"({score!r}" if score is not None else "-inf"),
+        ]
+        if with_state:
+            commands.append(("HGET", self.key("queue_state"), skill))
+        ahead, free, best, arrivals, aht, before, *state = await self._link.batch(commands)
         return QueueFigures(
             ahead=int(ahead or 0),
             free=int(free or 0),
             staffed=staffed,
             handle=float(aht) if aht else default_handle,
             rate=int(arrivals or 0) / ARRIVAL_WINDOW_SECONDS,
-            best_free_level=10 - int(float(best[0][1]) // 1e10) if best else 0,
+            best_free_level=10 - int(float(best[1]) // 1e10) if best else 0,
             ahead_of_score=int(before or 0),
             state=str(state[0]) if state and state[0] in QUEUE_STATES else "open",
         )
@@ -403,7 +389,7 @@ class RedisStore:
     async def set_call_field(self, uid: str, name: str, value: str) -> bool:
         """Set a field of a call that still exists (a call that hung up meanwhile is not
         recreated, without its lifetime). Returns whether it was set."""
-        return bool(await self._run(self._hset_existing, [self.key("call", uid)], [name, value]))
+        return bool(await self._run(HSET_EXISTING, [self.key("call", uid)], [name, value]))
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""
@@ -417,13 +403,13 @@ class RedisStore:
         queue may hold more (it stopped at the limit with callers left): claim again only then."""
         when = repr(time.time() if now is None else now)
         args = [self.prefix, "skill", skill, when, self._rules, self.node, limit]
-        return self._claims(await self._run(self._claim, [], args))
+        return self._claims(await self._run(CLAIM, [], args))
 
     async def claim_for_agent(self, agent_id: str, now: float | None = None) -> Claim | None:
         """This agent (if available) with the best caller whose ring accepts it, or None."""
         when = repr(time.time() if now is None else now)
         args = [self.prefix, "agent", agent_id, when, self._rules, self.node]
-        claims, _ = self._claims(await self._run(self._claim, [], args))
+        claims, _ = self._claims(await self._run(CLAIM, [], args))
         return claims[0] if claims else None
 
     @staticmethod
@@ -441,103 +427,82 @@ class RedisStore:
 
     async def next_handoff(self, block: float) -> str | None:
         """The next caller another controller claimed for an agent and handed to this node, or
-        None after `block` seconds (blocking on one pooled connection)."""
-        result = await self._call(self._redis.blpop([self.key("connect", self.node)], block))
+        None after `block` seconds (blocking on a connection of its own)."""
+        if self._blocking is None:
+            self._blocking = RedisLink(
+                self._url, timeout=block + self._timeout, name=f"acd-{self.node}-handoffs"
+            )
+        result = await self._blocking.execute("BLPOP", self.key("connect", self.node), block)
         return None if result is None else str(result[1])
 
     async def requeue(self, uid: str) -> bool:
         """Put an offered caller back at the front of its queue."""
-        return bool(await self._run(self._requeue, [], [self.prefix, uid, repr(time.time())]))
+        return bool(await self._run(REQUEUE, [], [self.prefix, uid, repr(time.time())]))
 
     async def end_call(self, uid: str, now: float, wrap_up: float = 0.0) -> tuple[str, str]:
         """Forget a call; returns (agent it held, that agent's new state) or ('', '')."""
         agent, state, *_ = await self._run(
-            self._end_call, [], [self.prefix, uid, repr(now), repr(wrap_up), "0"]
+            END_CALL, [], [self.prefix, uid, repr(now), repr(wrap_up), "0"]
         )
         return str(agent or ""), str(state or "")
 
     async def call(self, uid: str) -> CallRecord | None:
-        try:
-            raw = await self._redis.hgetall(self.key("call", uid))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        fields = {str(k): str(v) for k, v in raw.items()}
+        fields = fields_of(await self._link.execute("HGETALL", self.key("call", uid)))
         return CallRecord(uid, fields) if fields else None
 
     async def calls_of_node(self, node: str) -> set[str]:
-        try:
-            return {str(m) for m in await self._redis.smembers(self.key("calls", node))}
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        return {str(m) for m in await self._link.execute("SMEMBERS", self.key("calls", node))}
 
     async def agent(self, agent_id: str) -> dict[str, str]:
-        try:
-            raw = await self._redis.hgetall(self.key("agent", agent_id))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-
-        return {str(k): str(v) for k, v in raw.items()}
+        return fields_of(await self._link.execute("HGETALL", self.key("agent", agent_id)))
 
     async def agent_ids(self) -> list[str]:
-        try:
-            return sorted(str(m) for m in await self._redis.smembers(self.key("agents")))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        return sorted(str(m) for m in await self._link.execute("SMEMBERS", self.key("agents")))
 
     async def queue_depth(self, skill: str) -> int:
-        try:
-            return int(await self._redis.zcard(self.key("q", skill)))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        return int(await self._link.execute("ZCARD", self.key("q", skill)))
 
     async def waiting(self, skill: str) -> list[str]:
-        try:
-            return [str(m) for m in await self._redis.zrange(self.key("q", skill), 0, -1)]
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        return [str(m) for m in await self._link.execute("ZRANGE", self.key("q", skill), 0, -1)]
 
     # -- what flows branch on, and supervisor toggles -------------------------------------------
-
-    async def _call(self, coro: Any) -> Any:
-        try:
-            return await coro
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
 
     async def tier(self, caller_id: str) -> str:
         if not caller_id:
             return "regular"
-        tier = await self._call(self._redis.hget(self.key("tiers"), caller_id))
+        tier = await self._link.execute("HGET", self.key("tiers"), caller_id)
         return str(tier) if tier else "regular"
 
     async def set_tier(self, caller_id: str, tier: str) -> None:
-        await self._call(self._redis.hset(self.key("tiers"), caller_id, tier))
+        await self._link.execute("HSET", self.key("tiers"), caller_id, tier)
+
+    def _tier_changes(self, tiers: Mapping[str, str]) -> list[tuple[Any, ...]]:
+        """The commands that merge caller ID -> tier (`regular` removes the caller ID)."""
+        drop = [c for c, t in tiers.items() if t == "regular"]
+        keep = [x for c, t in tiers.items() if t != "regular" for x in (c, t)]
+        commands: list[tuple[Any, ...]] = []
+        if keep:
+            commands.append(("HSET", self.key("tiers"), *keep))
+        if drop:
+            commands.append(("HDEL", self.key("tiers"), *drop))
+        return commands
 
     async def set_tiers(self, tiers: Mapping[str, str]) -> int:
         """Merge caller ID -> tier; the tier `regular` removes a caller ID from the table."""
-        drop = [c for c, t in tiers.items() if t == "regular"]
-        keep = {c: t for c, t in tiers.items() if t != "regular"}
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if keep:
-                    pipe.hset(self.key("tiers"), mapping=keep)  # type: ignore[arg-type]
-                if drop:
-                    pipe.hdel(self.key("tiers"), *drop)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        if commands := self._tier_changes(tiers):
+            await self._link.transaction(commands)
         return len(tiers)
 
     async def menu_mode(self, number: str, default: str = "normal") -> str:
         """An entry's menu mode: the one a supervisor set, else `default` (its configured mode)."""
-        mode = await self._call(self._redis.hget(self.key("menu_mode"), number))
+        mode = await self._link.execute("HGET", self.key("menu_mode"), number)
         return str(mode) if mode in MENU_MODES else default
 
     async def menu_modes(
         self, numbers: Iterable[str], defaults: Mapping[str, str] | None = None
     ) -> dict[str, str]:
         """The menu mode of each entry number (`defaults`: each one's configured mode)."""
-        raw = await self._call(self._redis.hgetall(self.key("menu_mode")))
+        raw = fields_of(await self._link.execute("HGETALL", self.key("menu_mode")))
         fallback = defaults or {}
         return {
             n: str(raw.get(n)) if raw.get(n) in MENU_MODES else fallback.get(n, "normal")
@@ -548,13 +513,13 @@ class RedisStore:
         """Set an entry's menu mode; returns the mode it had before."""
         if mode not in MENU_MODES:
             raise ValueError(mode)
-        before = await self._call(self._redis.hget(self.key("menu_mode"), number))
-        await self._call(self._redis.hset(self.key("menu_mode"), number, mode))
+        before, _ = await self._link.batch(
+            [
+                ("HGET", self.key("menu_mode"), number),
+                ("HSET", self.key("menu_mode"), number, mode),
+            ]
+        )
         return str(before) if before in MENU_MODES else "normal"
-
-    @functools.cached_property
-    def _toggle(self) -> Any:
-        return self._redis.register_script(script_text("toggle"))
 
     async def _set_toggles(
         self,
@@ -571,7 +536,7 @@ class RedisStore:
         args: list[Any] = [who, repr(now), AUDIT_MAXLEN, value, absent]
         for field, (what, default) in fields.items():
             args += [field, what, default]
-        before = await self._run(self._toggle, [self.key(hash_name), self.key("audit")], args)
+        before = await self._run(TOGGLE, [self.key(hash_name), self.key("audit")], args)
         return {field: str(b) for field, b in zip(fields, before, strict=True)}
 
     async def set_menu_modes(
@@ -605,47 +570,28 @@ class RedisStore:
 
     async def set_tiers_audited(self, tiers: Mapping[str, str], who: str, now: float) -> int:
         """`set_tiers` and its audit entry in one transaction."""
-        drop = [c for c, t in tiers.items() if t == "regular"]
-        keep = {c: t for c, t in tiers.items() if t != "regular"}
-        try:
-            async with self._redis.pipeline(transaction=True) as pipe:
-                if keep:
-                    pipe.hset(self.key("tiers"), mapping=keep)  # type: ignore[arg-type]
-                if drop:
-                    pipe.hdel(self.key("tiers"), *drop)
-                pipe.xadd(
-                    self.key("audit"),
-                    {"who": who, "what": "tiers", "before": "", "after": f"{len(tiers)} caller "
-                     "IDs", "at": repr(now)},
-                    maxlen=AUDIT_MAXLEN,
-                    approximate=True,
-                )  # fmt: skip
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        entry = {"who": who, "what": "tiers", "before": "", "after": f"{len(tiers)} caller IDs"}
+        await self._link.transaction(
+            [*self._tier_changes(tiers), self._audit_command({**entry, "at": repr(now)})]
+        )
         return len(tiers)
 
+    def _audit_command(self, entry: Mapping[str, str]) -> tuple[Any, ...]:
+        flat = [x for pair in entry.items() for x in pair]
+        return ("XADD", self.key("audit"), "MAXLEN", "~", AUDIT_MAXLEN, "*", *flat)
+
     async def overload(self) -> dict[str, str]:
-        raw = await self._call(self._redis.hgetall(self.key("overload")))
-        return {str(k): str(v) for k, v in raw.items()}
+        return fields_of(await self._link.execute("HGETALL", self.key("overload")))
 
     async def overload_level(self) -> int:
-        level = await self._call(self._redis.hget(self.key("overload"), "level"))
+        level = await self._link.execute("HGET", self.key("overload"), "level")
         return int(level) if level is not None and str(level).isdigit() else 0
-
-    @functools.cached_property
-    def _overload_save(self) -> Any:
-        return self._redis.register_script(script_text("overload_save"))
-
-    @functools.cached_property
-    def _overload_pin(self) -> Any:
-        return self._redis.register_script(script_text("overload_pin"))
 
     async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
         """Store the governor's computed level; returns the effective level (a pin wins). One
         script: a pin set between reading it and writing the level cannot be lost."""
         args = [computed, "" if below_since is None else repr(below_since), repr(now)]
-        return int(await self._run(self._overload_save, [self.key("overload")], args))
+        return int(await self._run(OVERLOAD_SAVE, [self.key("overload")], args))
 
     async def pin_overload(
         self, level: int | None, who: str = "", now: float | None = None
@@ -654,19 +600,13 @@ class RedisStore:
         given, atomically. Returns the hash as it was before."""
         when = time.time() if now is None else now
         args = ["" if level is None else str(level), who, repr(when), AUDIT_MAXLEN]
-        flat = await self._run(self._overload_pin, [self.key("overload"), self.key("audit")], args)
-        return {str(k): str(v) for k, v in zip(flat[::2], flat[1::2], strict=True)}
+        flat = await self._run(OVERLOAD_PIN, [self.key("overload"), self.key("audit")], args)
+        return fields_of(flat)
 
     async def queue_depths(self, skills: Iterable[str]) -> dict[str, int]:
         """Callers waiting in each queue, in one round trip (whatever the size of the floor)."""
         skills = list(skills)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for skill in skills:
-                    pipe.zcard(self.key("q", skill))
-                counts = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        counts = await self._link.batch([("ZCARD", self.key("q", skill)) for skill in skills])
         return {skill: int(n or 0) for skill, n in zip(skills, counts, strict=True)}
 
     async def arrival_facts(
@@ -676,16 +616,14 @@ class RedisStore:
         mode as a supervisor set it (None: not set), the caller's tier, the overload level. With
         `uid`, the call is marked live (P:live:UID = `now`, its arrival) in the same round trip,
         so that its hangup records its journey's end once (lua/end_call.lua takes the mark)."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.hget(self.key("menu_mode"), number)
-                pipe.hget(self.key("tiers"), caller_id or "-")
-                pipe.hget(self.key("overload"), "level")
-                if uid:
-                    pipe.set(self.key("live", uid), repr(now), ex=CALL_TTL_SECONDS)
-                mode, tier, level, *_ = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        commands: list[tuple[Any, ...]] = [
+            ("HGET", self.key("menu_mode"), number),
+            ("HGET", self.key("tiers"), caller_id or "-"),
+            ("HGET", self.key("overload"), "level"),
+        ]
+        if uid:
+            commands.append(("SET", self.key("live", uid), repr(now), "EX", CALL_TTL_SECONDS))
+        mode, tier, level, *_ = await self._link.batch(commands)
         return (
             str(mode) if mode in MENU_MODES else None,
             str(tier) if tier and caller_id else "regular",
@@ -696,20 +634,14 @@ class RedisStore:
         """The queues' depths and the floor's agents. Reads every agent's hash: the controller
         asks acd.runtime.load.LoadCache, which does this at most once a second, never per call."""
         skills = list(skills)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for skill in skills:
-                    pipe.zcard(self.key("q", skill))
-                for skill in skills:
-                    pipe.zcard(self.key("avail", skill))
-                pipe.smembers(self.key("agents"))
-                results = await pipe.execute()
-                agent_ids = sorted(str(a) for a in results[-1])
-                for agent_id in agent_ids:
-                    pipe.hmget(self.key("agent", agent_id), "state", "skills")
-                agents = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        results = await self._link.batch(
+            [("ZCARD", self.key("q", skill)) for skill in skills]
+            + [("SMEMBERS", self.key("agents"))]
+        )
+        agent_ids = sorted(str(a) for a in results[-1])
+        agents = await self._link.batch(
+            [("HMGET", self.key("agent", agent_id), "state", "skills") for agent_id in agent_ids]
+        )
         waiting = {skill: int(n) for skill, n in zip(skills, results[: len(skills)], strict=True)}
         talking = staffed = 0
         by_skill = dict.fromkeys(skills, 0)
@@ -759,7 +691,7 @@ class RedisStore:
         ]  # fmt: skip
         for k, v in mapping.items():
             args += [k, v]
-        return bool(await self._run(self._callback_register, [], args))
+        return bool(await self._run(CALLBACK_REGISTER, [], args))
 
     async def admit_callbacks(
         self, now: float, share: float, expiry: float, staffed: Mapping[str, int]
@@ -772,7 +704,7 @@ class RedisStore:
         args.append(CALL_TTL_SECONDS)
         for skill, n in staffed.items():
             args += [skill, int(n)]
-        admitted, expired, nxt = await self._run(self._callback_admit, [], args)
+        admitted, expired, nxt = await self._run(CALLBACK_ADMIT, [], args)
         return (
             [str(s) for s in admitted],
             [str(e) for e in expired],
@@ -784,52 +716,52 @@ class RedisStore:
     ) -> bool:
         """Close the attempt `uid` of `callback` with `outcome` (see lua/callback_finish.lua)."""
         args = [self.prefix, callback, uid, repr(now), outcome, repr(at), status]
-        return bool(await self._run(self._callback_finish, [], args))
+        return bool(await self._run(CALLBACK_FINISH, [], args))
 
     async def callback(self, callback: str) -> dict[str, str]:
-        raw = await self._call(self._redis.hgetall(self.key("callback", callback)))
-        return {str(k): str(v) for k, v in raw.items()}
+        return fields_of(await self._link.execute("HGETALL", self.key("callback", callback)))
+
+    async def _scan(self, pattern: str) -> list[str]:
+        """Every key matching `pattern` (SCAN, 500 at a time)."""
+        keys: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, batch = await self._link.execute("SCAN", cursor, "MATCH", pattern, "COUNT", 500)
+            keys.extend(str(k) for k in batch)
+            if cursor == "0":
+                return keys
 
     async def callbacks(self) -> list[dict[str, str]]:
         """Every callback Redis holds (for status and tests), oldest place first."""
-        try:
-            keys = [
-                k async for k in self._redis.scan_iter(match=self.key("callback", "*"), count=500)
-            ]
-            rows: list[Any] = []
-            if keys:
-                async with self._redis.pipeline(transaction=False) as pipe:
-                    for key in keys:
-                        pipe.hgetall(key)
-                    rows = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
-        out = [{str(k): str(v) for k, v in raw.items()} for raw in rows if raw]
+        keys = await self._scan(self.key("callback", "*"))
+        rows = await self._link.batch([("HGETALL", key) for key in keys]) if keys else []
+        out = [fields_of(raw) for raw in rows if raw]
         return sorted(out, key=lambda c: float(c.get("score") or 0))
 
     async def trunk_snapshot(self, name: str, uid: str = "") -> TrunkSnapshot:
         """Trunk `name`'s breaker state and channels in use, and whether leg `uid` holds one."""
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.get(self.key("trunk", name))
-                pipe.hlen(self.key("trunk_legs", name))
-                pipe.hexists(self.key("trunk_legs", name), uid or "-")
-                state, in_use, held = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        state, in_use, held = await self._link.batch(
+            [
+                ("GET", self.key("trunk", name)),
+                ("HLEN", self.key("trunk_legs", name)),
+                ("HEXISTS", self.key("trunk_legs", name), uid or "-"),
+            ]
+        )
         return TrunkSnapshot(str(state or ""), int(in_use), bool(held) and bool(uid))
 
     async def trunk_snapshots(self, names: Iterable[str]) -> dict[str, TrunkSnapshot]:
         """Every named trunk's breaker state and channels in use, in one round trip."""
         names = list(names)
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.get(self.key("trunk", name))
-                    pipe.hlen(self.key("trunk_legs", name))
-                raw = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        raw = await self._link.batch(
+            [
+                command
+                for name in names
+                for command in (
+                    ("GET", self.key("trunk", name)),
+                    ("HLEN", self.key("trunk_legs", name)),
+                )
+            ]
+        )
         return {
             name: TrunkSnapshot(str(raw[2 * i] or ""), int(raw[2 * i + 1]))
             for i, name in enumerate(names)
@@ -844,26 +776,21 @@ class RedisStore:
         count = str(seen.in_use) if op == "take" else ""
         args = [seen.state, count, state, op, uid, self.node]
         keys = [self.key("trunk", name), self.key("trunk_legs", name)]
-        return bool(await self._run(self._trunk_commit, keys, args))
+        return bool(await self._run(TRUNK_COMMIT, keys, args))
 
     async def trunks_holding(self, uid: str, names: Iterable[str]) -> list[str]:
         """Which of the named trunks leg `uid` holds a channel of (one round trip)."""
         names = list(names)
         if not names:
             return []
-        try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for name in names:
-                    pipe.hexists(self.key("trunk_legs", name), uid)
-                held = await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"redis: {exc}") from exc
+        held = await self._link.batch(
+            [("HEXISTS", self.key("trunk_legs", name), uid) for name in names]
+        )
         return [name for name, h in zip(names, held, strict=True) if h]
 
     async def trunk_legs(self, name: str) -> dict[str, str]:
         """Legs holding a channel of trunk `name`: uid -> node."""
-        raw = await self._call(self._redis.hgetall(self.key("trunk_legs", name)))
-        return {str(k): str(v) for k, v in raw.items()}
+        return fields_of(await self._link.execute("HGETALL", self.key("trunk_legs", name)))
 
     async def set_agent_skills(
         self, agent_id: str, skills: Mapping[str, int], who: str
@@ -872,7 +799,7 @@ class RedisStore:
         ("name:level,..."), or None for an unknown agent. An available agent is re-ranked at
         once."""
         text = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
-        before = await self._run(self._agent_skills, [], [self.prefix, agent_id, text, who])
+        before = await self._run(AGENT_SKILLS, [], [self.prefix, agent_id, text, who])
         return None if before is None or before is False else str(before)
 
     async def journey(
@@ -902,7 +829,7 @@ class RedisStore:
             for c, name, n in counters:
                 expire = int((c.minute + 1) * MINUTE + live_window) + 60
                 args += [c.skill, c.minute, name, n, expire]
-        await self._run(self._journey, [], args)
+        await self._run(JOURNEY, [], args)
 
     async def service_counts(
         self, skills: Iterable[str], minutes: range
@@ -912,7 +839,7 @@ class RedisStore:
         if not names or not minutes:
             return {s: dict.fromkeys(LIVE_FIELDS, 0) for s in names}
         rows = await self._run(
-            self._service_counts,
+            SERVICE_COUNTS,
             [],
             [self.prefix, minutes.start, minutes.stop - 1, len(LIVE_FIELDS), *LIVE_FIELDS, *names],
         )
@@ -925,12 +852,12 @@ class RedisStore:
         """How `uid`, which arrived through the IVR, is marked ('fallback': the dialplan's
         fallback queue took it; else its arrival time), or None if it is not live (it did not
         come through the IVR, or its hangup was recorded already). Forgets it."""
-        marker = await self._call(self._redis.getdel(self.key("live", uid)))
+        marker = await self._link.execute("GETDEL", self.key("live", uid))
         return None if marker is None else str(marker)
 
     async def mark_fallback(self, uid: str) -> None:
         """The dialplan's fallback queue took a live caller: its end will say so."""
-        await self._call(self._redis.set(self.key("live", uid), "fallback", xx=True, keepttl=True))
+        await self._link.execute("SET", self.key("live", uid), "fallback", "XX", "KEEPTTL")
 
     async def journey_range(self, start: float, end: float) -> list[dict[str, str]]:
         """Journey events with times in [start, end], oldest first."""
@@ -938,37 +865,31 @@ class RedisStore:
         cursor = str(int(start * 1000))
         last = str(int(end * 1000))
         while True:
-            batch = await self._call(
-                self._redis.xrange(self.key("journey"), cursor, last, count=5000)
+            batch = await self._link.execute(
+                "XRANGE", self.key("journey"), cursor, last, "COUNT", 5000
             )
             for entry_id, fields in batch:
-                out.append({str(k): str(v) for k, v in fields.items()})
+                out.append(fields_of(fields))
                 cursor = "(" + str(entry_id)
             if len(batch) < 5000:
                 return out
 
     async def queue_states(self, skills: Iterable[str]) -> dict[str, str]:
         """open | closed | paused per queue (absent: open)."""
-        raw = await self._call(self._redis.hgetall(self.key("queue_state")))
+        raw = fields_of(await self._link.execute("HGETALL", self.key("queue_state")))
         return {s: str(raw.get(s) or "open") for s in skills}
 
     async def callback_modes(self, skills: Iterable[str]) -> dict[str, str]:
         """on | off per queue (absent: on)."""
-        raw = await self._call(self._redis.hgetall(self.key("callback_mode")))
+        raw = fields_of(await self._link.execute("HGETALL", self.key("callback_mode")))
         return {s: str(raw.get(s) or "on") for s in skills}
 
     async def alert_changed(self, name: str, status: str) -> bool:
         """Record an alert's new status; False when it already had it (another controller sent
         it already)."""
-        before = await self._call(self._redis.set(self.key("alert", name), status, get=True))
+        before = await self._link.execute("SET", self.key("alert", name), status, "GET")
         return bool(before != status)
 
     async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
-        await self._call(
-            self._redis.xadd(
-                self.key("audit"),
-                {"who": who, "what": what, "before": before, "after": after, "at": repr(now)},
-                maxlen=AUDIT_MAXLEN,
-                approximate=True,
-            )
-        )
+        entry = {"who": who, "what": what, "before": before, "after": after, "at": repr(now)}
+        await self._link.execute(*self._audit_command(entry))

@@ -88,8 +88,7 @@ class Controller:
             settings.redis.prefix,
             settings.escalation_rules(),
             node=settings.asterisk.node,
-            pool_size=settings.redis.pool_size,
-            pool_timeout=settings.redis.pool_timeout,
+            timeout=settings.redis.timeout,
         )
         self.ami = AmiClient(
             host=ami.host,

@@ -88,6 +88,7 @@ ROUTINE_AGENT_EVENTS = frozenset(
 )
 HOLD_SETTLE = 0.1  # seconds between a caller heading for the hold context and its Redirect
 CLAIM_BATCH = 16  # pairs claimed in one script call at most
+DISPATCH_CONCURRENCY = 64  # work items inside their round trips at once, at most
 
 
 class Dispatcher:
@@ -106,7 +107,7 @@ class Dispatcher:
         self._on_callback_slot = on_callback_slot
         self._settings = settings
         self._store = store
-        self._calls = CallStore(store.client, store.prefix)
+        self._calls = CallStore(store.link, store.prefix)
         self._ami = ami
         self._clock = clock
         self._node = settings.asterisk.node
@@ -121,7 +122,7 @@ class Dispatcher:
         # This node's agents' phones, by the device Asterisk reports their state under.
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
         self._escalation = {s.name: s.escalation for s in settings.skills}
-        self._executor = KeyedExecutor(limit=settings.redis.pool_size)
+        self._executor = KeyedExecutor(limit=DISPATCH_CONCURRENCY)
         # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
         # ends, so that the dial's events need not read the call back from Redis.
         self._dialling: dict[str, tuple[str, str]] = {}

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
+import uvloop
+
+# Tests of adapters whose behaviour depends on the loop's transports run on both loops.
+BOTH_LOOPS = frozenset({"test_redis_link.py"})
+
+
+def pytest_asyncio_loop_factories(
+    config: pytest.Config, item: pytest.Item
+) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+    """asyncio's own loop, and uvloop's (the controller's) too for the modules in BOTH_LOOPS."""
+    if item.path.name in BOTH_LOOPS:
+        return {"asyncio": asyncio.new_event_loop, "uvloop": uvloop.new_event_loop}
+    return {"asyncio": asyncio.new_event_loop}
 
 
 @pytest.fixture
@@ -37,3 +52,12 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     yield f"unix://{sock}"
     proc.terminate()
     proc.wait(5)
+
+
+@pytest.fixture
+async def redis_py(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An independent client (redis-py) on the same Redis, to look at keys, or set them up,
+    behind the back of the code under test."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

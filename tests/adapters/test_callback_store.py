@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -34,12 +35,14 @@ async def _request(store: RedisStore, uid: str, score: float, now: float = 100.0
     )  # fmt: skip
 
 
-async def test_a_callback_joins_its_queue_at_the_callers_place(store: RedisStore) -> None:
+async def test_a_callback_joins_its_queue_at_the_callers_place(
+    store: RedisStore, redis_py: aioredis.Redis
+) -> None:
     await _request(store, "c1", score=42.0)
     admitted, expired, next_due = await store.admit_callbacks(100.0, 0.5, 3600, staffed(5))
     assert (admitted, expired, next_due) == (["orders"], [], None)
     assert await store.waiting("orders") == ["cb-c1-1"]
-    assert await store._redis.zscore("cb:q:orders", "cb-c1-1") == 42.0
+    assert await redis_py.zscore("cb:q:orders", "cb-c1-1") == 42.0
     call = await store.call("cb-c1-1")
     assert call is not None
     assert call.fields["kind"] == "callback"
@@ -122,12 +125,14 @@ async def test_a_callback_waiting_in_its_queue_past_the_expiry_expires(store: Re
     assert (cb["state"], cb["current"]) == ("expired", "")
 
 
-async def test_an_attempt_whose_caller_vanished_is_due_again_uncounted(store: RedisStore) -> None:
+async def test_an_attempt_whose_caller_vanished_is_due_again_uncounted(
+    store: RedisStore, redis_py: aioredis.Redis
+) -> None:
     """The virtual caller of an attempt is gone before anyone was dialled (its hash expired, its
     claim was dropped): the attempt did not happen, the callback is admitted again."""
     await _request(store, "c1", score=1.0)
     await store.admit_callbacks(100.0, 0.5, 3600, staffed(1))
-    await store._redis.delete("cb:call:cb-c1-1")
+    await redis_py.delete("cb:call:cb-c1-1")
     admitted, _, _ = await store.admit_callbacks(101.0, 0.5, 3600, staffed(1))
     assert admitted == ["orders"]
     cb = await store.callback("c1")
@@ -157,10 +162,15 @@ async def test_an_attempt_is_closed_once_and_a_retry_waits_its_turn(store: Redis
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 async def test_the_admission_script_paces_as_the_domain_rule_says(
-    store: RedisStore, staffed_n: int, share: float, inbound: int, due: int
+    store: RedisStore,
+    redis_py: aioredis.Redis,
+    staffed_n: int,
+    share: float,
+    inbound: int,
+    due: int,
 ) -> None:
     """However many are due, the script admits what admission_limit allows, no more."""
-    await store._redis.flushdb()
+    await redis_py.flushdb()
     for i in range(inbound):
         await store.enqueue(uid=f"in{i}", skill="orders", score=900.0 + i, node="n1", fields={})
     for i in range(due):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from acd.adapters.calls import CallStore
 from acd.adapters.store import RedisStore
@@ -34,9 +35,11 @@ async def _offered(store: RedisStore, uid: str, agent: str, at: float) -> None:
     assert claim.agent_id == agent
 
 
-async def test_answer_connects_an_offered_call_once_and_logs_its_wait(store: RedisStore) -> None:
-    calls = CallStore(store.client, store.prefix)
-    redis = store.client
+async def test_answer_connects_an_offered_call_once_and_logs_its_wait(
+    store: RedisStore, redis_py: aioredis.Redis
+) -> None:
+    calls = CallStore(store.link, store.prefix)
+    redis = redis_py
     await _offered(store, "c1", "a1", at=100.0)
     before = await calls.answer("c1", 104.5)
     assert before is not None
@@ -58,13 +61,13 @@ async def test_answer_connects_an_offered_call_once_and_logs_its_wait(store: Red
 
 
 async def test_hangup_ends_the_call_moves_its_agent_takes_the_marker_and_names_the_trunks(
-    store: RedisStore,
+    store: RedisStore, redis_py: aioredis.Redis
 ) -> None:
     """One round trip: the answered call is gone with its fields returned, its agent is in
     wrap-up, the live marker is taken (a second hangup finds none: the end is recorded once),
     and the trunk whose channel the leg held is named."""
-    calls = CallStore(store.client, store.prefix)
-    redis = store.client
+    calls = CallStore(store.link, store.prefix)
+    redis = redis_py
     await _offered(store, "c1", "a1", at=100.0)
     await calls.answer("c1", 104.0)
     applied, _ = await store.agent_event("a1", AgentEvent.ANSWER, 104.0, call="c1")
@@ -83,20 +86,22 @@ async def test_hangup_ends_the_call_moves_its_agent_takes_the_marker_and_names_t
 
 
 async def test_hangup_of_a_caller_who_never_queued_takes_only_its_marker(
-    store: RedisStore,
+    store: RedisStore, redis_py: aioredis.Redis
 ) -> None:
-    calls = CallStore(store.client, store.prefix)
-    await store.client.set("t:live:ivr1", "fallback")
+    calls = CallStore(store.link, store.prefix)
+    await redis_py.set("t:live:ivr1", "fallback")
     ended = await calls.hangup("ivr1", 10.0, 0.0)
     assert (ended.agent, ended.agent_state, ended.live, ended.call) == ("", "", "fallback", None)
 
 
-async def test_hangup_loads_its_script_again_after_redis_forgot_it(store: RedisStore) -> None:
+async def test_hangup_loads_its_script_again_after_redis_forgot_it(
+    store: RedisStore, redis_py: aioredis.Redis
+) -> None:
     """A Redis restart flushes the script cache: the pipelined EVALSHA is retried after a
     load, and the call still ends."""
-    calls = CallStore(store.client, store.prefix)
+    calls = CallStore(store.link, store.prefix)
     await _offered(store, "c1", "a1", at=100.0)
-    await store.client.script_flush()
+    await redis_py.script_flush()
     ended = await calls.hangup("c1", 101.0, 0.0, ["primary"])
     assert (ended.agent, ended.agent_state) == ("a1", "available")
     assert (await store.agent("a1"))["state"] == "available"

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -69,14 +70,15 @@ floor_st = st.tuples(
 )
 async def test_the_script_claims_what_the_model_claims(
     store: RedisStore,
+    redis_py: aioredis.Redis,
     case: tuple[
         list[tuple[str, int, int]], list[dict[str, int]], list[tuple[str, str]], int, set[str], int
     ],
 ) -> None:
     rows, agent_levels, ops, now, paused, level = case
-    await store._redis.flushdb()
+    await redis_py.flushdb()
     model = Floor(matching.rules_from_json(RULES), paused=set(paused), borrow=level >= 1)
-    await store._redis.hset("m:overload", "level", str(level))
+    await redis_py.hset("m:overload", "level", str(level))
     await store.set_queue_states(paused, "paused", "test", now)
     for i, levels in enumerate(agent_levels):
         idle = 10.0 + i + 0.5
@@ -126,7 +128,7 @@ async def test_the_script_claims_what_the_model_claims(
         if mode == "stale":
             agent_id = f"a{int(which)}"
             if agent_id in model.available:
-                await store._redis.hset(f"m:agent:{agent_id}", "state", "paused")
+                await redis_py.hset(f"m:agent:{agent_id}", "state", "paused")
                 del model.available[agent_id]
             continue
         waiting = dict(model.callers)

@@ -8,6 +8,7 @@ import time
 from collections.abc import AsyncIterator
 
 import pytest
+import redis.asyncio as aioredis
 
 from acd.adapters.store import RedisStore
 from acd.domain.report import Targets
@@ -68,7 +69,7 @@ async def test_two_controllers_feed_one_service_level_that_a_restarted_one_reads
 
 
 async def test_the_counters_move_with_their_journey_event_and_leave_the_window(
-    stores: list[RedisStore],
+    stores: list[RedisStore], redis_py: aioredis.Redis
 ) -> None:
     """An event and the counter it moves are both written; the caller leaves the live figure
     when its minute leaves the hour, and its counter key expires soon after (the end of its
@@ -84,23 +85,23 @@ async def test_the_counters_move_with_their_journey_event_and_leave_the_window(
     assert [e["event"] for e in entries] == ["queued", "answer"]
     assert await rec.service_levels(["presale"], clock.now) == {"presale": 0.0}  # 12 s > 10 s
     key = f"j:sl:presale:{int(start // 60)}"
-    assert await stores[0]._redis.hgetall(key) == {
+    assert await redis_py.hgetall(key) == {
         "offered": "1", "answered": "1",
     }  # fmt: skip
-    expire_at = await stores[0]._redis.expiretime(key)
+    expire_at = await redis_py.expiretime(key)
     assert expire_at == int(start // 60 + 1) * 60 + 3600 + 60
     assert await rec.service_levels(["presale"], start + 3599) == {"presale": 0.0}
     assert await rec.service_levels(["presale"], start + 3600) == {"presale": None}
 
 
 async def test_events_older_than_the_retention_are_trimmed_newer_ones_kept(
-    stores: list[RedisStore],
+    stores: list[RedisStore], redis_py: aioredis.Redis
 ) -> None:
     """With 35 days of retention, an event recorded now trims the stream nodes wholly older
     than 35 days: of 250 events 40 days old, only those sharing a node with newer events may
     stay (fewer than a node holds); the 3 events 30 days old and the new one are all kept."""
     store = stores[0]
-    redis = store._redis
+    redis = redis_py
     now = time.time()
     node_size = int((await redis.config_get("stream-node-max-entries"))["stream-node-max-entries"])
     old_ms = int((now - 40 * DAY) * 1000)
@@ -125,7 +126,7 @@ async def test_events_older_than_the_retention_are_trimmed_newer_ones_kept(
 
 
 async def test_the_events_of_many_calls_share_a_few_writes_in_the_order_emitted(
-    stores: list[RedisStore],
+    stores: list[RedisStore], redis_py: aioredis.Redis
 ) -> None:
     """Group commit: 200 calls emitting at once never wait on Redis, and their events are
     written in a few commands, each once and in the order emitted; a flush waits for them."""
@@ -133,9 +134,9 @@ async def test_the_events_of_many_calls_share_a_few_writes_in_the_order_emitted(
     rec = Recorder(store, 35, "node-a", Clock(time.time()))
     for i in range(200):
         await rec.emit("menu", f"c{i}", at="menu", digit="1")
-    assert await store.client.xlen("j:journey") == 0  # nothing written yet: they linger
+    assert await redis_py.xlen("j:journey") == 0  # nothing written yet: they linger
     await rec.flush()
-    uids = [fields["uid"] for _, fields in await store.client.xrange("j:journey")]
+    uids = [fields["uid"] for _, fields in await redis_py.xrange("j:journey")]
     assert uids == [f"c{i}" for i in range(200)]
     assert rec.batches == 1
 

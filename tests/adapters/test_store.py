@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -267,11 +268,11 @@ async def test_a_caller_with_a_wider_ring_takes_an_agent_the_head_refuses(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 async def test_no_caller_claimed_before_its_ring_allows(
-    ringed: RedisStore, arrivals: list[float], check_at: float
+    ringed: RedisStore, arrivals: list[float], check_at: float, redis_py: aioredis.Redis
 ) -> None:
     """Whatever the arrivals, a level-4 agent only ever serves an after-sales caller that has
     waited at least 20 s, and never two callers at once."""
-    await ringed._redis.flushdb()
+    await redis_py.flushdb()
     await ringed.register_agents([_agent("low", aftersales=4)], now=0.0)
     for i, at in enumerate(arrivals):
         await _join(ringed, f"c{i}", "aftersales", at=at)
@@ -320,17 +321,17 @@ async def test_commands_go_on_after_redis_restarts(tmp_path: Path) -> None:
 
 
 async def test_a_stale_available_entry_is_dropped_and_the_next_agent_claimed(
-    store: RedisStore,
+    store: RedisStore, redis_py: aioredis.Redis
 ) -> None:
     """An available-set entry whose agent is no longer available (or lost the skill) never
     blocks the queue: the claim drops it and takes the next agent."""
     await store.register_agents([_agent("a", presale=9), _agent("b", presale=5)], now=100.0)
-    await store._redis.hset("t:agent:a", "state", "paused")  # the set was not told
+    await redis_py.hset("t:agent:a", "state", "paused")  # the set was not told
     await _enqueue(store, "c1", "presale", 1.0)
     claim = await store.claim_for_skill("presale")
     assert claim is not None
     assert claim.agent_id == "b"
-    assert await store._redis.zscore("t:avail:presale", "a") is None
+    assert await redis_py.zscore("t:avail:presale", "a") is None
 
 
 async def test_skills_from_the_configuration_re_rank_an_available_agent(
@@ -349,24 +350,26 @@ async def test_skills_from_the_configuration_re_rank_an_available_agent(
     assert (await store.agent("b"))["skills"] == "orders:4"
 
 
-async def test_retired_agents_are_forgotten(store: RedisStore) -> None:
+async def test_retired_agents_are_forgotten(store: RedisStore, redis_py: aioredis.Redis) -> None:
     """An agent the deployment no longer has leaves the agent list and every available set."""
     await store.register_agents([_agent("a", presale=3, orders=2), _agent("b", presale=5)], 1.0)
     await store.retire_agents(["a"])
     assert await store.agent_ids() == ["b"]
     assert await store.agent("a") == {}
-    assert await store._redis.zrange("t:avail:presale", 0, -1) == ["b"]
-    assert await store._redis.zrange("t:avail:orders", 0, -1) == []
+    assert await redis_py.zrange("t:avail:presale", 0, -1) == ["b"]
+    assert await redis_py.zrange("t:avail:orders", 0, -1) == []
 
 
-async def test_a_field_of_a_call_that_hung_up_does_not_recreate_it(store: RedisStore) -> None:
+async def test_a_field_of_a_call_that_hung_up_does_not_recreate_it(
+    store: RedisStore, redis_py: aioredis.Redis
+) -> None:
     """Setting a field (or an answer) on a call that is gone leaves no key without a lifetime."""
     assert not await store.set_call_field("gone", "ewt_at_join", "3.0")
-    assert await CallStore(store.client, store.prefix).answer("gone", 10.0) is None
-    assert await store._redis.exists("t:call:gone") == 0
+    assert await CallStore(store.link, store.prefix).answer("gone", 10.0) is None
+    assert await redis_py.exists("t:call:gone") == 0
     await _enqueue(store, "c1", "presale", 1.0)
     assert await store.set_call_field("c1", "ewt_at_join", "3.0")
-    assert 0 < await store._redis.ttl("t:call:c1")
+    assert 0 < await redis_py.ttl("t:call:c1")
 
 
 async def test_an_earlier_wrap_up_timer_does_not_cut_a_later_wrap_up_short(
@@ -432,7 +435,7 @@ async def test_the_wait_figures_count_free_agents_from_the_queues_minimum_level(
 
 
 async def test_an_agent_freed_while_its_phone_is_busy_elsewhere_waits_for_the_phone(
-    store: RedisStore,
+    store: RedisStore, redis_py: aioredis.Redis
 ) -> None:
     """The phone is reported in use during a call of ours (recorded, no transition); the call
     ends before the phone is reported free: the agent is device_busy, out of the available
@@ -446,13 +449,13 @@ async def test_an_agent_freed_while_its_phone_is_busy_elsewhere_waits_for_the_ph
     assert (await store.agent("a"))["device"] == "INUSE"
     assert (await store.agent_event("a", AgentEvent.ANSWER, 3.0, call="c1"))[0]
     assert await store.end_call("c1", 10.0, wrap_up=0.0) == ("a", "device_busy")
-    assert await store._redis.zscore("t:avail:presale", "a") is None
+    assert await redis_py.zscore("t:avail:presale", "a") is None
     assert (await store.agent_event("a", AgentEvent.DEVICE_IDLE, 11.0, device="NOT_INUSE"))[0]
     assert (await store.agent("a"))["state"] == "available"
-    assert await store._redis.zscore("t:avail:presale", "a") is not None
+    assert await redis_py.zscore("t:avail:presale", "a") is not None
     assert (await store.agent_event("a", AgentEvent.PAUSE, 12.0, reason="lunch"))[0]
     await store.agent_event("a", AgentEvent.DEVICE_BUSY, 13.0, device="RINGING")
     assert (await store.agent_event("a", AgentEvent.RESUME, 14.0))[0]
     fields = await store.agent("a")
     assert (fields["state"], fields["reason"]) == ("device_busy", "RINGING")
-    assert await store._redis.zscore("t:avail:presale", "a") is None
+    assert await redis_py.zscore("t:avail:presale", "a") is None

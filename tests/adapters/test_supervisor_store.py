@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from acd.adapters.store import RedisStore
+from acd.adapters.store import RedisStore, fields_of
 
 
 @pytest.fixture
@@ -19,7 +19,10 @@ async def store(redis_url: str) -> AsyncIterator[RedisStore]:
 
 
 async def _audit(store: RedisStore) -> list[tuple[str, str, str, str]]:
-    entries = await store._redis.xrange(store.key("audit"))
+    entries = [
+        (entry_id, fields_of(flat))
+        for entry_id, flat in await store.link.execute("XRANGE", store.key("audit"), "-", "+")
+    ]
     return [(f["who"], f["what"], f["before"], f["after"]) for _, f in entries]
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 
 from acd.adapters.fastagi import FastAgiServer
 from acd.adapters.lookup import LookupClient
@@ -207,7 +208,7 @@ async def test_capacity_holds_across_controllers_and_saturation_opens_for_both(
 
 
 async def test_a_trip_through_one_controller_holds_for_the_other_until_reset(
-    pair: Pair,
+    pair: Pair, redis_py: aioredis.Redis
 ) -> None:
     """A supervisor trips p1 through controller a: b sends legs elsewhere, even after open_for;
     the reset through b closes it for both; both are audited."""
@@ -218,7 +219,7 @@ async def test_a_trip_through_one_controller_holds_for_the_other_until_reset(
     assert (await pair.b.reset("kim", "p1"))["state"] == "closed"
     assert (await pair.a.summary())["p1"]["tripped"] is False
     assert await pair.a.choose("leg2") == "p1"
-    audit = await pair.store._redis.xrange(pair.store.key("audit"))
+    audit = await redis_py.xrange(pair.store.key("audit"))
     assert [(f["who"], f["after"]) for _, f in audit] == [("lee", "tripped"), ("kim", "reset")]
     with pytest.raises(UnknownTrunk):
         await pair.a.trip("lee", "nope")
