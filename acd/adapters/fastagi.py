@@ -382,7 +382,9 @@ class FastAgiServer:
             outcome = "error"
             log.exception("agi.handler_failed", route=route)
             await self._report_failure(channel)
-        log.info(
+        # A session that ended as planned is routine (every call has one): debug; a hangup or a
+        # failure is worth a line.
+        (log.debug if outcome == "completed" else log.info)(
             "agi.call_ended",
             route=route,
             outcome=outcome,

@@ -205,6 +205,35 @@ SERVICE_COUNTS, RETIRE_AGENTS, HSET_EXISTING = (
 )
 
 
+def agent_event_args(
+    prefix: str,
+    agent_id: str,
+    event: AgentEvent,
+    now: float,
+    *,
+    call: str = "",
+    reason: str = "",
+    wrap_until: float = 0.0,
+    wrapped_by: float | None = None,
+    device: str = "",
+) -> list[Any]:
+    """The arguments of lua/agent_event.lua for `event` (see RedisStore.agent_event): the
+    transition's target and source states come from acd.domain.agent's table."""
+    sources = agent_sources(event)
+    target = agent_target(event, sources[0])
+    busy = "1" if device.upper() in BUSY_DEVICE_STATES else "0"
+    return (
+        [prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
+        + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
+        + [s.value for s in sources]
+    )
+
+
+def agent_event_result(reply: Sequence[Any]) -> tuple[bool, str]:
+    """lua/agent_event.lua's reply: (applied, the state before or the state that refused)."""
+    return bool(reply[0]), str(reply[1])
+
+
 class RedisStore:
     """The controller's view of Redis. Every method is one or two round trips, over one
     multiplexed connection (acd.adapters.redis_link); the blocking pop of hand-offs has a
@@ -307,17 +336,11 @@ class RedisStore:
         `device`: Asterisk's new device state of the agent's phone, recorded in any case (a
         transition to available with a busy phone lands in device_busy). Returns (applied, the
         state before or the state that refused)."""
-        sources = agent_sources(event)
-        target = agent_target(event, sources[0])
-        busy = "1" if device.upper() in BUSY_DEVICE_STATES else "0"
-        result = await self._run(
-            AGENT_EVENT,
-            [],
-            [self.prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
-            + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
-            + [s.value for s in sources],
-        )
-        return bool(result[0]), str(result[1])
+        args = agent_event_args(
+            self.prefix, agent_id, event, now, call=call, reason=reason,
+            wrap_until=wrap_until, wrapped_by=wrapped_by, device=device,
+        )  # fmt: skip
+        return agent_event_result(await self._run(AGENT_EVENT, [], args))
 
     async def due_wrapups(self, now: float) -> list[str]:
         """Agents whose wrap-up time is over."""

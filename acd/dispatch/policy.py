@@ -60,10 +60,13 @@ class AfterCall:
     wrap_up: float = 0.0
 
 
-def after_call(agent_state: str, wrap_up: float) -> AfterCall:
-    """The agent's state after its call ended (lua/end_call.lua) -> what the dispatcher does."""
+def after_call(agent_state: str, wrap_up: float, waiting: int | None = None) -> AfterCall:
+    """The agent's state after its call ended (lua/end_call.lua) -> what the dispatcher does.
+    `waiting`: the callers in the queues, counted in the same step as the call's end (None: not
+    counted). An agent freed while nobody waits is not claimed for: a caller who joins later
+    runs its own claim, which finds the agent available."""
     if agent_state == AgentState.AVAILABLE:
-        return AfterCall(claim=True)
+        return AfterCall(claim=waiting is None or waiting > 0)
     if agent_state == AgentState.WRAP_UP:
         return AfterCall(wrap_up=wrap_up)
     return AfterCall()

@@ -336,7 +336,7 @@ class Dispatcher:
                 raise
             self.connects += 1
             self._dialling[claim.uid] = (claim.agent_id, claim.skill)
-            log.info("dispatch.connecting", dial=dial, handed=handed)
+            log.debug("dispatch.connecting", dial=dial, handed=handed)
 
     async def _dial_callback(self, claim: Claim, record: CallRecord, agent_dial: str) -> None:
         """A callback reached an agent: originate agent-first. The agent's leg gets the attempt's
@@ -525,9 +525,11 @@ class Dispatcher:
             return
         self._agent_after_call(uid, agent, state)
 
-    def _agent_after_call(self, uid: str, agent: str, state: str) -> None:
+    def _agent_after_call(
+        self, uid: str, agent: str, state: str, waiting: int | None = None
+    ) -> None:
         log.info("dispatch.call_ended", uniqueid=uid, agent=agent, agent_state=state)
-        then = after_call(state, self._settings.agent_policy.wrap_up)
+        then = after_call(state, self._settings.agent_policy.wrap_up, waiting)
         if then.claim:
             self._put(AgentWork(agent))
         elif then.wrap_up:
@@ -546,12 +548,14 @@ class Dispatcher:
         self._dialling.pop(uid, None)
         now = self._clock()
         wrap_up = self._settings.agent_policy.wrap_up
-        ended = await self._calls.hangup(uid, now, wrap_up, self._trunks.names())
+        ended = await self._calls.hangup(
+            uid, now, wrap_up, self._trunks.names(), self._settings.skill_names()
+        )
         if ended.live is not None:
             fields = hangup_journey(ended.call, cause, now, fallback=ended.live == "fallback")
             await self._recorder.emit("hangup", uid, **fields)
         if ended.agent:
-            self._agent_after_call(uid, ended.agent, ended.agent_state)
+            self._agent_after_call(uid, ended.agent, ended.agent_state, ended.waiting)
         if ended.trunks:
             await self._trunks.leg_gone(uid, held=list(ended.trunks))
 
@@ -603,11 +607,14 @@ class Dispatcher:
             await self._agent(agent, AgentEvent.RING, uid)
             await self._recorder.emit("ring", uid, skill=skill, agent=agent)
         elif name == "BridgeEnter":
-            self._dialling.pop(uid, None)
-            record = await self._calls.answer(uid, self._clock())
+            # The agent this controller rang, when it did: its ANSWER goes with the call's.
+            rang, _ = self._dialling.pop(uid, ("", ""))
+            answered = await self._calls.answer(uid, self._clock(), agent=rang)
+            record = answered.call
             if record is not None:
                 fields = record.fields
-                await self._agent(record.agent, AgentEvent.ANSWER, uid)
+                if record.agent != rang or answered.agent_answered is None:
+                    await self._agent(record.agent, AgentEvent.ANSWER, uid)
                 waited = self._clock() - float(fields.get("enqueued_at") or self._clock())
                 await self._recorder.emit(
                     "answer",

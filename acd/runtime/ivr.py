@@ -320,7 +320,8 @@ class IvrService:
             elif isinstance(step, PlayAndCollect):
                 digit = early or await self._menu_digit(channel, step)
                 self.turns += 1
-                log.info("ivr.menu_choice", node=step.node, digit=digit or None)
+                # Routine: the journey stream keeps every menu choice for the report.
+                log.debug("ivr.menu_choice", node=step.node, digit=digit or None)
                 await self._emit("menu", channel.uniqueid, at=step.node, digit=digit)
                 return run.on_digits(digit)
             elif isinstance(step, CollectDigits):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -228,6 +229,22 @@ def _supervise_controller(
         backoff = min(backoff * 2, 10.0)
 
 
+# Allocations between two collections of the youngest generation (Python's default: 700). A call
+# allocates a few thousand short-lived objects, nearly all freed by reference counting; at the
+# default a peak collected many times a second for almost nothing.
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def _settle_collector() -> None:
+    """What the controller built at start (configuration, flows, modules: most of its objects)
+    lives as long as the process: frozen out of the cyclic collector's sight, so that a full
+    collection during a peak scans only what calls allocated. A py-spy profile at 90 calls/s
+    put 7% of the controller's CPU in the collector before."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, 10, 10)
+
+
 def run_controller(settings: Settings) -> None:
     """`acd run`: the controller alone, in the foreground (Redis and Asterisk run elsewhere)."""
     flows = load_checked_flows(settings)
@@ -238,6 +255,7 @@ def run_controller(settings: Settings) -> None:
 
 async def _run_controller(settings: Settings, flows: dict[str, Flow]) -> None:
     controller = Controller(settings, flows)
+    _settle_collector()
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
     assert task is not None

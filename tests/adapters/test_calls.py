@@ -41,8 +41,10 @@ async def test_answer_connects_an_offered_call_once_and_logs_its_wait(
     calls = CallStore(store.link, store.prefix)
     redis = redis_py
     await _offered(store, "c1", "a1", at=100.0)
-    before = await calls.answer("c1", 104.5)
+    answered = await calls.answer("c1", 104.5)
+    before = answered.call
     assert before is not None
+    assert answered.agent_answered is None  # not asked
     assert (before.state, before.agent, before.fields["skill"]) == ("offered", "a1", "presale")
     call = await store.call("c1")
     assert call is not None
@@ -50,12 +52,12 @@ async def test_answer_connects_an_offered_call_once_and_logs_its_wait(
     log = await redis.xrange("t:ewt_log")
     assert [(f["uid"], f["ewt"], float(f["waited"])) for _, f in log] == [("c1", "3.0", 4.5)]
     # Connected already, or never offered, or gone: nothing changes.
-    assert await calls.answer("c1", 200.0) is None
+    assert (await calls.answer("c1", 200.0)).call is None
     assert (await store.call("c1")).fields["answered_at"] == "104.5"  # type: ignore[union-attr]
     await store.enqueue(uid="q", skill="presale", score=1.0, node="n1", fields={"channel": "x"})
-    assert await calls.answer("q", 1.0) is None
+    assert (await calls.answer("q", 1.0)).call is None
     assert (await store.call("q")).state == "queued"  # type: ignore[union-attr]
-    assert await calls.answer("gone", 1.0) is None
+    assert (await calls.answer("gone", 1.0)).call is None
     assert await redis.exists("t:call:gone") == 0
     assert len(await redis.xrange("t:ewt_log")) == 1
 
@@ -75,6 +77,7 @@ async def test_hangup_ends_the_call_moves_its_agent_takes_the_marker_and_names_t
     await redis.set("t:live:c1", "99.0")
     await redis.hset("t:trunk_legs:standby", "c1", "n1")
     ended = await calls.hangup("c1", 130.0, 10.0, ["primary", "standby"])
+    assert ended.waiting is None  # not asked
     assert (ended.agent, ended.agent_state, ended.live) == ("a1", "wrap_up", "99.0")
     assert ended.call is not None
     assert (ended.call.fields["answered_at"], ended.call.agent) == ("104.0", "a1")
@@ -105,3 +108,35 @@ async def test_hangup_loads_its_script_again_after_redis_forgot_it(
     ended = await calls.hangup("c1", 101.0, 0.0, ["primary"])
     assert (ended.agent, ended.agent_state) == ("a1", "available")
     assert (await store.agent("a1"))["state"] == "available"
+
+
+async def test_answer_with_the_agent_rung_moves_both_in_one_round_trip(store: RedisStore) -> None:
+    """With the agent the controller rang, the call is connected and that agent goes on the call
+    together; an agent who is not ringing for this call is left as it is."""
+    calls = CallStore(store.link, store.prefix)
+    await _offered(store, "c1", "a1", at=100.0)
+    await store.agent_event("a1", AgentEvent.RING, 101.0, call="c1")
+    answered = await calls.answer("c1", 104.0, agent="a1")
+    assert answered.call is not None
+    assert answered.agent_answered is True
+    assert (await store.agent("a1"))["state"] == "on_call"
+    assert (await store.call("c1")).state == "connected"  # type: ignore[union-attr]
+    await _offered(store, "c2", "a2", at=110.0)
+    await store.agent_event("a2", AgentEvent.RING, 111.0, call="c2")
+    wrong = await calls.answer("c2", 112.0, agent="a1")  # a1 is not ringing for c2
+    assert wrong.agent_answered is False
+    assert (await store.agent("a1"))["state"] == "on_call"
+    assert (await store.agent("a2"))["state"] == "ringing"
+
+
+async def test_hangup_counts_the_callers_still_waiting_after_it(store: RedisStore) -> None:
+    """Asked for queues, the hangup counts their callers once the agent is free: none, so no
+    claim is needed for the agent; one, so it is."""
+    calls = CallStore(store.link, store.prefix)
+    await _offered(store, "c1", "a1", at=100.0)
+    ended = await calls.hangup("c1", 101.0, 0.0, queues=["presale", "orders"])
+    assert (ended.agent_state, ended.waiting) == ("available", 0)
+    await _offered(store, "c2", "a1", at=102.0)
+    await store.enqueue(uid="w", skill="orders", score=103.0, node="n1", fields={"channel": "x"})
+    ended = await calls.hangup("c2", 104.0, 0.0, queues=["presale", "orders"])
+    assert ended.waiting == 1

@@ -365,7 +365,7 @@ async def test_a_field_of_a_call_that_hung_up_does_not_recreate_it(
 ) -> None:
     """Setting a field (or an answer) on a call that is gone leaves no key without a lifetime."""
     assert not await store.set_call_field("gone", "ewt_at_join", "3.0")
-    assert await CallStore(store.link, store.prefix).answer("gone", 10.0) is None
+    assert (await CallStore(store.link, store.prefix).answer("gone", 10.0)).call is None
     assert await redis_py.exists("t:call:gone") == 0
     await _enqueue(store, "c1", "presale", 1.0)
     assert await store.set_call_field("c1", "ewt_at_join", "3.0")

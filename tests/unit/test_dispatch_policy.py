@@ -71,17 +71,21 @@ def test_a_hangup_tells_the_journey_how_the_call_ended(
 
 
 @pytest.mark.parametrize(
-    ("state", "wrap_up", "expected"),
+    ("state", "wrap_up", "waiting", "expected"),
     [
-        ("available", 0.0, AfterCall(claim=True)),
-        ("available", 10.0, AfterCall(claim=True)),
-        ("wrap_up", 10.0, AfterCall(wrap_up=10.0)),
-        ("device_busy", 0.0, AfterCall()),  # waits for its phone, not for a caller
-        ("paused", 0.0, AfterCall()),
-        ("", 0.0, AfterCall()),
+        ("available", 0.0, None, AfterCall(claim=True)),  # not counted: look
+        ("available", 10.0, None, AfterCall(claim=True)),
+        ("available", 0.0, 3, AfterCall(claim=True)),
+        ("available", 0.0, 0, AfterCall()),  # nobody waits: the next caller's claim finds it
+        ("wrap_up", 10.0, 3, AfterCall(wrap_up=10.0)),
+        ("device_busy", 0.0, 3, AfterCall()),  # waits for its phone, not for a caller
+        ("paused", 0.0, 3, AfterCall()),
+        ("", 0.0, None, AfterCall()),
     ],
 )
 def test_what_follows_for_an_agent_after_its_call(
-    state: str, wrap_up: float, expected: AfterCall
+    state: str, wrap_up: float, waiting: int | None, expected: AfterCall
 ) -> None:
-    assert after_call(state, wrap_up) == expected
+    """Claim for a freed agent only if a caller may wait for it; wrap up first if the policy
+    says so; nothing for an agent who is not available."""
+    assert after_call(state, wrap_up, waiting) == expected
