@@ -60,6 +60,20 @@ class AfterCall:
     wrap_up: float = 0.0
 
 
+def hold_wait(held: bool, held_at: float, now: float, settle: float) -> float:
+    """How long a connect may still wait for its caller's AcdHeld (the dialplan's word that the
+    channel reached the hold context) before it redirects the channel: nothing once the word
+    came, else until `settle` after the caller headed there (`held_at`; 0 when unknown), and
+    never more than `settle`.
+
+    >>> hold_wait(True, 100.0, 100.01, 0.1), hold_wait(False, 100.0, 100.03, 0.1)
+    (0.0, 0.07)
+    """
+    if held:
+        return 0.0
+    return round(max(0.0, min(settle, held_at + settle - now)), 6)
+
+
 def after_call(agent_state: str, wrap_up: float, waiting: int | None = None) -> AfterCall:
     """The agent's state after its call ended (lua/end_call.lua) -> what the dispatcher does.
     `waiting`: the callers in the queues, counted in the same step as the call's end (None: not

@@ -22,7 +22,7 @@ from acd.adapters.calls import CallStore
 from acd.adapters.store import CallRecord, Claim, RedisStore
 from acd.config import Settings
 from acd.dispatch.executor import KeyedExecutor
-from acd.dispatch.policy import after_call, hangup_journey, is_agent_leg
+from acd.dispatch.policy import after_call, hangup_journey, hold_wait, is_agent_leg
 from acd.domain.agent import BUSY, AgentEvent, device_event
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
@@ -86,7 +86,11 @@ REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk ref
 ROUTINE_AGENT_EVENTS = frozenset(
     {AgentEvent.RING, AgentEvent.ANSWER, AgentEvent.DEVICE_BUSY, AgentEvent.DEVICE_IDLE}
 )
-HOLD_SETTLE = 0.1  # seconds between a caller heading for the hold context and its Redirect
+# The longest a connect waits for its caller's AcdHeld (the dialplan's word that the channel is
+# in the hold context), counted from when the caller headed there: a Redirect that lands while
+# the dialplan is still on its way is lost by Asterisk. An AcdHeld this controller missed (it
+# restarted) costs a caller this much, no more.
+HOLD_SETTLE = 0.1  # seconds
 CLAIM_BATCH = 16  # pairs claimed in one script call at most
 DISPATCH_CONCURRENCY = 64  # work items inside their round trips at once, at most
 
@@ -126,6 +130,10 @@ class Dispatcher:
         # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
         # ends, so that the dial's events need not read the call back from Redis.
         self._dialling: dict[str, tuple[str, str]] = {}
+        # Callers of this node seen arriving in the hold context (AcdHeld) and not taken out
+        # since, and the connects waiting for that word: see HOLD_SETTLE.
+        self._held: set[str] = set()
+        self._hold_waiters: dict[str, asyncio.Future[None]] = {}
         self.connects = 0
 
     def _key(self, work: Work) -> tuple[str, str]:
@@ -184,7 +192,35 @@ class Dispatcher:
 
     def on_ami_event(self, event: AmiMessage) -> None:
         if event.event in EVENTS:
+            if event.event == "UserEvent" and event.get("UserEvent") == "AcdHeld":
+                self._on_held(event.get("Uniqueid") or "")
+                return
             self._put(EventWork(event))
+
+    def _on_held(self, uid: str) -> None:
+        """The caller's channel is in the hold context: a Redirect may take it out now. (No
+        Redis: it only tells a connect of this node that it may go.)"""
+        self._held.add(uid)
+        waiter = self._hold_waiters.pop(uid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _until_held(self, claim: Claim) -> None:
+        """Wait until the caller is in the hold context: its AcdHeld came, or HOLD_SETTLE after
+        it headed there (the word was missed)."""
+        uid = claim.uid
+        wait = hold_wait(uid in self._held, claim.held_at, self._clock(), HOLD_SETTLE)
+        if wait > 0:
+            waiter = self._hold_waiters.setdefault(uid, asyncio.get_running_loop().create_future())
+            try:
+                async with asyncio.timeout(wait):
+                    await waiter
+            except TimeoutError:
+                log.info("dispatch.hold_unconfirmed", uniqueid=uid)
+            finally:
+                if self._hold_waiters.get(uid) is waiter:
+                    del self._hold_waiters[uid]
+        self._held.discard(uid)  # it leaves the hold context with this Redirect
 
     async def resync(self) -> None:
         """Called after every AMI (re)connect; returns when the resync has been carried out."""
@@ -295,9 +331,7 @@ class Dispatcher:
         # A caller claimed the moment it queued (or was put back) may still be on its way to the
         # hold context: a Redirect that lands while the dialplan runs its Goto there is lost by
         # Asterisk (the channel falls through the dialplan and hangs up, seen at 30 calls/s).
-        settle = min(HOLD_SETTLE, claim.held_at + HOLD_SETTLE - self._clock())
-        if settle > 0:
-            await asyncio.sleep(settle)
+        await self._until_held(claim)
         with bound:
             try:
                 # One write, one round trip: Asterisk runs them in this order.
@@ -546,6 +580,7 @@ class Dispatcher:
         """A caller's (or a trunk leg's) channel hung up: one round trip ends its call, moves
         its agent on, takes its journey marker and names the trunk channels it held."""
         self._dialling.pop(uid, None)
+        self._held.discard(uid)
         now = self._clock()
         wrap_up = self._settings.agent_policy.wrap_up
         ended = await self._calls.hangup(

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from acd.adapters.store import CallRecord
-from acd.dispatch.policy import AfterCall, after_call, device_of, hangup_journey, is_agent_leg
+from acd.dispatch.policy import (
+    AfterCall,
+    after_call,
+    device_of,
+    hangup_journey,
+    hold_wait,
+    is_agent_leg,
+)
 
 DEVICES = {"PJSIP/agent-7001": "7001", "PJSIP/agent-7002": "7002"}
 
@@ -89,3 +96,21 @@ def test_what_follows_for_an_agent_after_its_call(
     """Claim for a freed agent only if a caller may wait for it; wrap up first if the policy
     says so; nothing for an agent who is not available."""
     assert after_call(state, wrap_up, waiting) == expected
+
+
+@pytest.mark.parametrize(
+    ("held", "held_at", "now", "expected"),
+    [
+        (True, 100.0, 100.0, 0.0),  # the dialplan said so: redirect now
+        (False, 100.0, 100.0, 0.1),  # just queued: wait for the word, at most the settle
+        (False, 100.0, 100.04, 0.06),
+        (False, 100.0, 100.2, 0.0),  # the settle is over (the word was missed): go
+        (False, 0.0, 100.0, 0.0),  # unknown (a hand-off): no wait
+        (False, 200.0, 100.0, 0.1),  # clocks apart: never more than the settle
+    ],
+)
+def test_a_connect_waits_for_its_caller_to_be_on_hold(
+    held: bool, held_at: float, now: float, expected: float
+) -> None:
+    """The Redirect goes once the caller is in the hold context, or once the settle is over."""
+    assert hold_wait(held, held_at, now, 0.1) == pytest.approx(expected)
