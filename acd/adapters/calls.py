@@ -19,12 +19,12 @@ from acd.adapters.store import (
     ANSWER,
     END_CALL,
     EWT_LOG_MAXLEN,
-    CallRecord,
     agent_event_args,
     agent_event_result,
     fields_of,
 )
 from acd.domain.agent import AgentEvent
+from acd.domain.call import Call
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,7 @@ class Ended:
     agent: str
     agent_state: str
     live: str | None
-    call: CallRecord | None
+    call: Call | None
     trunks: tuple[str, ...] = ()
     waiting: int | None = None  # callers in the queues asked about, just after (None: not asked)
 
@@ -46,7 +46,7 @@ class Answered:
     """What an answer changed: the call as it was before (None: gone, or not offered to an
     agent) and whether its agent's ANSWER transition applied (None: not asked)."""
 
-    call: CallRecord | None
+    call: Call | None
     agent_answered: bool | None = None
 
 
@@ -68,13 +68,13 @@ class CallStore:
         )
         if not agent:
             (flat,) = await self._link.batch([answer])
-            return Answered(CallRecord(uid, fields_of(flat)) if flat else None)
+            return Answered(Call.from_fields(uid, fields_of(flat)) if flat else None)
         args = agent_event_args(self.prefix, agent, AgentEvent.ANSWER, now, call=uid)
         flat, reply = await self._link.batch(
             [answer, self._link.script_command(AGENT_EVENT, [], args)]
         )
         applied, _ = agent_event_result(reply)
-        return Answered(CallRecord(uid, fields_of(flat)) if flat else None, applied)
+        return Answered(Call.from_fields(uid, fields_of(flat)) if flat else None, applied)
 
     async def hangup(
         self,
@@ -101,7 +101,7 @@ class CallStore:
             agent=str(agent or ""),
             agent_state=str(state or ""),
             live=str(live) if live else None,
-            call=CallRecord(uid, fields) if fields else None,
+            call=Call.from_fields(uid, fields) if fields else None,
             trunks=tuple(name for name, h in zip(trunks, held, strict=True) if h),
             waiting=sum(int(n) for n in counts) if queues else None,
         )

@@ -45,6 +45,9 @@ from acd.config import Agent
 from acd.domain.agent import BUSY, BUSY_DEVICE_STATES, AgentEvent, AgentState
 from acd.domain.agent import sources as agent_sources
 from acd.domain.agent import target as agent_target
+from acd.domain.call import Call, CallEvent, CallState
+from acd.domain.call import sources as call_sources
+from acd.domain.call import target as call_target
 from acd.domain.report import LIVE_FIELDS, MINUTE, LiveCount
 from acd.errors import StoreUnavailable
 
@@ -117,24 +120,6 @@ class JourneyEntry:
     live: tuple[LiveCount, ...] = ()
 
 
-@dataclass(frozen=True)
-class CallRecord:
-    uid: str
-    fields: Mapping[str, str]
-
-    @property
-    def state(self) -> str:
-        return self.fields.get("state", "")
-
-    @property
-    def channel(self) -> str:
-        return self.fields.get("channel", "")
-
-    @property
-    def agent(self) -> str:
-        return self.fields.get("agent", "")
-
-
 _HSET_EXISTING = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], unpack(ARGV))
@@ -179,9 +164,30 @@ def script_text(name: str) -> str:
     return resources.files("acd.adapters").joinpath(f"lua/{name}.lua").read_text(encoding="utf-8")
 
 
+def lua_states() -> str:
+    """Lua that declares the call transition table (acd.domain.call) for the scripts: CALL[event]
+    = {from = {state = true, ...}, to = state}, and CALL_STATE[name] = name. Every script
+    starts with it, so that the scripts and the Python code apply one table.
+
+    >>> print(lua_states().splitlines()[4])
+      answer = {to = 'connected', from = {offered = true}},
+    """
+    lines = ["-- The call transition table of acd.domain.call (acd.adapters.store.lua_states).",
+             "local CALL = {"]  # fmt: skip
+    for event in CallEvent:
+        froms = ", ".join(f"{s.value} = true" for s in sorted(call_sources(event)))
+        lines.append(
+            f"  {event.value} = {{to = '{call_target(event).value}', from = {{{froms}}}}},"
+        )
+    lines.append("}")
+    states = ", ".join(f"{s.value} = '{s.value}'" for s in CallState)
+    lines.append(f"local CALL_STATE = {{{states}}}")
+    return "\n".join(lines) + "\n"
+
+
 def lua(name: str) -> Script:
-    """The script acd/adapters/lua/NAME.lua."""
-    return Script(script_text(name))
+    """The script acd/adapters/lua/NAME.lua, after the call transition table (lua_states)."""
+    return Script(LUA_STATES + script_text(name))
 
 
 def fields_of(flat: Sequence[Any]) -> dict[str, str]:
@@ -189,6 +195,7 @@ def fields_of(flat: Sequence[Any]) -> dict[str, str]:
     return {str(k): str(v) for k, v in zip(flat[0::2], flat[1::2], strict=True)}
 
 
+LUA_STATES = lua_states()
 # The scripts, read once for every store.
 ENQUEUE, CLAIM, AGENT_EVENT, REQUEUE, END_CALL, ANSWER = (
     lua(n) for n in ("enqueue", "claim", "agent_event", "requeue", "end_call", "answer")
@@ -469,9 +476,9 @@ class RedisStore:
         )
         return str(agent or ""), str(state or "")
 
-    async def call(self, uid: str) -> CallRecord | None:
+    async def call(self, uid: str) -> Call | None:
         fields = fields_of(await self._link.execute("HGETALL", self.key("call", uid)))
-        return CallRecord(uid, fields) if fields else None
+        return Call.from_fields(uid, fields) if fields else None
 
     async def calls_of_node(self, node: str) -> set[str]:
         return {str(m) for m in await self._link.execute("SMEMBERS", self.key("calls", node))}

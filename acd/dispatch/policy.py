@@ -1,5 +1,5 @@
 """Dispatch decisions without I/O: what a call's events mean, as plain values the dispatcher
-acts on (acd.runtime.dispatch does the Redis and AMI work). Table-driven tests beside them:
+acts on (acd.dispatch.service does the Redis and AMI work). Table-driven tests beside them:
 tests/unit/test_dispatch_policy.py."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from acd.adapters.store import CallRecord
 from acd.domain.agent import AgentState
+from acd.domain.call import Call, CallState
 
 
 def device_of(channel: str) -> str:
@@ -25,7 +25,7 @@ def is_agent_leg(channel: str, uid: str, agent_devices: Mapping[str, str]) -> bo
 
 
 def hangup_journey(
-    call: CallRecord | None, cause: str, now: float, *, fallback: bool = False
+    call: Call | None, cause: str, now: float, *, fallback: bool = False
 ) -> dict[str, object]:
     """The journey's `hangup` fields of a caller who came in through the IVR, from its call as
     it was when it hung up (None: it never queued, or the fallback queue had taken it over)."""
@@ -33,21 +33,18 @@ def hangup_journey(
     if call is None:
         fields["outcome"] = "fallback" if fallback else "ivr"
         return fields
-    f = call.fields
-    joined = float(f.get("enqueued_at") or now)
-    answered = f.get("answered_at")
-    fields["skill"] = f.get("skill")
-    if answered:
+    fields["skill"] = call.skill
+    if call.answered_at is not None:
         fields.update(
             outcome="answered",
             agent=call.agent,
-            waited=round(float(answered) - joined, 3),
-            talked=round(now - float(answered), 3),
+            waited=round(call.waited(call.answered_at), 3),
+            talked=round(call.talked(now) or 0.0, 3),
         )
-    elif call.state == "left_for_callback":
-        fields.update(outcome="callback", waited=round(now - joined, 3))
+    elif call.state == CallState.LEFT_FOR_CALLBACK:
+        fields.update(outcome="callback", waited=round(call.waited(now), 3))
     else:
-        fields.update(outcome="abandoned", waited=round(now - joined, 3))
+        fields.update(outcome="abandoned", waited=round(call.waited(now), 3))
     return fields
 
 

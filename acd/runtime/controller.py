@@ -22,6 +22,7 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
 from acd.config import Settings, admin_tokens, read_secret
+from acd.dispatch.service import EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
 from acd.domain.alerts import step as alert_step
@@ -36,7 +37,6 @@ from acd.domain.overload import (
     next_state,
 )
 from acd.errors import AmiActionFailed, AmiError, StoreUnavailable, UnknownName
-from acd.runtime.dispatch import EVENTS, Dispatcher
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
 from acd.runtime.journey import Recorder, report_targets
@@ -494,8 +494,7 @@ class Controller:
             longest = 0.0
             if head:
                 record = await self.store.call(head[0])
-                joined = float(record.fields.get("enqueued_at") or now) if record else now
-                longest = max(0.0, now - joined)
+                longest = record.waited(now) if record else 0.0
             by_state: dict[str, int] = {}
             for agent in agents.values():
                 if any(part.split(":")[0] == skill for part in agent["skills"].split(",")):

@@ -24,6 +24,7 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.store import LoadSnapshot, QueueFigures, RedisStore
 from acd.config import Entry, Settings
 from acd.domain.breaker import failure_status
+from acd.domain.call import CallState
 from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
 from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
@@ -242,8 +243,7 @@ class IvrService:
             waited = 0.0
             if uid is not None and config is not None and config.escalation:
                 record = await self._store.call(uid)
-                joined = record.fields.get("enqueued_at") if record else None
-                waited = now - float(joined) if joined else 0.0
+                waited = record.waited(now) if record else 0.0
         return self._wait_from(skill, figures, figures.ahead, waited)
 
     def _wait_from(self, skill: str, figures: QueueFigures, ahead: int, waited: float) -> float:
@@ -267,9 +267,9 @@ class IvrService:
         Short by design: waiting never depends on this session (it may fail; music goes on)."""
         uid = channel.uniqueid
         call = await self._store.call(uid)
-        if call is None or call.state != "queued":
+        if call is None or call.state != CallState.QUEUED:
             return
-        skill = call.fields.get("skill", "")
+        skill = call.skill
         now = self._clock()
         load = await self._load.get([skill])
         ewt = await self._estimate(skill, uid, load, now)
@@ -458,28 +458,29 @@ class IvrService:
         ACD_RESULT=callback tells the dialplan to say goodbye and hang up."""
         uid = channel.uniqueid
         call = await self._store.call(uid)
-        if not self._settings.callbacks.offer_in_hold or call is None or call.state != "queued":
-            return  # not waiting (or being connected right now): back to the music
-        if not await self._callbacks_on(call.fields.get("skill", "")):
+        if not self._settings.callbacks.offer_in_hold or call is None:
             return
-        number = await self.confirm_number(channel, call.fields.get("caller_id", ""))
+        if call.state != CallState.QUEUED:
+            return  # not waiting (or being connected right now): back to the music
+        if not await self._callbacks_on(call.skill):
+            return
+        number = await self.confirm_number(channel, call.caller_id)
         if number is None:
             return
         now = self._clock()
-        fields = call.fields
         # One atomic step: out of the queue and into the callbacks. If an agent was claimed for
         # the caller meanwhile, nothing changes and the caller is connected.
         registered = await self._store.register_callback(
             leave_queue=True,
             uid=uid,
             number=number,
-            skill=fields.get("skill", ""),
-            score=float(fields.get("score") or now),
-            enqueued_at=float(fields.get("enqueued_at") or now),
+            skill=call.skill,
+            score=call.score if call.score is not None else now,
+            enqueued_at=call.enqueued_at if call.enqueued_at is not None else now,
             now=now,
             fields={
-                "entry": fields.get("entry", ""),
-                "caller_id": fields.get("caller_id", ""),
+                "entry": call.entry,
+                "caller_id": call.caller_id,
                 "node": self._settings.asterisk.node,
                 "from_hold": "1",
             },
@@ -488,8 +489,8 @@ class IvrService:
             log.info("ivr.callback_too_late", uniqueid=uid)
             return
         await channel.set_variable("ACD_RESULT", "callback")
-        log.info("ivr.callback_requested", uniqueid=uid, queue=fields.get("skill"), from_hold=True)
-        await self._emit("callback_requested", uid, skill=fields.get("skill", ""), via="hold")
+        log.info("ivr.callback_requested", uniqueid=uid, queue=call.skill, from_hold=True)
+        await self._emit("callback_requested", uid, skill=call.skill, via="hold")
         self._on_callback()
 
     async def _callbacks_on(self, skill: str) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -14,9 +15,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from acd.adapters.calls import CallStore
-from acd.adapters.store import RedisStore
+from acd.adapters.redis_link import Script
+from acd.adapters.store import RedisStore, lua_states
 from acd.config import Agent
 from acd.domain.agent import AgentEvent
+from acd.domain.call import CallEvent, CallState, sources, target
 from acd.errors import StoreUnavailable
 
 
@@ -459,3 +462,18 @@ async def test_an_agent_freed_while_its_phone_is_busy_elsewhere_waits_for_the_ph
     fields = await store.agent("a")
     assert (fields["state"], fields["reason"]) == ("device_busy", "RINGING")
     assert await redis_py.zscore("t:avail:presale", "a") is None
+
+
+async def test_the_scripts_apply_the_domain_call_table(store: RedisStore) -> None:
+    """The table every script starts with (lua_states), as Redis's Lua reads it, is the one of
+    acd.domain.call: each event's target and source states."""
+    script = Script(lua_states() + "return cjson.encode({CALL, CALL_STATE})")
+    table, names = json.loads(await store.link.run_script(script, [], []))
+    assert table == {
+        event.value: {
+            "to": target(event).value,
+            "from": {state.value: True for state in sources(event)},
+        }
+        for event in CallEvent
+    }
+    assert names == {state.value: state.value for state in CallState}

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from acd.adapters.store import CallRecord
 from acd.dispatch.policy import (
     AfterCall,
     after_call,
@@ -13,6 +12,7 @@ from acd.dispatch.policy import (
     hold_wait,
     is_agent_leg,
 )
+from acd.domain.call import Call
 
 DEVICES = {"PJSIP/agent-7001": "7001", "PJSIP/agent-7002": "7002"}
 
@@ -39,8 +39,8 @@ def test_device_of_strips_the_channel_suffix_only() -> None:
     assert device_of("nodash") == "nodash"
 
 
-def _call(**fields: str) -> CallRecord:
-    return CallRecord("c1", {"skill": "presale", "enqueued_at": "100.0", **fields})
+def _call(**fields: str) -> Call:
+    return Call.from_fields("c1", {"skill": "presale", "enqueued_at": "100.0", **fields})
 
 
 @pytest.mark.parametrize(
@@ -72,7 +72,7 @@ def _call(**fields: str) -> CallRecord:
     ],
 )  # fmt: skip
 def test_a_hangup_tells_the_journey_how_the_call_ended(
-    call: CallRecord | None, fallback: bool, expected: dict[str, object]
+    call: Call | None, fallback: bool, expected: dict[str, object]
 ) -> None:
     assert hangup_journey(call, "Normal", 130.0, fallback=fallback) == expected
 

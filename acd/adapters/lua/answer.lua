@@ -8,9 +8,9 @@ local fields = redis.call('HGETALL', KEYS[1])
 if #fields == 0 then return fields end
 local f = {}
 for i = 1, #fields, 2 do f[fields[i]] = fields[i + 1] end
-if f.state ~= 'offered' or (f.agent or '') == '' then return {} end
+if not CALL.answer.from[f.state or ''] or (f.agent or '') == '' then return {} end
 local now = tonumber(ARGV[1])
-redis.call('HSET', KEYS[1], 'state', 'connected', 'answered_at', ARGV[1])
+redis.call('HSET', KEYS[1], 'state', CALL.answer.to, 'answered_at', ARGV[1])
 if f.ewt_at_join then
   local joined = tonumber(f.enqueued_at) or now
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', 'uid', f.uid or '',

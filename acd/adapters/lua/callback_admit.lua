@@ -39,7 +39,7 @@ for _, orig in ipairs(redis.call('SMEMBERS', active)) do
       redis.call('HINCRBY', key, 'attempts', -1)
       redis.call('HSET', key, 'state', 'pending', 'current', '')
       redis.call('ZADD', duekey, now, orig)
-    elseif cstate == 'queued' and requested and now - requested >= expiry then
+    elseif cstate == CALL_STATE.queued and requested and now - requested >= expiry then
       redis.call('ZREM', prefix .. ':q:' .. skill, current)
       redis.call('SREM', prefix .. ':calls:' .. (redis.call('HGET', ckey, 'node') or ''), current)
       redis.call('DEL', ckey)
@@ -48,7 +48,7 @@ for _, orig in ipairs(redis.call('SMEMBERS', active)) do
       table.insert(expired, orig)
     else
       in_play[skill] = (in_play[skill] or 0) + 1
-      if cstate == 'queued' then queued[skill] = (queued[skill] or 0) + 1 end
+      if cstate == CALL_STATE.queued then queued[skill] = (queued[skill] or 0) + 1 end
     end
   end
 end
@@ -76,7 +76,7 @@ for _, orig in ipairs(redis.call('ZRANGEBYSCORE', duekey, '-inf', now)) do
     local uid = 'cb-' .. orig .. '-' .. attempts
     local ckey = prefix .. ':call:' .. uid
     redis.call('HSET', ckey, 'uid', uid, 'kind', 'callback', 'callback', orig, 'skill', skill,
-      'score', score, 'enqueued_at', joined or requested, 'state', 'queued', 'node', node,
+      'score', score, 'enqueued_at', joined or requested, 'state', CALL.enqueue.to, 'node', node,
       'number', number, 'attempt', attempts)
     redis.call('EXPIRE', ckey, ttl)
     redis.call('ZADD', prefix .. ':q:' .. skill, score, uid)

@@ -7,8 +7,8 @@ local prefix, uid, skill, now, ttl = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4]
 local leave = ARGV[6] == '1'
 local ckey = prefix .. ':call:' .. uid
 if leave then
-  if redis.call('HGET', ckey, 'state') ~= 'queued' then return 0 end
-  redis.call('HSET', ckey, 'state', 'left_for_callback')
+  if not CALL.leave_for_callback.from[redis.call('HGET', ckey, 'state') or ''] then return 0 end
+  redis.call('HSET', ckey, 'state', CALL.leave_for_callback.to)
 end
 redis.call('ZREM', prefix .. ':q:' .. skill, uid)
 local key = prefix .. ':callback:' .. uid

@@ -158,7 +158,7 @@ local function claim_once()
   local akey = prefix .. ':agent:' .. agent
   local ckey = prefix .. ':call:' .. uid
   if redis.call('HGET', akey, 'state') ~= 'available' then return 'stale' end
-  if redis.call('HGET', ckey, 'state') ~= 'queued' then
+  if not CALL.offer.from[redis.call('HGET', ckey, 'state') or ''] then
     -- a stale queue entry (the call hash expired or moved on): drop it, let the caller retry
     redis.call('ZREM', prefix .. ':q:' .. skill, uid)
     return 'stale'
@@ -168,7 +168,7 @@ local function claim_once()
     redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), agent)
   end
   redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
-  redis.call('HSET', ckey, 'state', 'offered', 'agent', agent)
+  redis.call('HSET', ckey, 'state', CALL.offer.to, 'agent', agent)
   local call = redis.call('HMGET', ckey, 'node', 'channel', 'kind', 'held_at')
   local node = call[1] or ''
   if mynode ~= '' and node ~= '' and node ~= mynode then

@@ -7,9 +7,9 @@ redis.call('DEL', KEYS[1])
 for i = 6, #ARGV, 2 do
   redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
 end
--- held_at: when the caller's channel heads for the hold context (a Redirect waits a little after
--- it: see Dispatcher._connect).
-redis.call('HSET', KEYS[1], 'state', 'queued', 'score', score, 'held_at', ARGV[4])
+-- held_at: when the caller's channel heads for the hold context (a Redirect waits for the
+-- caller's AcdHeld, at most a little after it: see acd.dispatch.service HOLD_SETTLE).
+redis.call('HSET', KEYS[1], 'state', CALL.enqueue.to, 'score', score, 'held_at', ARGV[4])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], score, uid)
 redis.call('SADD', KEYS[3], uid)

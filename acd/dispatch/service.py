@@ -3,8 +3,10 @@
 Driven by events, never by polling: a caller queued, an agent freed, an AMI event about one of our
 calls (hangup, end of the agent's dial, bridge), and a full resync after every AMI (re)connect.
 Work items are submitted synchronously (AMI listeners never block the AMI reader) to a
-KeyedExecutor: what concerns one call, one agent or one queue's claims runs in order, everything
-else at once, so one caller's round trips never hold up another's; a resync runs alone.
+KeyedExecutor (executor.py): what concerns one call, one agent or one queue's claims runs in
+order, everything else at once, so one caller's round trips never hold up another's; a resync
+runs alone. What events mean is decided by plain functions (policy.py); callback attempts on the
+phone are callbacks.py's.
 """
 
 from __future__ import annotations
@@ -19,15 +21,15 @@ import structlog
 
 from acd.adapters.ami import AmiClient
 from acd.adapters.calls import CallStore
-from acd.adapters.store import CallRecord, Claim, RedisStore
+from acd.adapters.store import Claim, RedisStore
 from acd.config import Settings
+from acd.dispatch.callbacks import CallbackAttempts
 from acd.dispatch.executor import KeyedExecutor
 from acd.dispatch.policy import after_call, hangup_journey, hold_wait, is_agent_leg
 from acd.domain.agent import BUSY, AgentEvent, device_event
-from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
+from acd.domain.call import WITH_AGENT, CallState
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
-from acd.runtime.ivr import CALLBACK_NUMBER
 from acd.runtime.journey import Recorder
 from acd.runtime.trunks import TrunkBoard
 
@@ -79,7 +81,6 @@ Work = SkillWork | AgentWork | WrapUpDone | EventWork | HandoffWork | ConnectWor
 EVENTS = frozenset(
     {"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse", "DeviceStateChange"}
 )
-CALLBACK_ACTIVE = ("offered", "connected")
 WRAP_UP_SLACK = 0.25  # seconds
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
@@ -117,11 +118,10 @@ class Dispatcher:
         self._node = settings.asterisk.node
         self._trunks = trunks
         self._recorder = recorder
-        cb = settings.callbacks
-        self._cb_policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
-        self._cb_hours = settings.hours[cb.hours].to_domain() if cb.hours else None
-        self._entry_number = settings.entries[0].number
-        self.callbacks_dialled = 0
+        self._attempts = CallbackAttempts(
+            settings, store, ami, trunks, recorder,
+            agent=self._agent, forget=self._forget, on_slot=on_callback_slot, clock=clock,
+        )  # fmt: skip
         self._agents = {a.id: a for a in settings.agents}
         # This node's agents' phones, by the device Asterisk reports their state under.
         self._devices = {f"PJSIP/{a.endpoint}": a.id for a in settings.local_agents()}
@@ -160,6 +160,11 @@ class Dispatcher:
             self._executor.submit_exclusive(job)
         else:
             self._executor.submit(self._key(work), job)
+
+    @property
+    def callbacks_dialled(self) -> int:
+        """Callback attempts originated by this controller (for status)."""
+        return self._attempts.dialled
 
     def stats(self) -> dict[str, int]:
         """The executor's counters (for the status page and benchmarks)."""
@@ -276,12 +281,13 @@ class Dispatcher:
             await self._connect(work.claim)
         elif isinstance(work, HandoffWork):
             record = await self._store.call(work.uid)
-            if record is None or record.state != "offered" or not record.agent:
+            if record is None or record.state != CallState.OFFERED or not record.agent:
                 # Gone, or put back by a resync meanwhile (which released the agent too).
                 log.info("dispatch.handoff_stale", uniqueid=work.uid)
                 return
-            skill = record.fields.get("skill", "")
-            await self._connect(Claim(work.uid, record.agent, skill, self._node), handed=True)
+            await self._connect(
+                Claim(work.uid, record.agent, record.skill, self._node), handed=True
+            )
         elif isinstance(work, WrapUpDone):
             now = self._clock()
             # Timers fire on the loop's clock: a little slack against the wall clock's.
@@ -321,8 +327,8 @@ class Dispatcher:
             log.warning("dispatch.claim_dropped", uniqueid=claim.uid, agent=claim.agent_id)
             await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
             return
-        if record is not None and record.fields.get("kind") == "callback":
-            await self._dial_callback(claim, record, self._settings.agent_dial(agent))
+        if record is not None and record.is_callback:
+            await self._attempts.dial(claim, record, self._settings.agent_dial(agent))
             return
         bound = structlog.contextvars.bound_contextvars(
             uniqueid=claim.uid, queue=claim.skill, agent=claim.agent_id
@@ -372,156 +378,6 @@ class Dispatcher:
             self._dialling[claim.uid] = (claim.agent_id, claim.skill)
             log.debug("dispatch.connecting", dial=dial, handed=handed)
 
-    async def _dial_callback(self, claim: Claim, record: CallRecord, agent_dial: str) -> None:
-        """A callback reached an agent: originate agent-first. The agent's leg gets the attempt's
-        id as its uniqueid, so its events (and its hangup) are this call's."""
-        now = self._clock()
-        callback = record.fields.get("callback", "")
-        number = record.fields.get("number", "")
-        bound = structlog.contextvars.bound_contextvars(
-            uniqueid=claim.uid, callback=callback, queue=claim.skill, agent=claim.agent_id
-        )
-        with bound:
-            if not CALLBACK_NUMBER.match(number):
-                log.error("dispatch.callback_bad_number")
-                await self._close_attempt(callback, claim.uid, now, "failed", "")
-                await self._forget(claim.uid)
-                return
-            delay = None
-            if not may_dial(self._cb_hours, now):
-                delay, why = 60.0, "closed"
-            trunk = None if delay is not None else await self._trunks.choose(claim.uid)
-            if delay is None and trunk is None:
-                delay, why = self._cb_policy.retry_delay, "no trunk"
-            if delay is not None or trunk is None:
-                log.warning("dispatch.callback_deferred", reason=why)
-                await self._close_attempt(
-                    callback, claim.uid, now, "again", "", at=now + (delay or 60.0)
-                )
-                await self._forget(claim.uid)
-                return
-            await self._store.set_call_field(claim.uid, "trunk", trunk)
-            variables = {
-                "ACD_CALLBACK": callback,
-                "ACD_AGENT": claim.agent_id,
-                "ACD_CB_DIAL": f"PJSIP/{number}@{trunk}",
-                "ACD_CB_TRUNK": trunk,
-                "ACD_CB_CLI": self._settings.callbacks.caller_id
-                or record.fields.get("entry")
-                or self._entry_number,
-                "ACD_CB_RING": str(self._settings.callbacks.ring_timeout),
-            }
-            try:
-                await self._ami.send_action(
-                    "Originate",
-                    {
-                        "Channel": agent_dial,
-                        "Context": "acd-callback",
-                        "Exten": "s",
-                        "Priority": "1",
-                        "ChannelId": claim.uid,
-                        "Timeout": str(self._settings.asterisk.ring_timeout * 1000),
-                        "CallerID": f"Callback <{number}>",
-                        "Async": "true",
-                        "Variable": [f"{k}={v}" for k, v in variables.items()],
-                    },
-                )
-            except AmiActionFailed as exc:
-                log.warning("dispatch.callback_originate_refused", error=exc.message)
-                await self._trunks.cancelled(trunk, claim.uid)
-                # Not at once: a refusal that would repeat must not spin.
-                await self._close_attempt(
-                    callback, claim.uid, now, "again", "", at=now + REFUSED_RETRY
-                )
-                await self._forget(claim.uid)
-                return
-            except AmiError:
-                await self._trunks.cancelled(trunk, claim.uid)
-                await self._store.requeue(claim.uid)
-                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
-                raise
-            self.callbacks_dialled += 1
-            log.info("dispatch.callback_dialling", trunk=trunk, dial=agent_dial)
-
-    async def _close_attempt(
-        self, callback: str, uid: str, now: float, outcome: str, status: str, at: float = 0.0
-    ) -> bool:
-        """Close a callback attempt (once: see lua/callback_finish.lua); its slot is free."""
-        closed = await self._store.finish_callback_attempt(
-            callback, uid, now, outcome, status, at=at
-        )
-        if closed:
-            self._on_callback_slot()
-        return closed
-
-    async def _callback_ended(self, event: AmiMessage) -> None:
-        """AcdCallbackEnd: the attempt's customer leg is over; decide what follows."""
-        uid = event.get("Uniqueid") or ""
-        record = await self._store.call(uid)
-        callback = event.get("Callback") or (record.fields.get("callback", "") if record else "")
-        trunk, status = event.get("Trunk") or "", event.get("DialStatus") or ""
-        await self._attempt_over(uid, callback, trunk, status)
-        await self._forget_dial_mark(uid)
-
-    async def _attempt_over(self, uid: str, callback: str, trunk: str, status: str) -> None:
-        """The customer leg of attempt `uid` ended with Dial's `status` ('' = never dialled)."""
-        fields = await self._store.callback(callback)
-        if not fields:
-            return
-        now = self._clock()
-        if status == "":
-            outcome, at = "again", now  # the customer was never dialled
-        else:
-            decision = after_attempt(
-                self._cb_policy,
-                status,
-                int(fields.get("attempts") or 1),
-                float(fields.get("requested_at") or now),
-                now,
-            )
-            outcome, at = (
-                (decision.outcome, 0.0) if isinstance(decision, Done) else ("retry", decision.at)
-            )
-        if await self._close_attempt(callback, uid, now, outcome, status, at=at):
-            if status == "":
-                await self._trunks.cancelled(trunk, uid)
-            else:
-                await self._trunks.ended(trunk, uid, status)
-            await self._recorder.emit(
-                "callback_attempt",
-                uid,
-                callback=callback,
-                skill=fields.get("skill"),
-                trunk=trunk,
-                status=status,
-                outcome=outcome,
-            )
-            log.info(
-                "dispatch.callback_attempt_ended",
-                uniqueid=uid,
-                callback=callback,
-                trunk=trunk,
-                dial_status=status,
-                outcome=outcome,
-            )
-
-    async def _dial_mark(self, uid: str) -> str | None:
-        """What the node's AstDB says of attempt `uid` (acd-callback in the dialplan): None, the
-        customer was never dialled; 'dialling'; or 'ended STATUS'."""
-        try:
-            events = await self._ami.send_list_action(
-                "DBGet", {"Family": CALLBACK_DB_FAMILY, "Key": uid}
-            )
-        except AmiActionFailed:
-            return None  # no such entry
-        return (events[0].get("Val") or "") if events else None
-
-    async def _forget_dial_mark(self, uid: str) -> None:
-        try:
-            await self._ami.send_action("DBDel", {"Family": CALLBACK_DB_FAMILY, "Key": uid})
-        except AmiActionFailed:
-            pass  # never dialled: nothing was written
-
     async def _agent(
         self, agent_id: str, event: AgentEvent, uid: str = "", reason: str = "", device: str = ""
     ) -> bool:
@@ -546,7 +402,7 @@ class Dispatcher:
         """The caller is gone (or a callback attempt's agent leg): its agent goes to wrap-up
         (after talking) or back to work."""
         if uid.startswith("cb-"):
-            await self._end_callback_leg(uid)
+            await self._attempts.leg_gone(uid)
         await self._forget(uid)
 
     async def _forget(self, uid: str) -> None:
@@ -594,24 +450,6 @@ class Dispatcher:
         if ended.trunks:
             await self._trunks.leg_gone(uid, held=list(ended.trunks))
 
-    async def _end_callback_leg(self, uid: str) -> None:
-        """A callback attempt's agent leg is gone. If no AcdCallbackEnd closed the attempt, the
-        customer was never dialled (the agent did not answer): the attempt does not count, the
-        callback is due again at once, and the agent counts as missed."""
-        record = await self._store.call(uid)
-        if record is None:
-            return
-        callback = record.fields.get("callback", "")
-        now = self._clock()
-        missed = record.state == "offered" and record.agent
-        if missed and self._settings.agent_policy.pause_on_missed:
-            await self._agent(record.agent, AgentEvent.MISSED, uid, reason="missed")
-        if await self._close_attempt(callback, uid, now, "again", "", at=now):
-            trunk = record.fields.get("trunk", "")
-            if trunk:
-                await self._trunks.cancelled(trunk, uid)
-            log.info("dispatch.callback_not_dialled", uniqueid=uid, callback=callback)
-
     async def _on_event(self, event: AmiMessage) -> None:
         name = event.event
         uid = event.get("Uniqueid") or ""
@@ -637,7 +475,7 @@ class Dispatcher:
                 record = await self._store.call(uid)
                 if record is None or not record.agent:
                     return
-                dialling = (record.agent, record.fields.get("skill", ""))
+                dialling = (record.agent, record.skill)
             agent, skill = dialling
             await self._agent(agent, AgentEvent.RING, uid)
             await self._recorder.emit("ring", uid, skill=skill, agent=agent)
@@ -647,44 +485,25 @@ class Dispatcher:
             answered = await self._calls.answer(uid, self._clock(), agent=rang)
             record = answered.call
             if record is not None:
-                fields = record.fields
                 if record.agent != rang or answered.agent_answered is None:
                     await self._agent(record.agent, AgentEvent.ANSWER, uid)
-                waited = self._clock() - float(fields.get("enqueued_at") or self._clock())
+                waited = record.waited(self._clock())
                 await self._recorder.emit(
-                    "answer",
-                    uid,
-                    skill=fields.get("skill"),
-                    agent=record.agent,
-                    waited=round(waited, 3),
+                    "answer", uid, skill=record.skill, agent=record.agent, waited=round(waited, 3)
                 )
                 log.info(
                     "dispatch.connected",
                     uniqueid=uid,
                     agent=record.agent,
-                    waited=round(self._clock() - float(fields.get("enqueued_at") or 0), 2),
-                    ewt_at_join=fields.get("ewt_at_join"),
+                    waited=round(waited, 2),
+                    ewt_at_join=record.ewt_at_join,
                 )
         elif name == "DeviceStateChange":
             await self._device_changed(event.get("Device") or "", event.get("State") or "")
         elif name == "UserEvent":
             await self._on_user_event(event)
         elif name == "OriginateResponse" and uid.startswith("cb-"):
-            record = await self._store.call(uid)
-            if record is None or not record.agent or record.state != "offered":
-                return
-            if event.get("Response") == "Success":
-                await self._calls.answer(uid, self._clock())
-                await self._agent(record.agent, AgentEvent.ANSWER, uid)
-                log.info("dispatch.callback_agent_answered", uniqueid=uid, agent=record.agent)
-            else:
-                log.info(
-                    "dispatch.callback_agent_missed",
-                    uniqueid=uid,
-                    agent=record.agent,
-                    reason=event.get("Reason"),
-                )
-                await self._end_call(uid)
+            await self._attempts.originated(event)
 
     async def _device_changed(self, device: str, state: str) -> None:
         """An agent's phone changed state in Asterisk: a phone in use outside the ACD (or
@@ -710,7 +529,7 @@ class Dispatcher:
             self._dialling.pop(uid, None)
             record = await self._store.call(uid)
             if await self._store.requeue(uid) and record is not None:
-                self._put(SkillWork(record.fields.get("skill", "")))
+                self._put(SkillWork(record.skill))
             if agent:
                 if self._settings.agent_policy.pause_on_missed:
                     await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
@@ -722,45 +541,16 @@ class Dispatcher:
             if trunk:
                 await self._trunks.ended(trunk, uid, event.get("DialStatus") or "")
         elif kind == "AcdCallbackEnd":
-            await self._callback_ended(event)
+            await self._attempts.ended(event)
         elif kind == "AcdHoldExpired":
             log.warning("dispatch.hold_expired", uniqueid=uid)
             record = await self._store.call(uid)
             fields: dict[str, object] = {}
             if record is not None:
-                joined = float(record.fields.get("enqueued_at") or self._clock())
-                fields = {
-                    "skill": record.fields.get("skill"),
-                    "waited": round(self._clock() - joined, 3),
-                }
+                fields = {"skill": record.skill, "waited": round(record.waited(self._clock()), 3)}
             await self._recorder.emit("fallback", uid, **fields)
             await self._store.mark_fallback(uid)
             await self._end_call(uid)
-
-    async def _resync_callback(self, record: CallRecord) -> None:
-        """A callback attempt claimed before we lost sight of it, whose agent leg is gone. Not
-        originated yet: back to the queue's front. Originated: the node's AstDB tells whether
-        the customer was dialled and how that ended. Never dialled: the attempt does not count.
-        Ended: decided as if its AcdCallbackEnd had been seen. Dialled with no end recorded
-        (Asterisk itself went down): a callback is dialled at most once, so it ends 'unknown'."""
-        uid, callback, now = record.uid, record.fields.get("callback", ""), self._clock()
-        trunk = record.fields.get("trunk", "")
-        if not trunk:
-            await self._store.requeue(uid)
-            if record.agent:
-                await self._agent(record.agent, AgentEvent.RELEASE, uid)
-            return
-        mark = await self._dial_mark(uid)
-        if mark is None or mark.startswith("ended"):
-            status = mark.partition(" ")[2].strip() if mark else ""
-            log.info("dispatch.callback_end_recovered", uniqueid=uid, dial_status=status)
-            await self._attempt_over(uid, callback, trunk, status)
-        else:
-            await self._close_attempt(callback, uid, now, "unknown", "")
-            await self._trunks.cancelled(trunk, uid)
-            log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
-        await self._forget_dial_mark(uid)
-        await self._forget(uid)
 
     async def _resync(self) -> None:
         """Make Redis agree with what Asterisk has, after anything we may have missed."""
@@ -774,9 +564,9 @@ class Dispatcher:
         for uid in ours:
             record = await self._store.call(uid)
             channel = live.get(uid)
-            if record is not None and record.fields.get("kind") == "callback":
-                if record.state in CALLBACK_ACTIVE and channel is None:
-                    await self._resync_callback(record)
+            if record is not None and record.is_callback:
+                if record.state in WITH_AGENT and channel is None:
+                    await self._attempts.resync(record)
                     ended += 1
                 continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
@@ -787,7 +577,7 @@ class Dispatcher:
                 await self._end_call(uid)
                 ended += 1
                 continue
-            if record.state in ("offered", "connected") and channel.get("Context") == "acd-hold":
+            if record.state in WITH_AGENT and channel.get("Context") == "acd-hold":
                 # The agent's dial ended while we were not listening: back to the queue.
                 agent = record.agent
                 await self._store.requeue(uid)
@@ -826,6 +616,5 @@ class Dispatcher:
         # Escalation timers of callers who were already waiting (ours were lost in a restart).
         for uid in await self._store.calls_of_node(self._settings.asterisk.node):
             record = await self._store.call(uid)
-            if record is not None and record.state == "queued":
-                joined = float(record.fields.get("enqueued_at") or now)
-                self.skill_ready(record.fields.get("skill", ""), waited=now - joined)
+            if record is not None and record.state == CallState.QUEUED:
+                self.skill_ready(record.skill, waited=record.waited(now))
