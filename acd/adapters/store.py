@@ -364,6 +364,41 @@ class RedisStore:
         fields: Mapping[str, str],
         now: float | None = None,
     ) -> None:
+        await self._link.batch([self._enqueue_command(uid, skill, score, node, fields, now)])
+
+    async def enqueue_and_claim(
+        self,
+        *,
+        uid: str,
+        skill: str,
+        score: float,
+        node: str,
+        fields: Mapping[str, str],
+        limit: int,
+        now: float | None = None,
+    ) -> tuple[list[Claim], bool]:
+        """`enqueue`, then claim up to `limit` pairs of the caller's queue, in one round trip:
+        a caller who joins while an agent is free leaves Redis paired. Returns what claim_batch
+        returns."""
+        when = time.time() if now is None else now
+        claim: list[Any] = [self.prefix, "skill", skill, repr(when), self._rules, self.node, limit]
+        _, claimed = await self._link.batch(
+            [
+                self._enqueue_command(uid, skill, score, node, fields, when),
+                self._link.script_command(CLAIM, [], claim),
+            ]
+        )
+        return self._claims(claimed)
+
+    def _enqueue_command(
+        self,
+        uid: str,
+        skill: str,
+        score: float,
+        node: str,
+        fields: Mapping[str, str],
+        now: float | None,
+    ) -> tuple[Any, ...]:
         when = time.time() if now is None else now
         args: list[Any] = [uid, repr(score), CALL_TTL_SECONDS, repr(when), ARRIVAL_WINDOW_SECONDS]
         for k, v in {**fields, "uid": uid, "skill": skill, "node": node}.items():
@@ -374,7 +409,7 @@ class RedisStore:
             self.key("calls", node),
             self.key("arrivals", skill),
         ]
-        await self._run(ENQUEUE, keys, args)
+        return self._link.script_command(ENQUEUE, keys, args)
 
     async def queue_figures(
         self,

@@ -30,6 +30,7 @@ from acd.domain.agent import BUSY, AgentEvent, device_event
 from acd.domain.call import WITH_AGENT, CallState
 from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
 from acd.protocol.ami import AmiMessage
+from acd.runtime.ivr import Claimed
 from acd.runtime.journey import Recorder
 from acd.runtime.trunks import TrunkBoard
 
@@ -175,6 +176,24 @@ class Dispatcher:
         """A caller joined `skill`'s queue (having waited `waited` s already): try now, and again
         at each escalation step, when its ring widens (the overflow skills' agents too)."""
         self._put(SkillWork(skill))
+        self._escalate(skill, waited)
+
+    def enqueued(self, skill: str, claimed: Claimed | None = None) -> None:
+        """The IVR queued a caller for `skill`; `claimed`: the pairs its enqueue claimed in the
+        same round trip (connected now; the queue claimed again only if it may hold more), or
+        None (claim now)."""
+        if claimed is None:
+            self.skill_ready(skill)
+            return
+        for pair in claimed.claims:
+            self._put(ConnectWork(pair))
+        if claimed.more:
+            self._put(SkillWork(skill))
+        self._escalate(skill, 0.0)
+
+    def _escalate(self, skill: str, waited: float) -> None:
+        """Claim for `skill` again at each escalation step still ahead of a caller who has
+        waited `waited` s: its ring widens then."""
         loop = asyncio.get_running_loop()
         for step in self._escalation.get(skill, ()):
             if step.after > waited:

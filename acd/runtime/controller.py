@@ -22,7 +22,7 @@ from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
 from acd.config import Settings, admin_tokens, read_secret
-from acd.dispatch.service import EVENTS, Dispatcher
+from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
 from acd.domain.alerts import step as alert_step
@@ -124,11 +124,12 @@ class Controller:
             flows,
             self.store,
             self.lookups,
-            self.dispatcher.skill_ready,
+            self.dispatcher.enqueued,
             on_callback=self._callbacks_due.set,
             trunks=self.trunks,
             recorder=self.recorder,
             load=self.load,
+            claim_batch=CLAIM_BATCH,
         )
         self.agi = FastAgiServer(
             {

@@ -21,7 +21,7 @@ import structlog
 
 from acd.adapters.fastagi import AgiChannel
 from acd.adapters.lookup import LookupClient
-from acd.adapters.store import LoadSnapshot, QueueFigures, RedisStore
+from acd.adapters.store import Claim, LoadSnapshot, QueueFigures, RedisStore
 from acd.config import Entry, Settings
 from acd.domain.breaker import failure_status
 from acd.domain.call import CallState
@@ -111,6 +111,15 @@ def _dtmf_or_nothing(digit: str) -> str:
 
 
 @dataclass(frozen=True)
+class Claimed:
+    """Pairs a caller's enqueue claimed in the same round trip, and whether its queue may hold
+    more (claim again only then)."""
+
+    claims: list[Claim]
+    more: bool
+
+
+@dataclass(frozen=True)
 class Joining:
     """A caller about to queue: when it joins, and its wait estimate at that moment."""
 
@@ -125,13 +134,18 @@ class IvrService:
         flows: Mapping[str, Flow],
         store: RedisStore,
         lookups: LookupClient,
-        on_enqueued: Callable[[str], None],
+        on_enqueued: Callable[[str, Claimed | None], None],
         clock: Callable[[], float] = time.time,
         on_callback: Callable[[], None] = lambda: None,
         trunks: TrunkBoard | None = None,
         recorder: Recorder | None = None,
         load: LoadCache | None = None,
+        claim_batch: int = 0,
     ) -> None:
+        """`on_enqueued(skill, claimed)`: a caller joined `skill`'s queue; with `claim_batch`, the
+        enqueue also claimed up to that many pairs of the queue in the same round trip, and
+        `claimed` holds them (else None: nobody claimed yet)."""
+        self._claim_batch = claim_batch
         self._settings = settings
         self._load = load if load is not None else LoadCache(store, settings.skill_names())
         self._flows = dict(flows)
@@ -652,24 +666,30 @@ class IvrService:
         # join, so a regular caller who has waited longer still goes first.
         head_start = priority + self._settings.tiers.get(tier, 0.0)
         known = {} if joining is None else {"ewt_at_join": repr(round(joining.ewt, 3))}
-        await self._store.enqueue(
-            uid=channel.uniqueid,
-            skill=skill,
-            score=now - head_start,
-            node=self._settings.asterisk.node,
-            fields={
-                "channel": channel.env.get("channel", ""),
-                "entry": entry,
-                "flow": flow,
-                "caller_id": caller_id,
-                "tier": tier,
-                "priority": str(priority),
-                "head_start": repr(head_start),
-                "enqueued_at": repr(now),
-                "path": path,
-                **known,
-            },
-        )
+        uid, score, node = channel.uniqueid, now - head_start, self._settings.asterisk.node
+        fields = {
+            "channel": channel.env.get("channel", ""),
+            "entry": entry,
+            "flow": flow,
+            "caller_id": caller_id,
+            "tier": tier,
+            "priority": str(priority),
+            "head_start": repr(head_start),
+            "enqueued_at": repr(now),
+            "path": path,
+            **known,
+        }
+        claimed: Claimed | None = None
+        if self._claim_batch:
+            # The caller's first claim rides with its enqueue: one round trip, not two.
+            claimed = Claimed(
+                *await self._store.enqueue_and_claim(
+                    uid=uid, skill=skill, score=score, node=node, fields=fields,
+                    limit=self._claim_batch, now=now,
+                )
+            )  # fmt: skip
+        else:
+            await self._store.enqueue(uid=uid, skill=skill, score=score, node=node, fields=fields)
         if joining is None:
             load = await self._load.get([skill])
             ewt = await self._estimate(skill, channel.uniqueid, load, now, waited=0.0)
@@ -678,7 +698,7 @@ class IvrService:
             ewt = joining.ewt
         log.info("ivr.queued", queue=skill, priority=priority, ewt=round(ewt, 1))
         await self._emit("queued", channel.uniqueid, skill=skill, tier=tier, ewt=round(ewt, 1))
-        self._on_enqueued(skill)
+        self._on_enqueued(skill, claimed)
 
     async def transfer_failed(self, channel: AgiChannel) -> None:
         """The dialplan's transfer leg (an overflow, or a flow's transfer node) ended unanswered

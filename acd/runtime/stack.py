@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import gc
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -202,8 +203,47 @@ def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = Tru
                 pidfile.unlink()
 
 
+KEEP_ALIVE_INTERVAL = 1.0  # seconds between two looks at the children when no signal came
+
+
+@contextlib.contextmanager
+def _signal_waker() -> Iterator[Callable[[float], None]]:
+    """A wait that a signal ends at once: the supervisor sleeps until a child exits (SIGCHLD),
+    it is asked to stop (SIGINT, SIGTERM: their handlers are Python's) or `timeout` passes.
+    (Popen.wait with a timeout polls twenty times a second: at idle that was a third of what
+    the whole stack spent, the controller included.)"""
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    previous_chld = signal.signal(signal.SIGCHLD, lambda _signum, _frame: None)
+
+    def wait(timeout: float) -> None:
+        if select.select([reader], [], [], timeout)[0]:
+            with contextlib.suppress(BlockingIOError):
+                reader.recv(4096)
+
+    try:
+        yield wait
+    finally:
+        signal.signal(signal.SIGCHLD, previous_chld)
+        signal.set_wakeup_fd(previous_fd)
+        reader.close()
+        writer.close()
+
+
 def _supervise_controller(
     config: Path, stopping: Callable[[], bool], keep_alive: Callable[[], None]
+) -> None:
+    with _signal_waker() as wait:
+        _supervise(config, stopping, keep_alive, wait)
+
+
+def _supervise(
+    config: Path,
+    stopping: Callable[[], bool],
+    keep_alive: Callable[[], None],
+    wait: Callable[[float], None],
 ) -> None:
     backoff = 0.5
     while not stopping():
@@ -214,8 +254,7 @@ def _supervise_controller(
         )
         log.info("stack.controller_started", pid=proc.pid)
         while proc.poll() is None and not stopping():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(0.2)
+            wait(KEEP_ALIVE_INTERVAL)
             keep_alive()
         if proc.poll() is None:
             _stop(proc, "controller")
@@ -224,8 +263,8 @@ def _supervise_controller(
         if time.monotonic() - started > 60:
             backoff = 0.5
         deadline = time.monotonic() + backoff
-        while time.monotonic() < deadline and not stopping():
-            time.sleep(0.05)
+        while (left := deadline - time.monotonic()) > 0 and not stopping():
+            wait(left)
         backoff = min(backoff * 2, 10.0)
 
 

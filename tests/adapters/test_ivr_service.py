@@ -84,7 +84,7 @@ async def _serve(redis_url: str, order_port: int, flows: dict[str, Flow]) -> Asy
         {"order_status": LookupService(url=f"http://127.0.0.1:{order_port}/orders/{{order}}")}
     )
     queued: list[str] = []
-    ivr = IvrService(settings, flows, store, lookups, queued.append)
+    ivr = IvrService(settings, flows, store, lookups, lambda skill, _claimed: queued.append(skill))
     server = FastAgiServer({"inbound": ivr.inbound}, port=0, command_timeout=5)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     task = asyncio.ensure_future(server.serve(ready=ready.set_result))

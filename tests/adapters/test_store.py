@@ -477,3 +477,21 @@ async def test_the_scripts_apply_the_domain_call_table(store: RedisStore) -> Non
         for event in CallEvent
     }
     assert names == {state.value: state.value for state in CallState}
+
+
+async def test_an_enqueue_can_claim_its_caller_in_the_same_round_trip(store: RedisStore) -> None:
+    """With a free agent the caller leaves the enqueue paired with it; with none it waits in its
+    queue and nothing says to claim again."""
+    await store.register_agents([_agent("a", presale=5)], now=1.0)
+    claims, more = await store.enqueue_and_claim(
+        uid="c1", skill="presale", score=10.0, node="n1",
+        fields={"channel": "PJSIP/x-c1"}, limit=16, now=10.0,
+    )  # fmt: skip
+    assert [(c.uid, c.agent_id, c.channel) for c in claims] == [("c1", "a", "PJSIP/x-c1")]
+    assert not more
+    assert (await store.call("c1")).state == "offered"  # type: ignore[union-attr]
+    claims, more = await store.enqueue_and_claim(
+        uid="c2", skill="presale", score=11.0, node="n1", fields={"channel": "x"}, limit=16,
+    )  # fmt: skip
+    assert (claims, more) == ([], False)
+    assert await store.waiting("presale") == ["c2"]

@@ -245,7 +245,14 @@ async def _ivr_on_agi(
     the test Redis and `board`; yields it and its port."""
     store = RedisStore(redis_url, "t", node="n1")
     lookups = LookupClient({})
-    ivr = IvrService(_settings("n1"), flows, store, lookups, queued.append, trunks=board)
+    ivr = IvrService(
+        _settings("n1"),
+        flows,
+        store,
+        lookups,
+        lambda skill, _claimed: queued.append(skill),
+        trunks=board,
+    )
     routes = {"inbound": ivr.inbound, "transfer_failed": ivr.transfer_failed}
     server = FastAgiServer(routes, port=0, command_timeout=5)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
