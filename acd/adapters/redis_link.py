@@ -127,6 +127,15 @@ class _Waiter(NamedTuple):
     read: bool
 
 
+def _fail(waiters: list[_Waiter], error: Exception) -> None:
+    """Fail the commands of `waiters` still waiting (and mark the error seen: a caller that gave
+    up, a cancelled one, must not leave an unretrieved exception behind)."""
+    for waiter in waiters:
+        if not waiter.future.done():
+            waiter.future.set_exception(error)
+            waiter.future.exception()
+
+
 class _Connection(asyncio.Protocol):
     """One connection: the write buffer, the commands waiting for their replies, in order."""
 
@@ -175,6 +184,12 @@ class _Connection(asyncio.Protocol):
         return future
 
     def enqueue(self, waiter: _Waiter) -> None:
+        if not self.alive:
+            # Lost between the caller getting this connection and issuing its command (the
+            # caller resumed after the connection's end was read): never written, so it goes
+            # on the next connection.
+            self._link.send_again([waiter])
+            return
         if not self._buffer:
             self._loop.call_soon(self._flush)
         self._buffer.append(waiter.command)
@@ -418,32 +433,30 @@ class RedisLink:
         if self._conn is conn:
             self._conn = None
         self._lost += 1
-        again: list[_Waiter] = []
-        for waiter in written:
-            if waiter.future.done():
-                continue
-            if waiter.read:
-                again.append(waiter)
-            else:
-                waiter.future.set_exception(StoreUnavailable(f"redis: {reason}"))
-                waiter.future.exception()  # retrieved here: the caller may have gone
-        again.extend(w for w in unsent if not w.future.done())
+        _fail([w for w in written if not w.read], StoreUnavailable(f"redis: {reason}"))
+        again = [w for w in (*written, *unsent) if w.read or w in unsent]
+        again = [w for w in again if not w.future.done()]
         if again and not self._closed:
-            self._spawn(self._send_again(again))
+            self.send_again(again)
         else:
-            for waiter in again:
-                waiter.future.set_exception(StoreUnavailable(f"redis: {reason}"))
-                waiter.future.exception()
+            _fail(again, StoreUnavailable(f"redis: {reason}"))
+
+    def send_again(self, waiters: list[_Waiter]) -> None:
+        """Send `waiters` on a fresh connection (reads, and commands never written)."""
+        if self._closed:
+            _fail(waiters, StoreUnavailable("redis: the link is closed"))
+        else:
+            self._spawn(self._send_again(waiters))
 
     async def _send_again(self, waiters: list[_Waiter]) -> None:
         try:
             conn = await self._connect()
         except StoreUnavailable as exc:
-            for waiter in waiters:
-                if not waiter.future.done():
-                    waiter.future.set_exception(exc)
-                    waiter.future.exception()
+            _fail(waiters, exc)
             return
+        now = asyncio.get_running_loop().time()
+        late = [w for w in waiters if now - w.since >= self.timeout]
+        _fail(late, StoreUnavailable(f"redis: no reply within {self.timeout} s"))
         for waiter in waiters:
             if not waiter.future.done():
                 # Sent again once: not read again if this connection is lost too.

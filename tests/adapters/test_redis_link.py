@@ -34,6 +34,7 @@ class Peer:
     connection without replying), 'silent', 'hold' (reply once `release` is set), 'garbage'."""
 
     act: Callable[[list[str], int], str]
+    close_after_hello: int = 0  # connections dropped right after the link's CLIENT SETNAME
     seen: list[list[str]] = field(default_factory=list)
     connections: int = 0
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -55,6 +56,10 @@ class Peer:
                     self.seen.append(command)
                     if command[0] == "CLIENT":
                         writer.write(b"+OK\r\n")
+                        if self.connections <= self.close_after_hello:
+                            await writer.drain()
+                            writer.close()
+                            return
                         continue
                     action = self.act(command, self.connections)
                     if action == "close":
@@ -315,3 +320,17 @@ async def test_closing_fails_what_still_waits(peer: Peer) -> None:
         await waiting
     with pytest.raises(StoreUnavailable, match="closed"):
         await link.execute("GET", "x")
+
+
+async def test_a_connection_lost_as_it_opened_loses_no_command(peer: Peer) -> None:
+    """The peer drops the first connection right after it opened: the commands issued on it,
+    never written, go on the next one."""
+    peer.close_after_hello = 1
+    link = RedisLink(peer.url, timeout=2.0)
+    try:
+        assert await asyncio.gather(
+            link.execute("SET", "a", "1"), link.execute("SET", "b", "2")
+        ) == ["1", "2"]
+        assert link.stats().connects == 2
+    finally:
+        await link.close()
