@@ -1,5 +1,5 @@
 """A call's answer and end in Redis, one round trip each: the two steps every call takes at the
-peak, kept apart from RedisStore (which they share the connection pool and key prefix of).
+peak, kept apart from RedisStore (whose Redis connection and key prefix they share).
 
 - `answer`: the caller's channel entered its agent's bridge; the call becomes connected (only
   if it was offered to an agent) and its wait is logged against the estimate given at join.
