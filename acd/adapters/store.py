@@ -16,6 +16,8 @@ Keys (all under the configured prefix P):
                    P:callbacks:active holds those in a queue or on the phone. Each attempt is
                    a virtual caller P:call:cb-ID-N in its queue, at the caller's original place.
     P:connect:NODE list of claimed callers handed to the controller of the node that holds them
+    P:leases       sorted set of agents held (reserved, ringing) for one call, score = since
+                   when: a hold past its lease is taken back by any controller (leases.py)
     P:trunk_legs:NAME hash of the legs holding a channel of that trunk (uid -> node)
     P:trunk:NAME   that trunk's circuit breaker (JSON from acd/domain/breaker.py: open since,
                    why, probe legs, window buckets; absent: closed, nothing counted), changed

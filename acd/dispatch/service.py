@@ -199,6 +199,10 @@ class Dispatcher:
             if step.after > waited:
                 loop.call_later(step.after - waited, self._put, SkillWork(skill))
 
+    def queue_ready(self, skill: str) -> None:
+        """A caller went back to the front of `skill`'s queue (its agent's lease was over)."""
+        self._put(SkillWork(skill))
+
     def handed(self, uid: str) -> None:
         """A caller of this node was claimed by another node's controller: connect it here."""
         self._put(HandoffWork(uid))

@@ -18,10 +18,12 @@ import structlog
 from acd.adapters import admin_api
 from acd.adapters.ami import AmiClient
 from acd.adapters.fastagi import AgiChannel, FastAgiServer
+from acd.adapters.leases import LeaseStore
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
 from acd.config import Settings, admin_tokens, read_secret
+from acd.dispatch.leases import LeaseKeeper, lease_length
 from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
@@ -118,6 +120,12 @@ class Controller:
             on_callback_slot=self._callbacks_due.set,
         )
         self.ami.add_listener(self.dispatcher.on_ami_event)
+        self.leases = LeaseKeeper(
+            LeaseStore(self.store.link, self.store.prefix),
+            lease_length(settings.asterisk.ring_timeout),
+            agent_ready=self.dispatcher.agent_ready,
+            queue_ready=self.dispatcher.queue_ready,
+        )
         self.lookups = LookupClient(settings.lookups)
         self.ivr = IvrService(
             settings,
@@ -222,6 +230,7 @@ class Controller:
 
     async def _govern_once(self, state: GovernorState) -> GovernorState:
         await self.dispatcher.sweep_wrapups()
+        await self.leases.sweep()
         if self._alert_rules:
             await self._check_alerts()
         load = await self.load.get()

@@ -168,6 +168,9 @@ local function claim_once()
     redis.call('ZREM', prefix .. ':avail:' .. string.match(s, '^([^:]+)'), agent)
   end
   redis.call('HSET', akey, 'state', 'reserved', 'call', uid, 'state_since', now)
+  -- The reservation's lease (lease_sweep.lua): any controller takes the agent back if the
+  -- connect never happens (the caller's node's controller is down).
+  redis.call('ZADD', prefix .. ':leases', now, agent)
   redis.call('HSET', ckey, 'state', CALL.offer.to, 'agent', agent)
   local call = redis.call('HMGET', ckey, 'node', 'channel', 'kind', 'held_at')
   local node = call[1] or ''
