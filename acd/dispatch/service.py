@@ -107,10 +107,13 @@ class Dispatcher:
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
         on_callback_slot: Callable[[], None] = lambda: None,
+        on_store_lost: Callable[[], None] = lambda: None,
     ) -> None:
         """`on_callback_slot`: called when a callback may be admitted now (an attempt ended, an
-        agent came free)."""
+        agent came free). `on_store_lost`: called when a work item met no Redis and was dropped
+        (what it should have changed needs a resync once Redis is back)."""
         self._on_callback_slot = on_callback_slot
+        self._on_store_lost = on_store_lost
         self._settings = settings
         self._store = store
         self._calls = CallStore(store.link, store.prefix)
@@ -269,6 +272,7 @@ class Dispatcher:
                 "dispatch.store_unavailable", error=str(exc), work=type(work).__name__
             )
             self._settle(work, exc)
+            self._on_store_lost()
         except AmiError as exc:
             # The AMI link dropped mid-way (or Asterisk refused or timed out a list): the resync
             # after reconnect puts things right; a resync that failed says so to its waiter,

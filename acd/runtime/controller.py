@@ -52,6 +52,7 @@ log = structlog.get_logger(__name__)
 ADMISSION_SAFETY_SECONDS = 5.0
 RESYNC_RETRY_FIRST = 0.5  # seconds before a failed resync is tried again (doubling, up to:)
 RESYNC_RETRY_MAX = 10.0
+STORE_PROBE = 0.25  # seconds between two pings of a Redis that went away
 ADMISSION_MIN_INTERVAL = 0.25  # seconds between two admission rounds at most: a peak frees
 # agents many times a second, and one round admits for all of them
 # What an agent's phone hears after a star code (core sounds).
@@ -111,6 +112,7 @@ class Controller:
             window=settings.reports.service_window,
         )
         self._callbacks_due = asyncio.Event()
+        self._store_lost = asyncio.Event()  # the dispatcher dropped work for want of Redis
         self.dispatcher = Dispatcher(
             settings,
             self.store,
@@ -118,6 +120,7 @@ class Controller:
             self.trunks,
             self.recorder,
             on_callback_slot=self._callbacks_due.set,
+            on_store_lost=self._store_lost.set,
         )
         self.ami.add_listener(self.dispatcher.on_ami_event)
         self.leases = LeaseKeeper(
@@ -190,6 +193,27 @@ class Controller:
         self.resyncs += 1
         log.info("controller.ami_resynced", resyncs=self.resyncs)
         self._component_ready("ami")
+
+    async def resync_after_store_outages(self) -> None:
+        """When the dispatcher dropped work because Redis was away (AMI events among it: a
+        hangup, a bridge), resync as soon as Redis answers again, AMI or no AMI reconnect. A
+        resync that fails is tried again the same way; with AMI down the next login resyncs."""
+        while True:
+            await self._store_lost.wait()
+            await asyncio.sleep(STORE_PROBE)
+            if not await self.store.ping():
+                continue
+            self._store_lost.clear()
+            if not self.ami.connected:
+                continue
+            try:
+                await self.dispatcher.resync()
+            except (AmiError, StoreUnavailable) as exc:
+                log.warning("controller.resync_failed", error=str(exc), retry_in=STORE_PROBE)
+                self._store_lost.set()
+                continue
+            self.resyncs += 1
+            log.info("controller.store_resynced", resyncs=self.resyncs)
 
     async def _filter_events(self) -> None:
         """Ask Asterisk to send this session only the events we act on (hash-based name filters of
@@ -617,6 +641,7 @@ class Controller:
                 )
                 tg.create_task(self._govern(), name="governor")
                 tg.create_task(self._take_handoffs(), name="handoffs")
+                tg.create_task(self.resync_after_store_outages(), name="store-resync")
                 tg.create_task(self._admit_callbacks(), name="callbacks")
                 tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
                 log.info("controller.started", node=self.settings.asterisk.node)

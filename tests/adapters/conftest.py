@@ -12,6 +12,8 @@ import pytest
 import redis.asyncio as aioredis
 import uvloop
 
+from tests.adapters.servers import RedisServer
+
 # Tests of adapters whose behaviour depends on the loop's transports run on both loops.
 BOTH_LOOPS = frozenset({"test_redis_link.py"})
 
@@ -52,6 +54,19 @@ def redis_url(tmp_path: Path) -> Iterator[str]:
     yield f"unix://{sock}"
     proc.terminate()
     proc.wait(5)
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A private redis-server that the test may stop and start again (RedisServer)."""
+    directory = tmp_path / "restartable-redis"
+    directory.mkdir()
+    server = RedisServer(directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

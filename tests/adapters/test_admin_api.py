@@ -8,9 +8,8 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from acd.errors import (
 from acd.runtime.controller import Controller, UnknownAgent
 from acd.runtime.flows import load_checked_flows
 from tests.adapters.fakes import FakeAsterisk
+from tests.adapters.servers import RedisServer
 from tests.adapters.test_ivr_service import converse, variables
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,48 +45,6 @@ TOKENS = {
     "bob": "bob-token-0123456789abcdef",
 }
 INTERVAL = 0.1  # seconds between two /events pushes here
-
-
-class RedisServer:
-    """A private redis-server on a unix socket that a test may stop and start again."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.sock = directory / "redis.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"unix://{self.sock}"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", "0", "--unixsocket", str(self.sock), "--save", "",
-             "--appendonly", "no", "--dir", str(self.directory)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 10
-        while not self.sock.exists():
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(5)
-            self.proc = None
-        self.sock.unlink(missing_ok=True)
-
-
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @dataclass

@@ -1,6 +1,8 @@
-"""The resync after an AMI login must succeed before AMI counts as ready: a list Asterisk
-refuses (or times out) is tried again, not taken for a resync (issue: a failed resync counted
-as done). A Controller of the sample deployment against a fake manager and a real Redis."""
+"""The resync that makes Redis agree with Asterisk: after an AMI login it must succeed before AMI
+counts as ready, a list Asterisk refuses (or times out) being tried again, not taken for a resync
+(issue: a failed resync counted as done); and it runs again when Redis comes back from an outage
+during which events were lost (issue: no resync after a Redis outage). A Controller of the
+sample deployment against a fake manager and a real Redis."""
 
 from __future__ import annotations
 
@@ -12,10 +14,12 @@ import pytest
 import yaml
 
 from acd.config import load_settings
+from acd.domain.agent import AgentEvent
 from acd.protocol.ami import AmiMessage
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
 from tests.adapters.fakes import FakeAmiConnection, FakeAmiServer
+from tests.adapters.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -79,3 +83,90 @@ async def test_a_refused_resync_is_tried_again_and_ami_is_ready_only_after_one_s
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await controller.store.close()
+
+
+async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A caller hangs up while Redis is down: the Hangup cannot be applied and is dropped. When
+    Redis is back (with what it held, from its AOF), the controller resyncs by itself, AMI never
+    having dropped: the call is forgotten and its agent goes on, not left on a call for ever."""
+    monkeypatch.setenv("ACD_AMI_SECRET", "s3cret")
+    redis = RedisServer(tmp_path, appendonly=True)
+    redis.start()
+    resyncs: list[float] = []
+
+    async def channels(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        resyncs.append(time.monotonic())
+        await _empty_list(conn, action, "CoreShowChannelsComplete")  # c1 is gone by then
+
+    async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        await conn.reply(action)
+
+    async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        await _empty_list(conn, action, "DeviceStateListComplete")
+
+    async with FakeAmiServer() as ami:
+        ami.auto.update(Filter=ok, CoreShowChannels=channels, DeviceStateList=devices)
+        raw = yaml.safe_load((REPO / "acd.yaml").read_text())
+        asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
+        settings = load_settings(
+            REPO / "acd.yaml",
+            {
+                "asterisk": asterisk,
+                "redis": {"url": redis.url, "prefix": "rs", "timeout": 1.0},
+                "agent_policy": {"wrap_up": 0},
+            },
+        )
+        controller = Controller(settings, load_checked_flows(settings, check_sounds=False))
+        store = controller.store
+        await store.register_agents(settings.agents, time.time())
+        tasks = [
+            asyncio.create_task(controller.ami.run()),
+            asyncio.create_task(controller.dispatcher.run()),
+            asyncio.create_task(controller.resync_after_store_outages()),
+        ]
+        try:
+            conn = await ami.next_connection()
+            async with asyncio.timeout(10):
+                while controller.resyncs == 0:  # noqa: ASYNC110 - polls what the controller owns
+                    await asyncio.sleep(0.01)
+            # c1 talks to agent 1002 (presale 5, the only one; 1001 is paused).
+            await store.agent_event("1001", AgentEvent.PAUSE, time.time())
+            await store.enqueue(
+                uid="c1", skill="presale", score=1.0, node="node-a",
+                fields={"channel": "PJSIP/carrier-in-00000001"},
+            )  # fmt: skip
+            claim = await store.claim_for_skill("presale")
+            assert claim is not None
+            assert claim.agent_id == "1002"
+            for event in (AgentEvent.RING, AgentEvent.ANSWER):
+                assert (await store.agent_event("1002", event, time.time(), call="c1"))[0]
+            first = len(resyncs)
+
+            redis.stop()
+            done = controller.dispatcher.stats()["done"]
+            await conn.send(
+                {"Event": "Hangup", "Channel": "PJSIP/carrier-in-00000001",
+                 "Uniqueid": "c1", "Cause-txt": "Normal Clearing"},
+            )  # fmt: skip
+            async with asyncio.timeout(5):  # the Hangup met no Redis
+                while controller.dispatcher.stats()["done"] == done:  # noqa: ASYNC110 - as above
+                    await asyncio.sleep(0.01)
+            assert len(resyncs) == first  # nothing resyncs while Redis is away
+            redis.start()
+
+            async with asyncio.timeout(5):
+                while (await store.agent("1002")).get("state") == "on_call":  # noqa: ASYNC110
+                    await asyncio.sleep(0.05)
+            assert len(resyncs) == first + 1
+            agent = await store.agent("1002")
+            assert (agent["state"], agent["call"]) == ("available", "")
+            assert await store.call("c1") is None
+            assert await store.calls_of_node("node-a") == set()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await controller.store.close()
+            redis.stop()
