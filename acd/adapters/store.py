@@ -202,6 +202,13 @@ LUA_STATES = lua_states()
 ENQUEUE, CLAIM, AGENT_EVENT, REQUEUE, END_CALL, ANSWER = (
     lua(n) for n in ("enqueue", "claim", "agent_event", "requeue", "end_call", "answer")
 )
+# The same enqueue, only for a call Redis does not hold (a resync adopting a held caller must not
+# reset a call the IVR queued meanwhile).
+ENQUEUE_IF_ABSENT = Script(
+    LUA_STATES
+    + "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end\n"
+    + script_text("enqueue")
+)
 CALLBACK_ADMIT, CALLBACK_REGISTER, CALLBACK_FINISH = (
     lua(n) for n in ("callback_admit", "callback_register", "callback_finish")
 )
@@ -365,8 +372,13 @@ class RedisStore:
         node: str,
         fields: Mapping[str, str],
         now: float | None = None,
-    ) -> None:
-        await self._link.batch([self._enqueue_command(uid, skill, score, node, fields, now)])
+        if_absent: bool = False,
+    ) -> bool:
+        """Queue a call; with `if_absent`, only if Redis holds no call `uid` (returns whether it
+        was queued)."""
+        command = self._enqueue_command(uid, skill, score, node, fields, now, if_absent=if_absent)
+        (queued,) = await self._link.batch([command])
+        return bool(queued)
 
     async def enqueue_and_claim(
         self,
@@ -400,6 +412,8 @@ class RedisStore:
         node: str,
         fields: Mapping[str, str],
         now: float | None,
+        *,
+        if_absent: bool = False,
     ) -> tuple[Any, ...]:
         when = time.time() if now is None else now
         args: list[Any] = [uid, repr(score), CALL_TTL_SECONDS, repr(when), ARRIVAL_WINDOW_SECONDS]
@@ -411,7 +425,7 @@ class RedisStore:
             self.key("calls", node),
             self.key("arrivals", skill),
         ]
-        return self._link.script_command(ENQUEUE, keys, args)
+        return self._link.script_command(ENQUEUE_IF_ABSENT if if_absent else ENQUEUE, keys, args)
 
     async def queue_figures(
         self,

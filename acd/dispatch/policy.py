@@ -81,3 +81,35 @@ def after_call(agent_state: str, wrap_up: float, waiting: int | None = None) -> 
     if agent_state == AgentState.WRAP_UP:
         return AfterCall(wrap_up=wrap_up)
     return AfterCall()
+
+
+HOLD_CONTEXT = "acd-hold"  # the dialplan's hold context (asterisk-config/extensions.conf)
+
+
+def is_orphan(
+    uid: str, context: str, channel: str, known: set[str], agent_devices: Mapping[str, str]
+) -> bool:
+    """A live channel (of Asterisk's CoreShowChannels) waiting in the hold context with no call
+    in Redis: its controller died between telling the dialplan the caller was queued and
+    queueing it (or Redis lost the call). Callback attempts never wait there; agents' legs are
+    not callers."""
+    return (
+        bool(uid)
+        and context == HOLD_CONTEXT
+        and uid not in known
+        and not is_agent_leg(channel, uid, agent_devices)
+    )
+
+
+def in_call_since(duration: str, now: float) -> float:
+    """When a channel whose CoreShowChannel `Duration` is HH:MM:SS at `now` began (an orphan's
+    place in its queue: no later than where it stood). Unreadable: `now`.
+
+    >>> in_call_since("00:01:05", 1000.0), in_call_since("x", 1000.0)
+    (935.0, 1000.0)
+    """
+    parts = duration.split(":")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts):
+        return now
+    hours, minutes, seconds = (int(p) for p in parts)
+    return now - (hours * 3600 + minutes * 60 + seconds)

@@ -25,6 +25,7 @@ from acd.adapters.store import Claim, RedisStore
 from acd.config import Settings
 from acd.dispatch.callbacks import CallbackAttempts
 from acd.dispatch.executor import KeyedExecutor
+from acd.dispatch.orphans import adopt_orphans
 from acd.dispatch.policy import after_call, hangup_journey, hold_wait, is_agent_leg
 from acd.domain.agent import BUSY, AgentEvent, device_event
 from acd.domain.call import WITH_AGENT, CallState
@@ -611,6 +612,10 @@ class Dispatcher:
                 if agent:
                     await self._agent(agent, AgentEvent.RELEASE, uid)
                 requeued += 1
+        adopted = await adopt_orphans(
+            live, ours, settings=self._settings, store=self._store, ami=self._ami,
+            agent_devices=self._devices, now=now,
+        )  # fmt: skip
         for agent_id in await self._store.agent_ids():
             fields = await self._store.agent(agent_id)
             call = fields.get("call", "")
@@ -635,6 +640,7 @@ class Dispatcher:
             channels=len(live),
             ended=ended,
             requeued=requeued,
+            adopted=adopted,
             agent_phones=devices,
             trunk_channels_released=released,
         )

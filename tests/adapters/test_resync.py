@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import redis.asyncio as aioredis
 import yaml
 
 from acd.config import load_settings
@@ -170,3 +171,81 @@ async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
             await asyncio.gather(*tasks, return_exceptions=True)
             await controller.store.close()
             redis.stop()
+
+
+async def test_a_caller_on_hold_that_redis_does_not_know_is_queued_by_the_resync(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, redis_py: aioredis.Redis
+) -> None:
+    """A controller died after telling the dialplan its caller was queued and before queueing
+    it: the caller waits in acd-hold with no call in Redis. The restarted controller's resync
+    queues it (its ACD_QUEUE, its place as of its call's start, its tier's head start); a
+    channel elsewhere in the dialplan and an agent's leg are left alone."""
+    monkeypatch.setenv("ACD_AMI_SECRET", "s3cret")
+    asked: list[str] = []
+
+    async def channels(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        aid = action.action_id or ""
+        rows = [
+            ("o1", "PJSIP/carrier-in-0000000a", "acd-hold", "13800000001", "00:01:05"),
+            ("ivr1", "PJSIP/carrier-in-0000000b", "acd-inbound", "13800000002", "00:00:03"),
+            ("leg1", "PJSIP/agent-1001-0000000c", "acd-hold", "1001", "00:00:09"),
+        ]
+        await conn.send(
+            {"Response": "Success", "ActionID": aid, "EventList": "start"},
+            *(
+                {"Event": "CoreShowChannel", "ActionID": aid, "Uniqueid": uid, "Channel": name,
+                 "Context": context, "CallerIDNum": number, "Duration": duration}
+                for uid, name, context, number, duration in rows
+            ),
+            {"Event": "CoreShowChannelsComplete", "ActionID": aid, "EventList": "Complete",
+             "ListItems": str(len(rows))},
+        )  # fmt: skip
+
+    async def getvar(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        asked.append(action.get("Channel") or "")
+        await conn.reply(action, Variable="ACD_QUEUE", Value="presale")
+
+    async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        await conn.reply(action)
+
+    async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        await _empty_list(conn, action, "DeviceStateListComplete")
+
+    async with FakeAmiServer() as ami:
+        ami.auto.update(
+            Filter=ok, CoreShowChannels=channels, DeviceStateList=devices, Getvar=getvar
+        )
+        raw = yaml.safe_load((REPO / "acd.yaml").read_text())
+        asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
+        settings = load_settings(
+            REPO / "acd.yaml",
+            {"asterisk": asterisk, "redis": {"url": redis_url, "prefix": "rs"}},
+        )
+        controller = Controller(settings, load_checked_flows(settings, check_sounds=False))
+        await redis_py.hset("rs:tiers", "13800000001", "vip")
+        head_start = settings.tiers["vip"]
+        tasks = [
+            asyncio.create_task(controller.ami.run()),
+            asyncio.create_task(controller.dispatcher.run()),
+        ]
+        try:
+            async with asyncio.timeout(10):
+                while controller.resyncs == 0:  # noqa: ASYNC110 - polls what the controller owns
+                    await asyncio.sleep(0.01)
+            now = time.time()
+            assert asked == ["PJSIP/carrier-in-0000000a"]
+            call = await controller.store.call("o1")
+            assert call is not None
+            assert (call.state, call.skill, call.node) == ("queued", "presale", "node-a")
+            assert (call.channel, call.caller_id) == ("PJSIP/carrier-in-0000000a", "13800000001")
+            assert call.enqueued_at == pytest.approx(now - 65, abs=2)
+            assert call.score == pytest.approx(now - 65 - head_start, abs=2)
+            assert await redis_py.zrange("rs:q:presale", 0, -1) == ["o1"]
+            assert await controller.store.calls_of_node("node-a") == {"o1"}
+            assert await controller.store.call("ivr1") is None
+            assert await controller.store.call("leg1") is None
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await controller.store.close()

@@ -495,3 +495,23 @@ async def test_an_enqueue_can_claim_its_caller_in_the_same_round_trip(store: Red
     )  # fmt: skip
     assert (claims, more) == ([], False)
     assert await store.waiting("presale") == ["c2"]
+
+
+async def test_an_enqueue_if_absent_leaves_a_call_redis_holds_as_it_is(store: RedisStore) -> None:
+    """What a resync adopting a caller on hold uses: a call the IVR queued (and a claim offered)
+    meanwhile is not reset to queued, so its agent cannot be given a second caller."""
+    await store.register_agents([_agent("a", presale=5)], now=1.0)
+    await _enqueue(store, "c1", "presale", 10.0)
+    assert await store.claim_for_skill("presale") is not None
+    fields = {"channel": "PJSIP/x-c1"}
+    assert not await store.enqueue(
+        uid="c1", skill="presale", score=1.0, node="n1", fields=fields, if_absent=True
+    )
+    call = await store.call("c1")
+    assert call is not None
+    assert (call.state, call.agent, call.score) == ("offered", "a", 10.0)
+    assert await store.waiting("presale") == []
+    assert await store.enqueue(
+        uid="c2", skill="presale", score=2.0, node="n1", fields=fields, if_absent=True
+    )
+    assert await store.waiting("presale") == ["c2"]

@@ -10,7 +10,9 @@ from acd.dispatch.policy import (
     device_of,
     hangup_journey,
     hold_wait,
+    in_call_since,
     is_agent_leg,
+    is_orphan,
 )
 from acd.domain.call import Call
 
@@ -114,3 +116,33 @@ def test_a_connect_waits_for_its_caller_to_be_on_hold(
 ) -> None:
     """The Redirect goes once the caller is in the hold context, or once the settle is over."""
     assert hold_wait(held, held_at, now, 0.1) == pytest.approx(expected)
+
+
+AGENTS = {"PJSIP/agent-1001": "1001"}
+CALLER = "PJSIP/carrier-in-0000000a"
+
+
+@pytest.mark.parametrize(
+    ("uid", "context", "channel", "known", "orphan"),
+    [
+        ("o1", "acd-hold", CALLER, set(), True),
+        ("o1", "acd-hold", CALLER, {"o1"}, False),  # Redis holds its call
+        ("o1", "acd-connect", CALLER, set(), False),  # ringing an agent: not waiting
+        ("o1", "acd-inbound", CALLER, set(), False),  # still in the IVR
+        ("o1", "acd-hold", "PJSIP/agent-1001-0000000c", set(), False),  # an agent's leg
+        ("", "acd-hold", CALLER, set(), False),
+    ],
+)
+def test_an_orphan_is_a_caller_on_hold_that_redis_does_not_know(
+    uid: str, context: str, channel: str, known: set[str], orphan: bool
+) -> None:
+    assert is_orphan(uid, context, channel, known, AGENTS) is orphan
+
+
+@pytest.mark.parametrize(
+    ("duration", "since"),
+    [("00:00:00", 1000.0), ("00:01:05", 935.0), ("01:00:00", -2600.0), ("", 1000.0),
+     ("1:2", 1000.0), ("aa:bb:cc", 1000.0), ("-1:00:00", 1000.0)],
+)  # fmt: skip
+def test_an_orphan_keeps_no_later_a_place_than_its_call_start(duration: str, since: float) -> None:
+    assert in_call_since(duration, 1000.0) == since
