@@ -470,7 +470,12 @@ class RedisStore:
     async def set_call_field(self, uid: str, name: str, value: str) -> bool:
         """Set a field of a call that still exists (a call that hung up meanwhile is not
         recreated, without its lifetime). Returns whether it was set."""
-        return bool(await self._run(HSET_EXISTING, [self.key("call", uid)], [name, value]))
+        return await self.set_call_fields(uid, {name: value})
+
+    async def set_call_fields(self, uid: str, fields: Mapping[str, str]) -> bool:
+        """`set_call_field` for several fields at once."""
+        flat = [item for pair in fields.items() for item in pair]
+        return bool(await self._run(HSET_EXISTING, [self.key("call", uid)], flat))
 
     async def claim_for_skill(self, skill: str, now: float | None = None) -> Claim | None:
         """The best caller of this queue with the best agent its ring accepts, or None."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
+from enum import StrEnum
 
 import structlog
 
@@ -33,6 +34,18 @@ log = structlog.get_logger(__name__)
 
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
+# How long after an Originate whose reply was lost a resync must wait before it takes "no leg, no
+# AstDB mark" for "never dialled": Asterisk starts the leg of an Originate it took within this.
+ORIGINATE_SETTLE = 10.0  # seconds
+
+
+class Resynced(StrEnum):
+    """What a resync did with a callback attempt whose agent leg it did not find."""
+
+    REQUEUED = "requeued"  # never originated: back to its queue's front
+    DECIDED = "decided"  # closed from the AstDB's record: its call is over
+    UNDECIDED = "undecided"  # an Originate may still start its leg: look again later
+
 
 # Lent by the dispatcher: apply an agent event (agent, event, call, reason), forget a call
 # (moving its agent on).
@@ -125,7 +138,11 @@ class CallbackAttempts:
                 )
                 await self._forget(claim.uid)
                 return
-            await self._store.set_call_field(claim.uid, "trunk", trunk)
+            # When it was asked for: a resync that finds neither its leg nor its AstDB mark
+            # decides only once Asterisk has had ORIGINATE_SETTLE to start the leg.
+            await self._store.set_call_fields(
+                claim.uid, {"trunk": trunk, "originated_at": repr(now)}
+            )
             variables = {
                 "ACD_CALLBACK": callback,
                 "ACD_AGENT": claim.agent_id,
@@ -161,9 +178,11 @@ class CallbackAttempts:
                 await self._forget(claim.uid)
                 return
             except AmiError:
-                await self._trunks.cancelled(trunk, claim.uid)
-                await self._store.requeue(claim.uid)
-                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
+                # No reply is no refusal: Asterisk may have run it, and dialling again could
+                # call the customer twice. The attempt stays as it is (its agent held, its
+                # trunk channel taken) until a resync decides it from what Asterisk reports:
+                # the attempt's channel (its uniqueid is the attempt's), its AstDB mark.
+                log.warning("dispatch.callback_originate_unsure")
                 raise
             self.dialled += 1
             log.info("dispatch.callback_dialling", trunk=trunk, dial=agent_dial)
@@ -265,20 +284,27 @@ class CallbackAttempts:
                 await self._trunks.cancelled(trunk, uid)
             log.info("dispatch.callback_not_dialled", uniqueid=uid, callback=callback)
 
-    async def resync(self, record: Call) -> None:
-        """A callback attempt claimed before we lost sight of it, whose agent leg is gone. Not
-        originated yet: back to the queue's front. Originated: the node's AstDB tells whether
-        the customer was dialled and how that ended. Never dialled: the attempt does not count.
-        Ended: decided as if its AcdCallbackEnd had been seen. Dialled with no end recorded
-        (Asterisk itself went down): a callback is dialled at most once, so it ends 'unknown'."""
+    async def resync(self, record: Call) -> Resynced:
+        """A callback attempt claimed before we lost sight of it, whose agent leg is not live.
+        Not originated yet: back to the queue's front (REQUEUED). Originated: the node's AstDB
+        tells whether the customer was dialled and how that ended (DECIDED: the attempt is
+        closed, its call is the caller's to forget). Never dialled: the attempt does not count,
+        but only once Asterisk has had ORIGINATE_SETTLE to start its leg (an Originate whose
+        reply was lost may still be on its way: UNDECIDED, look again later). Ended: decided as
+        if its AcdCallbackEnd had been seen. Dialled with no end recorded (Asterisk itself went
+        down): a callback is dialled at most once, so it ends 'unknown'."""
         uid, callback, now = record.uid, record.callback, self._clock()
         trunk = record.trunk
         if not trunk:
             await self._store.requeue(uid)
             if record.agent:
                 await self._agent(record.agent, AgentEvent.RELEASE, uid)
-            return
+            return Resynced.REQUEUED
         mark = await self._dial_mark(uid)
+        originated = float(record.fields.get("originated_at") or 0.0)
+        if mark is None and now - originated < ORIGINATE_SETTLE:
+            log.info("dispatch.callback_originate_pending", uniqueid=uid, callback=callback)
+            return Resynced.UNDECIDED
         if mark is None or mark.startswith("ended"):
             status = mark.partition(" ")[2].strip() if mark else ""
             log.info("dispatch.callback_end_recovered", uniqueid=uid, dial_status=status)
@@ -288,4 +314,5 @@ class CallbackAttempts:
             await self._trunks.cancelled(trunk, uid)
             log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
         await self._forget_dial_mark(uid)
+        return Resynced.DECIDED
         await self._forget(uid)

@@ -23,13 +23,13 @@ from acd.adapters.ami import AmiClient
 from acd.adapters.calls import CallStore
 from acd.adapters.store import Claim, RedisStore
 from acd.config import Settings
-from acd.dispatch.callbacks import CallbackAttempts
+from acd.dispatch.callbacks import ORIGINATE_SETTLE, CallbackAttempts, Resynced
 from acd.dispatch.executor import KeyedExecutor
 from acd.dispatch.orphans import adopt_orphans
 from acd.dispatch.policy import after_call, hangup_journey, hold_wait, is_agent_leg
 from acd.domain.agent import BUSY, AgentEvent, device_event
 from acd.domain.call import WITH_AGENT, CallState
-from acd.errors import AcdError, AmiActionFailed, AmiError, StoreUnavailable
+from acd.errors import AcdError, AmiActionFailed, AmiError, AmiTimeout, StoreUnavailable
 from acd.protocol.ami import AmiMessage
 from acd.runtime.ivr import Claimed
 from acd.runtime.journey import Recorder
@@ -108,13 +108,14 @@ class Dispatcher:
         recorder: Recorder,
         clock: Callable[[], float] = time.time,
         on_callback_slot: Callable[[], None] = lambda: None,
-        on_store_lost: Callable[[], None] = lambda: None,
+        on_resync_needed: Callable[[], None] = lambda: None,
     ) -> None:
         """`on_callback_slot`: called when a callback may be admitted now (an attempt ended, an
-        agent came free). `on_store_lost`: called when a work item met no Redis and was dropped
-        (what it should have changed needs a resync once Redis is back)."""
+        agent came free). `on_resync_needed`: called when Redis and Asterisk may disagree with
+        no AMI reconnect to resync them: a work item met no Redis and was dropped, an AMI action
+        got no reply (it may have run), a resync left a callback attempt undecided."""
         self._on_callback_slot = on_callback_slot
-        self._on_store_lost = on_store_lost
+        self._on_resync_needed = on_resync_needed
         self._settings = settings
         self._store = store
         self._calls = CallStore(store.link, store.prefix)
@@ -273,13 +274,16 @@ class Dispatcher:
                 "dispatch.store_unavailable", error=str(exc), work=type(work).__name__
             )
             self._settle(work, exc)
-            self._on_store_lost()
+            self._on_resync_needed()
         except AmiError as exc:
             # The AMI link dropped mid-way (or Asterisk refused or timed out a list): the resync
             # after reconnect puts things right; a resync that failed says so to its waiter,
             # who tries again (Controller._on_ami_connected).
             log.warning("dispatch.ami_unavailable", error=str(exc), work=type(work).__name__)
             self._settle(work, exc)
+            if isinstance(exc, AmiTimeout):
+                # The link may be up (no reconnect, no resync follows): resync on demand.
+                self._on_resync_needed()
         except AcdError as exc:
             log.exception("dispatch.failed", work=type(work).__name__)
             self._settle(work, exc)
@@ -588,14 +592,18 @@ class Dispatcher:
         channels = await self._ami.send_list_action("CoreShowChannels")
         live = {c.get("Uniqueid") or c.get("UniqueID") or "": c for c in channels}
         now = self._clock()
-        ended = requeued = 0
+        ended = requeued = undecided = 0
         for uid in ours:
             record = await self._store.call(uid)
             channel = live.get(uid)
             if record is not None and record.is_callback:
                 if record.state in WITH_AGENT and channel is None:
-                    await self._attempts.resync(record)
-                    ended += 1
+                    resynced = await self._attempts.resync(record)
+                    if resynced == Resynced.DECIDED:
+                        await self._forget(uid)  # its agent was not on it: back to work
+                        ended += 1
+                    elif resynced == Resynced.UNDECIDED:
+                        undecided += 1
                 continue  # queued callbacks have no channel: they wait in Redis alone
             if channel is None or record is None:
                 # It hung up while we were not listening: its journey ends here.
@@ -641,9 +649,12 @@ class Dispatcher:
             ended=ended,
             requeued=requeued,
             adopted=adopted,
+            callbacks_undecided=undecided,
             agent_phones=devices,
             trunk_channels_released=released,
         )
+        if undecided:
+            asyncio.get_running_loop().call_later(ORIGINATE_SETTLE, self._on_resync_needed)
         for skill in self._settings.skill_names():
             self._put(SkillWork(skill))
         # Escalation timers of callers who were already waiting (ours were lost in a restart).

@@ -112,7 +112,7 @@ class Controller:
             window=settings.reports.service_window,
         )
         self._callbacks_due = asyncio.Event()
-        self._store_lost = asyncio.Event()  # the dispatcher dropped work for want of Redis
+        self._resync_needed = asyncio.Event()  # the dispatcher asks for a resync (no reconnect)
         self.dispatcher = Dispatcher(
             settings,
             self.store,
@@ -120,7 +120,7 @@ class Controller:
             self.trunks,
             self.recorder,
             on_callback_slot=self._callbacks_due.set,
-            on_store_lost=self._store_lost.set,
+            on_resync_needed=self._resync_needed.set,
         )
         self.ami.add_listener(self.dispatcher.on_ami_event)
         self.leases = LeaseKeeper(
@@ -194,26 +194,28 @@ class Controller:
         log.info("controller.ami_resynced", resyncs=self.resyncs)
         self._component_ready("ami")
 
-    async def resync_after_store_outages(self) -> None:
-        """When the dispatcher dropped work because Redis was away (AMI events among it: a
-        hangup, a bridge), resync as soon as Redis answers again, AMI or no AMI reconnect. A
-        resync that fails is tried again the same way; with AMI down the next login resyncs."""
+    async def resync_on_demand(self) -> None:
+        """Resync when the dispatcher asks, with no AMI reconnect to do it: it dropped work
+        because Redis was away (AMI events among it: a hangup, a bridge), an AMI action got no
+        reply, a callback attempt was left undecided. Waits until Redis answers (pinged every
+        STORE_PROBE); with AMI down the next login resyncs. A resync that fails is tried again
+        the same way."""
         while True:
-            await self._store_lost.wait()
+            await self._resync_needed.wait()
             await asyncio.sleep(STORE_PROBE)
             if not await self.store.ping():
                 continue
-            self._store_lost.clear()
+            self._resync_needed.clear()
             if not self.ami.connected:
                 continue
             try:
                 await self.dispatcher.resync()
             except (AmiError, StoreUnavailable) as exc:
                 log.warning("controller.resync_failed", error=str(exc), retry_in=STORE_PROBE)
-                self._store_lost.set()
+                self._resync_needed.set()
                 continue
             self.resyncs += 1
-            log.info("controller.store_resynced", resyncs=self.resyncs)
+            log.info("controller.resynced_on_demand", resyncs=self.resyncs)
 
     async def _filter_events(self) -> None:
         """Ask Asterisk to send this session only the events we act on (hash-based name filters of
@@ -641,7 +643,7 @@ class Controller:
                 )
                 tg.create_task(self._govern(), name="governor")
                 tg.create_task(self._take_handoffs(), name="handoffs")
-                tg.create_task(self.resync_after_store_outages(), name="store-resync")
+                tg.create_task(self.resync_on_demand(), name="resync-on-demand")
                 tg.create_task(self._admit_callbacks(), name="callbacks")
                 tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
                 log.info("controller.started", node=self.settings.asterisk.node)

@@ -125,7 +125,7 @@ async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
         tasks = [
             asyncio.create_task(controller.ami.run()),
             asyncio.create_task(controller.dispatcher.run()),
-            asyncio.create_task(controller.resync_after_store_outages()),
+            asyncio.create_task(controller.resync_on_demand()),
         ]
         try:
             conn = await ami.next_connection()
