@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import shlex
+import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from acd.domain.flow import Catalog, Flow, compile_flow, load_flows
 from acd.runtime.ivr import IvrService, choose_flow
 from examples.order_service import build_app, load_orders
 from tests.adapters.fakes import FakeAsterisk
+from tests.adapters.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
 CATALOG = Catalog(
@@ -77,9 +80,11 @@ async def order_service() -> AsyncIterator[int]:
         await runner.cleanup()
 
 
-async def _serve(redis_url: str, order_port: int, flows: dict[str, Flow]) -> AsyncIterator[Harness]:
+async def _serve(
+    redis_url: str, order_port: int, flows: dict[str, Flow], redis_timeout: float = 3.0
+) -> AsyncIterator[Harness]:
     settings = load_settings(REPO / "acd.yaml")
-    store = RedisStore(redis_url, "t")
+    store = RedisStore(redis_url, "t", timeout=redis_timeout)
     lookups = LookupClient(
         {"order_status": LookupService(url=f"http://127.0.0.1:{order_port}/orders/{{order}}")}
     )
@@ -304,3 +309,51 @@ async def test_a_caller_whose_callback_cannot_be_taken_does_not_join_a_closed_qu
     assert await shipped.store.callback("2.3") == {}
     assert await shipped.store.call("2.3") is None
     assert shipped.queued == []
+
+
+async def test_a_caller_whose_enqueue_meets_a_hung_redis_takes_the_static_path_at_once(
+    redis_server: RedisServer, order_service: int
+) -> None:
+    """The caller presses 4 (after-sales); the IVR tells the dialplan the caller is queued, and
+    Redis stops answering (frozen: SIGSTOP) before the enqueue reaches it; the flow's fallback (a
+    queue too) cannot reach it either. The caller must not be left in the hold context with no
+    call in Redis (nobody would take it until the hold limit): ACD_RESULT ends `error`, the
+    static path (the FastAGI server's answer to a failed handler); and the silence lasts about
+    the store's timeout per attempt (`redis.timeout`), not the half minute of retries a pooled
+    client with retries gave."""
+    flows = load_flows([REPO / "ivr_flows"], CATALOG)
+    async for harness in _serve(redis_server.url, order_service, flows, redis_timeout=0.5):
+        peer = await FakeAsterisk.call(
+            harness.port, uniqueid="1.9", env={"arg_1": "1000", "callerid": "5551234"}
+        )
+        commands: list[list[str]] = []
+        stopped = 0.0
+        assert redis_server.proc is not None
+        try:
+            while True:
+                line = (await peer.reader.readline()).decode()
+                if not line.endswith("\n"):
+                    peer.writer.close()
+                    await peer.writer.wait_closed()
+                    break
+                words = shlex.split(line)
+                commands.append(words)
+                if words[:2] == ["GET", "OPTION"] and words[2] == "acd/promo-menu":
+                    await peer.reply(f"200 result={ord('4')} endpos=800")
+                elif words == ["SET", "VARIABLE", "ACD_RESULT", "queued"] and not stopped:
+                    # Told it is queued; Redis freezes before the enqueue reaches it.
+                    redis_server.proc.send_signal(signal.SIGSTOP)
+                    stopped = time.monotonic()
+                    await peer.reply("200 result=1")
+                elif words[:2] == ["SET", "VARIABLE"]:
+                    await peer.reply("200 result=1")
+                else:
+                    await peer.reply("200 result=0 endpos=16000")
+            silence = time.monotonic() - stopped
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        results = [w[3] for w in commands if w[:3] == ["SET", "VARIABLE", "ACD_RESULT"]]
+        assert results[-1] == "error", commands
+        assert "queued" in results  # it had been told, and was told otherwise
+        assert silence < 4 * 0.5  # two attempts (the queue, then the fallback's), 0.5 s each
+        assert harness.queued == []
