@@ -128,6 +128,19 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+# A supervisor's tier table update (RedisStore.set_tiers): the audit entry first (a script stops
+# at its first failing command: no change without its entry), then the merge. KEYS: P:tiers,
+# P:audit. ARGV: who, after, now, the stream's cap, n, then n values of caller ID, tier pairs to
+# keep, then the caller IDs to drop.
+_TIERS = """
+local n = tonumber(ARGV[5])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
+  'who', ARGV[1], 'what', 'tiers', 'before', '', 'after', ARGV[2], 'at', ARGV[3])
+if n > 0 then redis.call('HSET', KEYS[1], unpack(ARGV, 6, 5 + n)) end
+if #ARGV > 5 + n then redis.call('HDEL', KEYS[1], unpack(ARGV, 6 + n, #ARGV)) end
+return 1
+"""
+
 _RETIRE_AGENTS = """
 local prefix = ARGV[1]
 for i = 2, #ARGV do
@@ -216,8 +229,8 @@ TRUNK_COMMIT, AGENT_SKILLS, JOURNEY, TOGGLE = (
     lua(n) for n in ("trunk_commit", "agent_skills", "journey", "toggle")
 )
 OVERLOAD_SAVE, OVERLOAD_PIN = lua("overload_save"), lua("overload_pin")
-SERVICE_COUNTS, RETIRE_AGENTS, HSET_EXISTING = (
-    Script(text) for text in (_SERVICE_COUNTS, _RETIRE_AGENTS, _HSET_EXISTING)
+SERVICE_COUNTS, RETIRE_AGENTS, HSET_EXISTING, TIERS = (
+    Script(text) for text in (_SERVICE_COUNTS, _RETIRE_AGENTS, _HSET_EXISTING, _TIERS)
 )
 
 
@@ -232,6 +245,7 @@ def agent_event_args(
     wrap_until: float = 0.0,
     wrapped_by: float | None = None,
     device: str = "",
+    audited_by: str = "",
 ) -> list[Any]:
     """The arguments of lua/agent_event.lua for `event` (see RedisStore.agent_event): the
     transition's target and source states come from acd.domain.agent's table."""
@@ -241,6 +255,7 @@ def agent_event_args(
     return (
         [prefix, agent_id, target.value, repr(now), call, reason, repr(wrap_until)]
         + ["" if wrapped_by is None else repr(wrapped_by), device, busy if device else ""]
+        + [audited_by, f"agent {agent_id}", AUDIT_MAXLEN]
         + [s.value for s in sources]
     )
 
@@ -346,15 +361,17 @@ class RedisStore:
         wrap_until: float = 0.0,
         wrapped_by: float | None = None,
         device: str = "",
+        audited_by: str = "",
     ) -> tuple[bool, str]:
         """Apply `event` atomically if the agent is in one of its source states (and holds
         `call`, when given; and, with `wrapped_by`, only if a wrap-up was due by then).
         `device`: Asterisk's new device state of the agent's phone, recorded in any case (a
-        transition to available with a busy phone lands in device_busy). Returns (applied, the
-        state before or the state that refused)."""
+        transition to available with a busy phone lands in device_busy). `audited_by`: a
+        supervisor's change, written with its audit entry in the same step. Returns (applied,
+        the state before or the state that refused)."""
         args = agent_event_args(
             self.prefix, agent_id, event, now, call=call, reason=reason,
-            wrap_until=wrap_until, wrapped_by=wrapped_by, device=device,
+            wrap_until=wrap_until, wrapped_by=wrapped_by, device=device, audited_by=audited_by,
         )  # fmt: skip
         return agent_event_result(await self._run(AGENT_EVENT, [], args))
 
@@ -559,24 +576,13 @@ class RedisStore:
         tier = await self._link.execute("HGET", self.key("tiers"), caller_id)
         return str(tier) if tier else "regular"
 
-    async def set_tier(self, caller_id: str, tier: str) -> None:
-        await self._link.execute("HSET", self.key("tiers"), caller_id, tier)
-
-    def _tier_changes(self, tiers: Mapping[str, str]) -> list[tuple[Any, ...]]:
-        """The commands that merge caller ID -> tier (`regular` removes the caller ID)."""
-        drop = [c for c, t in tiers.items() if t == "regular"]
+    async def set_tiers(self, tiers: Mapping[str, str], who: str, now: float) -> int:
+        """Merge caller ID -> tier (the tier `regular` removes a caller ID from the table), with
+        its audit entry, in one step."""
         keep = [x for c, t in tiers.items() if t != "regular" for x in (c, t)]
-        commands: list[tuple[Any, ...]] = []
-        if keep:
-            commands.append(("HSET", self.key("tiers"), *keep))
-        if drop:
-            commands.append(("HDEL", self.key("tiers"), *drop))
-        return commands
-
-    async def set_tiers(self, tiers: Mapping[str, str]) -> int:
-        """Merge caller ID -> tier; the tier `regular` removes a caller ID from the table."""
-        if commands := self._tier_changes(tiers):
-            await self._link.transaction(commands)
+        drop = [c for c, t in tiers.items() if t == "regular"]
+        args: list[Any] = [who, f"{len(tiers)} caller IDs", repr(now), AUDIT_MAXLEN, len(keep)]
+        await self._run(TIERS, [self.key("tiers"), self.key("audit")], [*args, *keep, *drop])
         return len(tiers)
 
     async def menu_mode(self, number: str, default: str = "normal") -> str:
@@ -594,18 +600,6 @@ class RedisStore:
             n: str(raw.get(n)) if raw.get(n) in MENU_MODES else fallback.get(n, "normal")
             for n in numbers
         }
-
-    async def set_menu_mode(self, number: str, mode: str) -> str:
-        """Set an entry's menu mode; returns the mode it had before."""
-        if mode not in MENU_MODES:
-            raise ValueError(mode)
-        before, _ = await self._link.batch(
-            [
-                ("HGET", self.key("menu_mode"), number),
-                ("HSET", self.key("menu_mode"), number, mode),
-            ]
-        )
-        return str(before) if before in MENU_MODES else "normal"
 
     async def _set_toggles(
         self,
@@ -653,14 +647,6 @@ class RedisStore:
             raise ValueError(mode)
         fields = {s: (f"callbacks {s}", "on") for s in skills}
         return await self._set_toggles("callback_mode", fields, mode, "on", who, now)
-
-    async def set_tiers_audited(self, tiers: Mapping[str, str], who: str, now: float) -> int:
-        """`set_tiers` and its audit entry in one transaction."""
-        entry = {"who": who, "what": "tiers", "before": "", "after": f"{len(tiers)} caller IDs"}
-        await self._link.transaction(
-            [*self._tier_changes(tiers), self._audit_command({**entry, "at": repr(now)})]
-        )
-        return len(tiers)
 
     def _audit_command(self, entry: Mapping[str, str]) -> tuple[Any, ...]:
         flat = [x for pair in entry.items() for x in pair]
@@ -854,14 +840,24 @@ class RedisStore:
         }
 
     async def commit_trunk(
-        self, name: str, seen: TrunkSnapshot, state: str, op: str = "", uid: str = ""
+        self,
+        name: str,
+        seen: TrunkSnapshot,
+        state: str,
+        op: str = "",
+        uid: str = "",
+        audit: Mapping[str, str] | None = None,
     ) -> bool:
         """Write trunk `name`'s new breaker `state` and take (`op` take) or release (release)
         leg `uid`'s channel, in one step, if the trunk is still as `seen` (the channels in use
-        are checked for a take only). False on a conflict: read again and decide again."""
+        are checked for a take only). False on a conflict: read again and decide again.
+        `audit`: a supervisor's change (who, what, before, after, at), written with its audit
+        entry in the same step."""
         count = str(seen.in_use) if op == "take" else ""
-        args = [seen.state, count, state, op, uid, self.node]
-        keys = [self.key("trunk", name), self.key("trunk_legs", name)]
+        args: list[Any] = [seen.state, count, state, op, uid, self.node]
+        if audit is not None:
+            args += [audit[k] for k in ("who", "what", "before", "after", "at")] + [AUDIT_MAXLEN]
+        keys = [self.key("trunk", name), self.key("trunk_legs", name), self.key("audit")]
         return bool(await self._run(TRUNK_COMMIT, keys, args))
 
     async def trunks_holding(self, uid: str, names: Iterable[str]) -> list[str]:
@@ -883,9 +879,11 @@ class RedisStore:
     ) -> str | None:
         """Replace an agent's skills (kept over restarts); returns the skills before
         ("name:level,..."), or None for an unknown agent. An available agent is re-ranked at
-        once."""
+        once. `who`: a supervisor, whose change is written with its audit entry in one step
+        ('' for the configuration)."""
         text = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
-        before = await self._run(AGENT_SKILLS, [], [self.prefix, agent_id, text, who])
+        args = [self.prefix, agent_id, text, who, repr(time.time()), AUDIT_MAXLEN]
+        before = await self._run(AGENT_SKILLS, [], args)
         return None if before is None or before is False else str(before)
 
     async def journey(

@@ -443,8 +443,10 @@ class Controller:
     async def reload_flows(self, who: str) -> list[str]:
         """Load and validate every flow from disk; on any problem keep the running ones."""
         flows = await asyncio.to_thread(load_checked_flows, self.settings)
-        self.ivr.replace_flows(flows)
+        # The entry before the change (which is this controller's, in memory): no reload goes
+        # unaudited; one whose entry cannot be written is not made.
         await self.store.audit(who, "flows reload", "", ",".join(sorted(flows)), time.time())
+        self.ivr.replace_flows(flows)
         log.info("admin.flows_reloaded", who=who, flows=sorted(flows))
         return sorted(flows)
 
@@ -465,11 +467,12 @@ class Controller:
     ) -> dict[str, Any]:
         event = AgentEvent(action)
         now = time.time()
-        applied, before = await self.store.agent_event(agent_id, event, now, reason=reason)
+        applied, before = await self.store.agent_event(
+            agent_id, event, now, reason=reason, audited_by=who
+        )
         if not applied:
             raise IllegalTransition(before, event)
         after = (await self.store.agent(agent_id)).get("state", "")
-        await self.store.audit(who, f"agent {agent_id}", before, f"{after} {reason}".strip(), now)
         log.info("admin.agent_changed", who=who, agent=agent_id, before=before, after=after)
         self.load.invalidate()  # a supervisor's change shows in the next figures at once
         if after == AgentState.AVAILABLE:
@@ -570,7 +573,6 @@ class Controller:
         if before is None:
             raise UnknownAgent(agent_id)
         after = ",".join(f"{s}:{lvl}" for s, lvl in sorted(skills.items()))
-        await self.store.audit(who, f"agent {agent_id} skills", before, after, time.time())
         log.info("admin.agent_skills_set", who=who, agent=agent_id, before=before, after=after)
         self.dispatcher.agent_ready(agent_id)  # it may serve a queue it could not before
         return {"agent": agent_id, "before": before, "skills": after}
@@ -605,7 +607,7 @@ class Controller:
         return r.exposition()
 
     async def set_tiers(self, who: str, tiers: dict[str, str]) -> int:
-        return await self.store.set_tiers_audited(tiers, who, time.time())
+        return await self.store.set_tiers(tiers, who, time.time())
 
     def openapi(self) -> dict[str, Any]:
         s = self.settings

@@ -121,17 +121,13 @@ class TrunkBoard:
 
     async def trip(self, who: str, name: str) -> dict[str, Any]:
         self._get(name)
-        before = (await self.summary())[name]["state"]
-        await self._change(name, "", _tripping(who))
-        await self._store.audit(who, f"trunk {name}", str(before), "tripped", self._clock())
+        await self._change(name, "", _tripping(who), audited=(who, "tripped"))
         log.warning("admin.trunk_tripped", who=who, trunk=name)
         return (await self.summary())[name]
 
     async def reset(self, who: str, name: str) -> dict[str, Any]:
         self._get(name)
-        before = (await self.summary())[name]["state"]
-        await self._change(name, "", _resetting)
-        await self._store.audit(who, f"trunk {name}", str(before), "reset", self._clock())
+        await self._change(name, "", _resetting, audited=(who, "reset"))
         log.info("admin.trunk_reset", who=who, trunk=name)
         return (await self.summary())[name]
 
@@ -158,10 +154,13 @@ class TrunkBoard:
 
         return await self._change(name, uid, _releasing(uid, success))
 
-    async def _change(self, name: str, uid: str, decide: Decide) -> bool:
+    async def _change(
+        self, name: str, uid: str, decide: Decide, audited: tuple[str, str] | None = None
+    ) -> bool:
         """Read trunk `name`, let `decide` change its breaker, commit both in one step; again on
         a conflict. Returns whether something was committed (or `decide` had nothing to
-        change)."""
+        change). `audited`: (who, what they did), a supervisor's change, committed with its
+        audit entry (whatever it changed)."""
         for _ in range(MAX_ATTEMPTS):
             seen = await self._store.trunk_snapshot(name, uid)
             breaker = Breaker.loads(name, self.policy, seen.state)
@@ -171,9 +170,14 @@ class TrunkBoard:
             if op is None:
                 return False
             state = breaker.dumps()
-            if state == seen.state and op == "":
+            if state == seen.state and op == "" and audited is None:
                 return True
-            if await self._store.commit_trunk(name, seen, state, op, uid):
+            audit = None
+            if audited is not None:
+                who, did = audited
+                audit = {"who": who, "what": f"trunk {name}", "before": str(before[0]),
+                         "after": did, "at": repr(now)}  # fmt: skip
+            if await self._store.commit_trunk(name, seen, state, op, uid, audit=audit):
                 after = (breaker.state(now), breaker.reason)
                 if after != before:
                     log.warning(

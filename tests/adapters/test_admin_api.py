@@ -188,6 +188,45 @@ async def test_a_refused_request_changes_nothing_in_redis(floor: Floor) -> None:
     assert await floor.snapshot() != before
 
 
+# Every change a supervisor can make, and its audit entry once made: (what, before, after).
+CHANGES: list[tuple[str, str, Any, tuple[str, str, str]]] = [
+    ("PUT", "/agents/1001", {"action": "pause", "reason": "lunch"},
+     ("agent 1001", "available", "paused lunch")),
+    ("PUT", "/agents/1002/skills", {"skills": {"vip": 3}},
+     ("agent 1002 skills", "aftersales:7,presale:5", "vip:3")),
+    ("POST", "/trunks/carrier-out/trip", None, ("trunk carrier-out", "closed", "tripped")),
+    ("PUT", "/tiers", {"tiers": {"5551234": "vip"}}, ("tiers", "", "1 caller IDs")),
+    ("PUT", "/queues/presale", {"state": "closed"}, ("queue presale", "open", "closed")),
+    ("PUT", "/menu", {"mode": "fallback"}, ("menu 1000", "auto", "fallback")),
+    ("PUT", "/callbacks/mode", {"mode": "off", "queue": "orders"},
+     ("callbacks orders", "on", "off")),
+    ("PUT", "/overload", {"level": 3}, ("overload", "auto", "3")),
+    ("POST", "/flows/reload", None, ("flows reload", "", "promo,promo-lite")),
+]  # fmt: skip
+
+
+async def test_no_change_is_made_without_its_audit_entry(floor: Floor) -> None:
+    """Each change and its audit entry are one step. With the audit stream unwritable (a key of
+    the wrong type in its place), every change fails and leaves every key as it was; with the
+    stream back, each is made and audited with what it changed."""
+    await floor.redis.set("acd:audit", "not a stream")
+    before = await floor.snapshot()
+    flows = floor.controller.ivr._flows
+    for method, path, body, _ in CHANGES:
+        status, reply = await floor.call(method, path, "alice", body)
+        assert status >= 500, (path, status, reply)
+        assert await floor.snapshot() == before, path
+    assert floor.controller.ivr._flows is flows  # the reload was not made either
+    await floor.redis.delete("acd:audit")
+    for method, path, body, _ in CHANGES:
+        status, reply = await floor.call(method, path, "alice", body)
+        assert status == 200, (path, status, reply)
+    assert [(a["who"], a["what"], a["before"], a["after"]) for a in await floor.audit()] == [
+        ("alice", *entry) for _, _, _, entry in CHANGES
+    ]
+    assert floor.controller.ivr._flows is not flows
+
+
 async def test_an_agent_gone_from_redis_is_a_404(floor: Floor) -> None:
     """An agent still listed but whose record vanished (UnknownAgent behind the handler's own
     check) answers 404 like every other unknown name, not 503."""

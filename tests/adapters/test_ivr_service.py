@@ -215,7 +215,7 @@ async def test_menu_modes_choose_the_fallback_flow(shipped: Harness) -> None:
     assert choose_flow(entry, "auto", 1) == "promo"
     assert choose_flow(entry, "auto", 2) == "promo-lite"
     assert choose_flow(entry, "fallback", 0) == "promo-lite"
-    await shipped.store.set_menu_mode("1000", "fallback")
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
     commands = await _call(shipped, "2", "1.5")
     assert variables(commands)["ACD_FLOW"] == "promo-lite"
     assert next(w[2] for w in commands if w[:2] in PROMPTS) == "acd/lite-menu"
@@ -224,7 +224,7 @@ async def test_menu_modes_choose_the_fallback_flow(shipped: Harness) -> None:
 async def test_the_callers_tier_comes_from_redis(shipped: Harness) -> None:
     """A caller ID marked vip in Redis hears the VIP welcome and joins the vip queue with its
     head start."""
-    await shipped.store.set_tier("5550999", "vip")
+    await shipped.store.set_tiers({"5550999": "vip"}, "test", 0.0)
     commands = await _call(shipped, "", "1.6", caller="5550999")
     assert variables(commands)["ACD_QUEUE"] == "vip"
     call = await shipped.store.call("1.6")
@@ -264,7 +264,7 @@ async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
     """promo-lite: 1 (orders), 1 (accept the offer), then the number: the callback is recorded
     with the confirmed number (a keyed one is read back first), and the call ends with the
     confirmation; input that never makes a valid number queues the caller instead."""
-    await shipped.store.set_menu_mode("1000", "fallback")
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
     commands = await _call(shipped, digits, "2.1", caller=caller)
     streamed = [w[2] for w in commands if w[:2] in PROMPTS]
     assert ("invalid" in streamed) is invalid_heard
@@ -286,7 +286,7 @@ async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
 
 async def test_no_callback_number_means_the_caller_queues_instead(shipped: Harness) -> None:
     """Accepting the offer but giving no number twice: no callback, the caller queues."""
-    await shipped.store.set_menu_mode("1000", "fallback")
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
     commands = await _call(shipped, ["1", "1", "", "", "", ""], "2.2")
     assert await shipped.store.callback("2.2") == {}
     assert variables(commands)["ACD_QUEUE"] == "orders"
@@ -299,7 +299,7 @@ async def test_a_caller_whose_callback_cannot_be_taken_does_not_join_a_closed_qu
     """promo-lite's offer accepted while callbacks are off for a closed orders queue: no
     callback, and instead of queueing the caller hears the closed announcement and goes to the
     static fallback."""
-    await shipped.store.set_menu_mode("1000", "fallback")
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
     await shipped.store.set_queue_states(["orders"], "closed", "test", 1.0)
     await shipped.store.set_callback_modes(["orders"], "off", "test", 1.0)
     commands = await _call(shipped, ["1", "1"], "2.3")

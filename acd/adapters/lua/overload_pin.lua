@@ -8,7 +8,8 @@ local computed = redis.call('HGET', KEYS[1], 'computed') or ''
 if computed == '' then computed = '0' end
 local level = ARGV[1]
 if level == '' then level = computed end
-redis.call('HSET', KEYS[1], 'pinned', ARGV[1], 'level', level)
+-- The audit entry first: a script stops at its first failing command, so a change is never
+-- made without its entry.
 if ARGV[2] ~= '' then
   local after = ARGV[1]
   if after == '' then after = 'auto' end
@@ -16,4 +17,5 @@ if ARGV[2] ~= '' then
   redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*',
     'who', ARGV[2], 'what', 'overload', 'before', was, 'after', after, 'at', ARGV[3])
 end
+redis.call('HSET', KEYS[1], 'pinned', ARGV[1], 'level', level)
 return before

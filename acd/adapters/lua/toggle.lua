@@ -8,13 +8,14 @@ local before = {}
 for i = 6, #ARGV, 3 do
   local field, what, default = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local old = redis.call('HGET', KEYS[1], field) or default
+  -- The entry before the change: a script stops at its first failing command.
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
+    'who', who, 'what', what, 'before', old, 'after', value, 'at', now)
   if absent ~= '' and value == absent then
     redis.call('HDEL', KEYS[1], field)
   else
     redis.call('HSET', KEYS[1], field, value)
   end
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', maxlen, '*',
-    'who', who, 'what', what, 'before', old, 'after', value, 'at', now)
   before[#before + 1] = old
 end
 return before
