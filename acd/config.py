@@ -327,7 +327,8 @@ class BreakerSettings(_Frozen):
     failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     open_for: Annotated[float, Field(gt=0, le=3600)] = 30.0
     probes: Annotated[int, Field(ge=1, le=100)] = 1
-    # Opens when a leg brings a trunk's channels in use to this share of its capacity.
+    # The share of a trunk's capacity legs may use: above it, legs are refused (the next trunk
+    # takes them); a capacity limit, not a failure: the breaker does not open for it.
     saturation: Annotated[float, Field(gt=0, le=1)] = 1.0
     # Seconds a carrier has to ring or send early media; after that Dial gives up and the leg
     # counts as the carrier's failure (NOPROGRESS). Shorter than callbacks.ring_timeout.

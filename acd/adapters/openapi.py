@@ -115,7 +115,7 @@ def build_spec(
     trunk = _obj(
         {
             "state": {"enum": ["closed", "open", "half_open"]},
-            "reason": {"enum": ["failures", "saturated", "tripped", None]},
+            "reason": {"enum": ["failures", "tripped", None]},
             "tripped": {"type": "boolean"},
             "probes_out": {"type": "integer"},
             "role": {"enum": ["primary", "standby"]},

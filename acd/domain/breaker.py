@@ -9,9 +9,9 @@ A breaker is `closed` (legs go through), `open` (none do) or `half_open` (a few 
 through to see whether the trunk recovered). It opens, with the reason recorded:
 - `failures`: over the sliding window, the share of failed legs reaches `failure_rate` (with at
   least `min_calls` legs in the window); a failed probe opens it again;
-- `saturated`: a leg takes a channel that brings the trunk's channels in use to `saturation` of
-  its capacity;
 - `tripped`: by hand, until a supervisor resets it.
+A full trunk is no failure: it takes legs up to `saturation` of its capacity and refuses the
+ones above, whatever its breaker, and takes them again as soon as a channel is free.
 After `open_for` seconds (a trip waits for its reset) it is half-open: `probes` legs may take a
 channel, each holding a probe slot until its leg lets go of the channel; one failed probe opens
 it again, `probes` successful ones close it, a cancelled probe frees its slot.
@@ -36,7 +36,7 @@ from typing import Any, Literal, cast
 
 State = Literal["closed", "open", "half_open"]
 Role = Literal["primary", "standby"]
-Reason = Literal["failures", "saturated", "tripped"]
+Reason = Literal["failures", "tripped"]
 
 # The window is counted in this many buckets of window/BUCKETS seconds: the state stays small
 # whatever the traffic. A bucket counts while it ends inside the window, so the window reaches
@@ -59,7 +59,7 @@ class BreakerPolicy:
     failure_rate: float = 0.5  # opens at this share of failed calls in the window
     open_for: float = 30.0  # seconds open before probing
     probes: int = 1  # successful probe calls needed to close again
-    saturation: float = 1.0  # opens when a leg brings the channels in use to this share
+    saturation: float = 1.0  # the share of a trunk's capacity legs may use
 
     def __post_init__(self) -> None:
         if not (0 < self.failure_rate <= 1) or self.min_calls < 1 or self.probes < 1:
@@ -72,7 +72,8 @@ class BreakerPolicy:
         return self.window / BUCKETS
 
     def saturated_at(self, capacity: int) -> int:
-        """Channels in use at which a trunk of `capacity` counts as saturated (at least 1).
+        """Channels in use at which a trunk of `capacity` is full: it refuses further legs (at
+        least 1).
 
         >>> BreakerPolicy(saturation=0.7).saturated_at(10), BreakerPolicy().saturated_at(30)
         (7, 30)
@@ -115,17 +116,15 @@ class Breaker:
 
     def take(self, leg: str, now: float, in_use: int = 0, capacity: int | None = None) -> bool:
         """The leg `leg` asks for a channel of this trunk, which has `in_use` of its `capacity`
-        channels taken: whether it may have one. If so it is placed: while half-open it takes a
-        probe slot; while closed, a leg that brings the channels in use to `saturation` of the
-        capacity opens the breaker (the legs already placed, this one included, go on)."""
-        if capacity is not None and in_use >= capacity:
+        channels taken: whether it may have one. A full trunk (`saturation` of its capacity in
+        use) refuses it: a capacity limit, which says nothing of the carrier's health, so the
+        breaker does not change. If placed while half-open, it takes a probe slot."""
+        if capacity is not None and in_use >= self.policy.saturated_at(capacity):
             return False
         if not self.allows(now):
             return False
         if self.state(now) == "half_open":
             self.probe_legs.append(leg)
-        elif capacity is not None and in_use + 1 >= self.policy.saturated_at(capacity):
-            self._open(now, "saturated")
         return True
 
     def release(self, leg: str, now: float, success: bool | None) -> None:
@@ -194,13 +193,16 @@ class Breaker:
         if not raw:
             return breaker
         data: dict[str, Any] = json.loads(raw)
-        opened = data.get("opened_at")
-        breaker.opened_at = None if opened is None else float(opened)
+        # Open only for a reason this code opens for: a breaker an older version opened because
+        # its trunk was full loads closed (its window kept).
         reason = data.get("reason")
-        breaker.reason = cast("Reason", reason) if reason in _REASONS else None
+        known = reason in _REASONS
+        opened = data.get("opened_at") if known else None
+        breaker.opened_at = None if opened is None else float(opened)
+        breaker.reason = cast("Reason", reason) if known else None
         breaker.tripped_by = str(data.get("by") or "")
-        breaker.probe_legs = [str(leg) for leg in data.get("probes") or []]
-        breaker.probe_successes = int(data.get("successes") or 0)
+        breaker.probe_legs = [str(leg) for leg in data.get("probes") or []] if known else []
+        breaker.probe_successes = int(data.get("successes") or 0) if known else 0
         if data.get("bucket") == policy.bucket:
             breaker.buckets = [[int(n), int(c), int(f)] for n, c, f in data.get("buckets") or []]
         return breaker
@@ -237,7 +239,7 @@ class Breaker:
         self.buckets.sort()
 
 
-_REASONS = frozenset({"failures", "saturated", "tripped"})
+_REASONS = frozenset({"failures", "tripped"})
 
 
 @dataclass(frozen=True)

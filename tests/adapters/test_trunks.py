@@ -1,6 +1,6 @@
 """Trunk breakers shared in a real redis-server by two controllers (two TrunkBoards, each with its
-own store connection and node, one clock the test moves): outcomes, probe slots, capacity,
-saturation and trips are one state per trunk; and a flow's transfer node over a real FastAGI
+own store connection and node, one clock the test moves): outcomes, probe slots,
+capacity and trips are one state per trunk; and a flow's transfer node over a real FastAGI
 socket takes its trunk through the breakers."""
 
 from __future__ import annotations
@@ -185,26 +185,26 @@ async def test_a_transfer_whose_caller_hung_up_before_dial_says_nothing(pair: Pa
     assert (p1["in_use"], p1["window_calls"]) == (0, 0)
 
 
-async def test_capacity_holds_across_controllers_and_saturation_opens_for_both(
+async def test_capacity_holds_across_controllers_and_a_full_trunk_stays_closed(
     redis_url: str,
 ) -> None:
-    """Legs chosen at once through both controllers never exceed a trunk's capacity; the leg
-    that fills p1 opens its breaker (saturated), seen by the other controller; after open_for a
-    probe goes there again."""
+    """Legs chosen at once through both controllers never exceed a trunk's capacity; a full
+    trunk refuses the next legs (they go to the next trunk) without opening its breaker, and a
+    channel freed through one controller is taken at once through the other, every one of them
+    (it used to open the breaker, then let one probe leg through until that call ended)."""
     async for pair in _pair(redis_url):
         boards = [pair.a, pair.b] * 5
         chosen = await asyncio.gather(*(b.choose(f"leg{i}") for i, b in enumerate(boards)))
         assert sorted(str(c) for c in chosen) == ["p1"] * 3 + ["p2"] * 3 + ["s"] * 4
         assert len(await pair.store.trunk_legs("p1")) == 3
         p1 = (await pair.b.summary())["p1"]
-        assert (p1["state"], p1["reason"], p1["in_use"]) == ("open", "saturated", 3)
+        assert (p1["state"], p1["reason"], p1["in_use"]) == ("closed", None, 3)
+        assert await pair.b.choose("more") == "s"  # p1 and p2 are full
         for i, c in enumerate(chosen):
             if c == "p1":
                 await pair.a.ended("p1", f"leg{i}", "ANSWER")
-        assert await pair.b.choose("more") == "s"  # p2 is open (saturated) too, p1 still open
-        pair.clock.now += 30
-        assert await pair.b.choose("probe") == "p1"
-        assert (await pair.a.summary())["p1"]["state"] == "half_open"
+        assert [await pair.b.choose(f"again{i}") for i in range(4)] == ["p1", "p1", "p1", "s"]
+        assert (await pair.a.summary())["p1"]["state"] == "closed"
 
 
 async def test_a_trip_through_one_controller_holds_for_the_other_until_reset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -130,39 +131,43 @@ def test_trip_holds_it_open_until_reset() -> None:
     assert b.dumps() == ""
 
 
-def test_the_leg_that_saturates_a_trunk_opens_its_breaker() -> None:
-    """Saturation 1.0: the leg that takes the last channel is placed and opens the breaker
-    (saturated); the trunk then recovers like any open breaker: probes after open_for."""
+def test_a_full_trunk_refuses_legs_above_its_capacity_and_stays_closed() -> None:
+    """A full trunk is a capacity limit, not a failure: it takes legs up to its capacity and
+    refuses the next, its breaker closed; a freed channel takes a leg again at once (it used to
+    open the breaker, and half-open let one probe leg through until that call ended)."""
     b = Breaker("a", BreakerPolicy(open_for=30, probes=1, saturation=1.0))
     assert b.take("1", 0.0, 0, 2)
-    assert b.state(0.0) == "closed"
     assert b.take("2", 0.0, 1, 2)
-    assert (b.state(0.0), b.reason) == ("open", "saturated")
-    assert not b.take("3", 10.0, 0, 2)  # channels free again, but it is open
-    b.release("1", 10.0, True)
-    b.release("2", 10.0, True)
-    assert b.state(29.9) == "open"
-    assert b.take("p", 30.0, 0, 2)
-    assert not b.take("x", 30.0, 1, 2)  # one probe only
-    b.release("p", 31.0, True)
-    assert (b.state(31.0), b.reason) == ("closed", None)
+    assert (b.state(0.0), b.reason) == ("closed", None)
+    assert not b.take("3", 0.0, 2, 2)  # full
+    assert (b.state(0.0), b.reason) == ("closed", None)
+    b.release("1", 1.0, True)
+    assert b.take("3", 1.0, 1, 2)  # a channel is free: taken at once
+    assert b.take("4", 1.0, 0, 2)  # and both of them, no probe
+    assert b.state(1.0) == "closed"
 
 
-def test_saturation_is_a_share_of_the_capacity() -> None:
-    """Saturation 0.7 of 10 channels: the seventh leg opens it; a full trunk refuses a leg
-    whatever its breaker says."""
+def test_saturation_is_the_share_of_the_capacity_legs_may_use() -> None:
+    """Saturation 0.7 of 10 channels: seven legs, the eighth refused; the breaker stays closed.
+    A full trunk refuses a leg whatever its breaker says."""
     b = Breaker("a", BreakerPolicy(saturation=0.7))
-    for n in range(6):
+    for n in range(7):
         assert b.take(str(n), 0.0, n, 10)
-    assert b.state(0.0) == "closed"
-    assert b.take("6", 0.0, 6, 10)
-    assert b.reason == "saturated"
+    assert not b.take("7", 0.0, 7, 10)
+    assert (b.state(0.0), b.reason) == ("closed", None)
     assert not Breaker("c").take("x", 0.0, 10, 10)
 
 
-def test_a_probe_does_not_saturate() -> None:
-    """While half-open the probe may take a trunk's last channel: it is judged by its outcome,
-    not opened again for saturation."""
+def test_a_breaker_an_older_version_opened_for_saturation_loads_closed() -> None:
+    raw = json.dumps({"opened_at": 5.0, "reason": "saturated", "by": "", "probes": ["p"],
+                      "successes": 0, "bucket": POLICY.bucket, "buckets": [[0, 2, 0]]})  # fmt: skip
+    b = Breaker.loads("a", POLICY, raw)
+    assert (b.state(6.0), b.reason, b.probe_legs) == ("closed", None, [])
+    assert b.window(6.0) == (2, 0)
+
+
+def test_a_probe_may_take_the_last_channel() -> None:
+    """While half-open the probe may take a trunk's last channel: it is judged by its outcome."""
     b = _opened(BreakerPolicy(min_calls=3, failure_rate=0.5, open_for=30, probes=1))
     assert b.take("p", 40.0, 0, 1)
     assert b.state(40.0) == "half_open"
