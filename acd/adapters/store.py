@@ -9,7 +9,9 @@ Keys (all under the configured prefix P):
     P:avail:SKILL  sorted set of available agents, score = (10 - level) * 1e10 + idle since
     P:tiers        hash caller ID -> customer tier (e.g. vip)
     P:menu_mode    hash entry number -> normal | fallback | auto (absent: the entry's `mode`)
-    P:overload     hash: level (effective), computed, pinned ('' = auto), below_since, updated_at
+    P:overload     hash: level (effective), computed (the deployment's: the highest of the
+                   nodes' fresh reports), pinned ('' = auto), updated_at;
+                   P:overload_nodes: node -> "level time below_since", each governor's report
     P:callback:ID  hash of a callback a caller asked for (number, skill, the caller's original
                    score and join time, attempts, state pending|queued|answered|failed|expired|
                    unknown); P:callbacks:due orders the pending ones by when they may be dialled,
@@ -659,11 +661,31 @@ class RedisStore:
         level = await self._link.execute("HGET", self.key("overload"), "level")
         return int(level) if level is not None and str(level).isdigit() else 0
 
-    async def save_overload(self, computed: int, below_since: float | None, now: float) -> int:
-        """Store the governor's computed level; returns the effective level (a pin wins). One
-        script: a pin set between reading it and writing the level cannot be lost."""
-        args = [computed, "" if below_since is None else repr(below_since), repr(now)]
-        return int(await self._run(OVERLOAD_SAVE, [self.key("overload")], args))
+    async def save_overload(
+        self, computed: int, below_since: float | None, now: float, stale_after: float = 10.0
+    ) -> int:
+        """Store this node's computed level; returns the deployment's effective level: a pin,
+        else the highest level a controller reported within `stale_after` seconds. One script:
+        a pin set between reading it and writing the level cannot be lost."""
+        args = [
+            computed, "" if below_since is None else repr(below_since), repr(now),
+            self.node or "-", repr(stale_after),
+        ]  # fmt: skip
+        keys = [self.key("overload"), self.key("overload_nodes")]
+        return int(await self._run(OVERLOAD_SAVE, keys, args))
+
+    async def own_overload(self) -> tuple[int, float | None] | None:
+        """This node's last report (level, below_since), to go on from after a restart; None
+        when it has none."""
+        raw = await self._link.execute("HGET", self.key("overload_nodes"), self.node or "-")
+        level, _, rest = str(raw or "").partition(" ")
+        below = rest.partition(" ")[2]
+        if not level.isdigit():
+            return None
+        try:
+            return int(level), float(below) if below else None
+        except ValueError:
+            return int(level), None
 
     async def pin_overload(
         self, level: int | None, who: str = "", now: float | None = None

@@ -241,12 +241,8 @@ class Controller:
     async def _govern(self) -> None:
         """Recompute the overload level every `interval` seconds from what Redis holds."""
         await self.ready.wait()  # before AMI is up the governor would see a failure
-        overload = await self.store.overload()
-        below = overload.get("below_since") or ""
-        state = GovernorState(
-            level=int(overload.get("computed") or 0),
-            below_since=float(below) if below else None,
-        )
+        own = await self.store.own_overload()  # go on from this node's last report
+        state = GovernorState() if own is None else GovernorState(level=own[0], below_since=own[1])
         while True:
             try:
                 state = await self._govern_once(state)
@@ -266,7 +262,9 @@ class Controller:
         self._ami_down_since = link_down_since(self._ami_down_since, self.ami.connected, now)
         failure = link_failed(self._ami_down_since, now, self._policy)
         new = next_state(state, value, now, self._policy, failure=failure)
-        effective = await self.store.save_overload(new.level, new.below_since, now)
+        # A report older than three ticks is a controller that stopped: it no longer counts.
+        stale_after = 3 * self.settings.overload.interval
+        effective = await self.store.save_overload(new.level, new.below_since, now, stale_after)
         if new.level != state.level:
             log.info(
                 "overload.level_changed",

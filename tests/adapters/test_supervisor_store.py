@@ -51,7 +51,32 @@ async def test_the_governor_reports_the_pinned_level(store: RedisStore) -> None:
     await store.pin_overload(4, "bob", 2.0)
     assert await store.save_overload(1, None, 3.0) == 4
     raw = await store.overload()
-    assert (raw["computed"], raw["level"], raw["below_since"]) == ("1", "4", "")
+    assert (raw["computed"], raw["level"]) == ("1", "4")
+    assert await store.own_overload() == (1, None)
+
+
+async def test_the_deployment_has_one_level_the_highest_fresh_report(redis_url: str) -> None:
+    """Two controllers' governors tick in turn; node a's AMI link failed (it computes 4), node b
+    computes 2 from the same floor. The deployment is at 4 whoever writes last, instead of
+    flipping between 4 and 2 on every tick; when a stops reporting, its report no longer counts
+    after `stale_after`, and b's level holds. A pin still wins."""
+    a, b = RedisStore(redis_url, "t", node="a"), RedisStore(redis_url, "t", node="b")
+    try:
+        for tick in range(5):
+            now = 100.0 + 2 * tick
+            assert await a.save_overload(4, None, now, stale_after=6.0) == 4
+            assert await b.save_overload(2, 90.0, now + 1, stale_after=6.0) == 4
+            assert (await b.overload())["level"] == "4"
+        assert await b.own_overload() == (2, 90.0)
+        assert await b.save_overload(2, 90.0, 110.0, stale_after=6.0) == 4  # a's 108 is fresh
+        assert await b.save_overload(2, 90.0, 114.5, stale_after=6.0) == 2  # a stopped at 108
+        assert await a.own_overload() is None  # dropped with its report
+        await a.pin_overload(1, "alice", 115.0)
+        assert await b.save_overload(3, None, 116.0, stale_after=6.0) == 1
+        assert (await b.overload())["computed"] == "3"
+    finally:
+        await a.close()
+        await b.close()
 
 
 async def test_toggles_set_every_field_and_audit_each_in_one_step(store: RedisStore) -> None:
