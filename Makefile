@@ -18,7 +18,7 @@ typecheck:
 	$(BIN)/mypy
 
 unit:
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters --doctest-modules acd/domain acd/dispatch acd/adapters/redis_link.py acd/adapters/store.py
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters --doctest-modules acd/domain acd/dispatch acd/adapters/redis_link.py acd/adapters/store.py acd/runtime/alerts.py
 
 integration:
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration

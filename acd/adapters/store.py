@@ -32,6 +32,7 @@ Keys (all under the configured prefix P):
                    short_abandoned, fallback), moved with the journey event, expiring after
                    the live window
     P:audit        stream of supervisor changes (who, what, before, after), capped
+    P:alert:NAME, P:alerts:*  alert rules' statuses and the webhook's outbox (alert_store.py)
 Scripts build key names from the prefix, so this needs one Redis instance (not a cluster).
 """
 
@@ -989,12 +990,6 @@ class RedisStore:
         """on | off per queue (absent: on)."""
         raw = fields_of(await self._link.execute("HGETALL", self.key("callback_mode")))
         return {s: str(raw.get(s) or "on") for s in skills}
-
-    async def alert_changed(self, name: str, status: str) -> bool:
-        """Record an alert's new status; False when it already had it (another controller sent
-        it already)."""
-        before = await self._link.execute("SET", self.key("alert", name), status, "GET")
-        return bool(before != status)
 
     async def audit(self, who: str, what: str, before: str, after: str, now: float) -> None:
         entry = {"who": who, "what": what, "before": before, "after": after, "at": repr(now)}

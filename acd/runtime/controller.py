@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
+import uuid
 from typing import Any
 
-import aiohttp
 import structlog
 
 from acd.adapters import admin_api
+from acd.adapters.alert_store import AlertStore
 from acd.adapters.ami import AmiClient
 from acd.adapters.fastagi import AgiChannel, FastAgiServer
 from acd.adapters.leases import LeaseStore
@@ -39,6 +41,7 @@ from acd.domain.overload import (
     next_state,
 )
 from acd.errors import AmiActionFailed, AmiError, StoreUnavailable, UnknownName
+from acd.runtime.alerts import AlertSender
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
 from acd.runtime.journey import Recorder, report_targets
@@ -169,6 +172,13 @@ class Controller:
             )
             for r in settings.alerts.rules
         ]
+        self._alerts_loaded = False
+        self.alert_store = AlertStore(self.store.link, self.store.prefix, settings.asterisk.node)
+        self.alert_sender = (
+            AlertSender(self.alert_store, settings.alerts.webhook, settings.alerts.timeout)
+            if settings.alerts.webhook
+            else None
+        )
         self._agent_of_endpoint = {a.endpoint: a.id for a in settings.local_agents()}
         self.resyncs = 0
         self._listening: set[str] = set()
@@ -327,8 +337,17 @@ class Controller:
                 self.dispatcher.handed(uid)
 
     async def _check_alerts(self) -> None:
-        """Evaluate the alert rules on live figures; on a change, POST to the webhook. Redis
-        records each rule's state, so with several controllers a change is sent once."""
+        """Evaluate the alert rules on live figures; a change is recorded in Redis with its
+        notice for the webhook, in one step and once for the deployment (every controller
+        evaluates the rules). The notice is sent by the sender's own task: the tick never waits
+        on HTTP."""
+        if not self._alerts_loaded:
+            # A restarted controller goes on from the deployment's statuses: a rule that was
+            # firing resolves (and says so) when its figure is back.
+            statuses = await self.alert_store.statuses(r.name for r, _ in self._alert_rules)
+            for rule, state in self._alert_rules:
+                state.firing = statuses.get(rule.name) == "firing"
+            self._alerts_loaded = True
         now = time.time()
         queues = await self.queues()
         trunks = await self.trunks.summary()
@@ -338,9 +357,10 @@ class Controller:
         }
         for rule, state in self._alert_rules:
             change = alert_step(rule, state, queues, floor, now)
-            if change is None or not await self.store.alert_changed(rule.name, change):
+            if change is None:
                 continue
             payload = {
+                "id": uuid.uuid4().hex,
                 "alert": rule.name,
                 "status": change,
                 "figure": rule.figure,
@@ -351,23 +371,12 @@ class Controller:
                 "node": self.settings.asterisk.node,
                 "at": now,
             }
+            notice = json.dumps(payload) if self.alert_sender is not None else ""
+            if not await self.alert_store.change(rule.name, change, notice):
+                continue  # another controller saw it first
             log.warning("alert.changed", alert=rule.name, status=change, value=state.value)
-            await self._post_alert(payload)
-
-    async def _post_alert(self, payload: dict[str, Any]) -> None:
-        url = self.settings.alerts.webhook
-        if not url:
-            return
-        timeout = aiohttp.ClientTimeout(total=self.settings.alerts.timeout)
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as session,
-                session.post(url, json=payload) as response,
-            ):
-                if response.status >= 300:
-                    log.warning("alert.webhook_refused", status=response.status)
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            log.warning("alert.webhook_failed", error=str(exc) or type(exc).__name__)
+            if self.alert_sender is not None:
+                self.alert_sender.notify()
 
     # -- what the admin API steers -----------------------------------------------------------
 
@@ -646,6 +655,8 @@ class Controller:
                 tg.create_task(self.resync_on_demand(), name="resync-on-demand")
                 tg.create_task(self._admit_callbacks(), name="callbacks")
                 tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
+                if self.alert_sender is not None:
+                    tg.create_task(self.alert_sender.run(), name="alerts")
                 log.info("controller.started", node=self.settings.asterisk.node)
         finally:
             await asyncio.shield(self.recorder.flush())
