@@ -98,6 +98,7 @@ class RedisSettings(_Frozen):
 # Who changed what: the names the admin API knows its callers by (and records in the audit log).
 UserName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.@-]{1,64}$")]
 ADMIN_USER = "admin"  # the user of the generated token (`token_file`, or ACD_ADMIN_TOKEN)
+VIEWER_USER = "viewer"  # the user of the generated read-only token (`viewer_token_file`)
 MIN_TOKEN_LENGTH = 16
 _TOKEN = re.compile(r"^[A-Za-z0-9_.~+/=-]+\Z")
 
@@ -106,12 +107,16 @@ class AdminSettings(_Frozen):
     """The admin API: where it listens, and its bearer tokens. Each token belongs to a user,
     who is the `who` of every change it makes: the generated one (`token_file`, user `admin`)
     and named ones, user -> token file (`tokens`), or ACD_ADMIN_TOKENS="alice:TOKEN,...". There
-    is no default token: a missing or empty file is an error."""
+    is no default token: a missing or empty file is an error. Viewers' tokens only read (status,
+    metrics, wallboard, events; no callback numbers): the generated one (`viewer_token_file`, user
+    `viewer`, when the file exists) and named ones (`viewers`, or ACD_VIEWER_TOKENS)."""
 
     host: Host = "127.0.0.1"
     port: Port = 8088
     token_file: Path = Path(".state/admin.token")
     tokens: dict[UserName, Path] = Field(default_factory=dict)
+    viewer_token_file: Path = Path(".state/viewer.token")
+    viewers: dict[UserName, Path] = Field(default_factory=dict)
 
     @field_validator("tokens")
     @classmethod
@@ -119,6 +124,13 @@ class AdminSettings(_Frozen):
         if ADMIN_USER in tokens:
             raise ValueError(f"{ADMIN_USER!r} is the user of token_file; choose another name")
         return tokens
+
+    @field_validator("viewers")
+    @classmethod
+    def _not_viewer(cls, viewers: dict[str, Path]) -> dict[str, Path]:
+        if VIEWER_USER in viewers:
+            raise ValueError(f"{VIEWER_USER!r} is the user of viewer_token_file; choose another")
+        return viewers
 
 
 class Entry(_Frozen):
@@ -636,6 +648,55 @@ def admin_tokens(settings: Settings) -> dict[str, str]:
                 f"ACD_ADMIN_TOKENS: user {user!r} already has a token from {by_user[user][1]}"
             )
         by_user[user] = (token, f"ACD_ADMIN_TOKENS entry {n + 1}")
+    return _token_table(where, by_user)
+
+
+def viewer_tokens(settings: Settings, supervisors: Mapping[str, str]) -> dict[str, str]:
+    """The admin API's read-only tokens, token -> user: the generated one (`admin.
+    viewer_token_file`, user `viewer`, when the file exists), each `admin.viewers` user's file,
+    and the users of ACD_VIEWER_TOKENS ("wall:TOKEN,..."). Checked like `admin_tokens`; a viewer
+    may not share a name or a token with a supervisor (`supervisors`: admin_tokens)."""
+    where = f"{settings.source}: admin"
+    by_user: dict[str, tuple[str, str]] = {}
+    generated = settings.resolve(settings.admin.viewer_token_file)
+    if generated.exists():
+        by_user[VIEWER_USER] = (_read_token(generated, where, VIEWER_USER), "viewer_token_file")
+    for user, path in settings.admin.viewers.items():
+        file = settings.resolve(path)
+        by_user[user] = (_read_token(file, where, user), f"admin.viewers.{user} ({file})")
+    for n, item in enumerate(filter(None, os.environ.get("ACD_VIEWER_TOKENS", "").split(","))):
+        user, sep, token = item.strip().partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
+            raise ConfigError(
+                f"ACD_VIEWER_TOKENS: entry {n + 1} is not USER:TOKEN (user: 1-64 of A-Z a-z "
+                "0-9 _ . @ -)"
+            )
+        if user in by_user:
+            raise ConfigError(
+                f"ACD_VIEWER_TOKENS: user {user!r} already has a token from {by_user[user][1]}"
+            )
+        by_user[user] = (token, f"ACD_VIEWER_TOKENS entry {n + 1}")
+    names = set(supervisors.values())
+    for user, (token, origin) in by_user.items():
+        if user in names or token in supervisors:
+            raise ConfigError(
+                f"{where}: viewer {user!r} from {origin} shares a name or a token with a "
+                "supervisor; a read-only token must be a token of its own"
+            )
+    return _token_table(where, by_user)
+
+
+def _read_token(file: Path, where: str, user: str) -> str:
+    try:
+        return file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"{where}: the token file of {user!r}, {file}, cannot be read ({exc.strerror})"
+        ) from exc
+
+
+def _token_table(where: str, by_user: Mapping[str, tuple[str, str]]) -> dict[str, str]:
+    """token -> user, each token well-formed and each user's own."""
     out: dict[str, str] = {}
     for user, (token, origin) in by_user.items():
         if len(token) < MIN_TOKEN_LENGTH or not _TOKEN.match(token):

@@ -1,7 +1,8 @@
 """Admin HTTP API (aiohttp), bound to 127.0.0.1 by default, token-authenticated, JSON in and out.
 
 `/healthz` needs no token (it says only that the process answers); everything else needs
-`Authorization: Bearer TOKEN`. Every token belongs to a user (acd.config.admin_tokens), and that
+`Authorization: Bearer TOKEN`. A viewer's token only reads (VIEWER_READS: 403 on anything else),
+for wallboards and dashboards. Every token belongs to a user (acd.config.admin_tokens), and that
 user is who a change is audited under; an `X-Acd-User` header is kept only as detail beside it
 (`alice (cli:root)`): anyone holding a token can write any header. Bad requests get
 `{"error": {"code", "message"}}` with the right status, and nothing is half-applied: a request is
@@ -42,6 +43,12 @@ _REASON = re.compile(r"^[a-z0-9_-]{0,32}\Z")
 _CALLER = re.compile(r"^\+?[0-9]{2,32}\Z")
 _TIER = re.compile(r"^[a-z][a-z0-9_-]{0,39}\Z")
 _QUERY_TOKEN_PATHS = frozenset({"/wallboard", "/events"})
+# What a viewer's (read-only) token may GET: the floor's figures, never a change, nor the
+# callbacks' customer numbers.
+VIEWER_READS = frozenset(
+    {"/status", "/metrics", "/wallboard", "/events", "/readyz", "/queues", "/trunks", "/overload",
+     "/menu", "/agents", "/openapi.json"}
+)  # fmt: skip
 EVENTS_INTERVAL = 1.0  # seconds between two status pushes on /events
 EVENTS_DEPTH = 2  # status events a slow /events client may have queued; older ones are dropped
 
@@ -233,19 +240,26 @@ def build_app(
     spec: dict[str, Any] | None = None,
     *,
     events_interval: float = EVENTS_INTERVAL,
+    viewers: Mapping[str, str] | None = None,
 ) -> web.Application:
-    """The admin API. `tokens`: token -> the user it belongs to (a single string: user admin)."""
+    """The admin API. `tokens`: token -> the user it belongs to (a single string: user admin);
+    `viewers`: read-only tokens, token -> user (VIEWER_READS only)."""
     table = {tokens: ADMIN_USER} if isinstance(tokens, str) else dict(tokens)
     if not table or not all(table):
         raise ValueError("the admin API needs a token")
-    digests = [(_digest(token), user) for token, user in table.items()]
+    readers = dict(viewers or {})
+    if set(readers) & set(table):
+        raise ValueError("a viewer's token cannot be a supervisor's too")
+    digests = [(_digest(token), user, False) for token, user in table.items()]
+    digests += [(_digest(token), user, True) for token, user in readers.items()]
 
-    def user_of(given: str) -> str | None:
+    def user_of(given: str) -> tuple[str, bool] | None:
+        """The token's user and whether it only reads."""
         digest = _digest(given)
         found = None
-        for known, user in digests:  # every one compared: the time says nothing of which
+        for known, user, reads in digests:  # every one compared: the time says nothing of which
             if hmac.compare_digest(digest, known):
-                found = user
+                found = (user, reads)
         return found
 
     @web.middleware
@@ -258,9 +272,16 @@ def build_app(
             if not given and request.path in _QUERY_TOKEN_PATHS:
                 # A browser's EventSource cannot send headers: the wallboard passes ?token=.
                 given = request.query.get("token", "")
-            user = user_of(given) if given else None
-            if user is None:
+            found = user_of(given) if given else None
+            if found is None:
                 return _error(401, "unauthorized", "missing or wrong bearer token")
+            user, reads = found
+            if reads and (
+                request.method not in ("GET", "HEAD") or request.path not in VIEWER_READS
+            ):
+                return _error(
+                    403, "forbidden", "this token only reads status, metrics and the wallboard"
+                )
             request[USER] = user
         try:
             return await handler(request)

@@ -66,6 +66,7 @@ def _op(
         responses[str(code)] = _error(texts[code])
     if auth:
         responses["401"] = _error("Missing or wrong bearer token")
+        responses["403"] = _error("A viewer's token: it only reads status, metrics, wallboard")
     op: dict[str, Any] = {"summary": summary, "responses": responses}
     if body is not None:
         op["requestBody"] = _body(body)

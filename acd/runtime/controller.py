@@ -24,7 +24,7 @@ from acd.adapters.leases import LeaseStore
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
-from acd.config import Settings, admin_tokens, read_secret
+from acd.config import Settings, admin_tokens, read_secret, viewer_tokens
 from acd.dispatch.leases import LeaseKeeper, lease_length
 from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
@@ -158,6 +158,7 @@ class Controller:
             command_timeout=settings.agi.command_timeout,
         )
         self._admin_tokens = admin_tokens(settings)
+        self._viewer_tokens = viewer_tokens(settings, self._admin_tokens)
         self._policy = GovernorPolicy(
             thresholds=settings.overload.thresholds,
             hysteresis=settings.overload.hysteresis,
@@ -635,7 +636,9 @@ class Controller:
         await self.store.register_agents(
             self.settings.agents, time.time(), login=self.settings.agent_policy.auto_login
         )
-        app = admin_api.build_app(self._admin_tokens, self, self.openapi())
+        app = admin_api.build_app(
+            self._admin_tokens, self, self.openapi(), viewers=self._viewer_tokens
+        )
         admin = self.settings.admin
         try:
             async with asyncio.TaskGroup() as tg:

@@ -22,7 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from acd.adapters import admin_api
 from acd.adapters.fastagi import FastAgiServer
-from acd.config import admin_tokens, load_settings
+from acd.config import admin_tokens, load_settings, viewer_tokens
 from acd.domain.agent import IllegalTransition
 from acd.errors import (
     AcdError,
@@ -43,6 +43,7 @@ TOKENS = {
     "admin": "admin-token-0123456789abcdef",
     "alice": "alice-token-0123456789abcdef",
     "bob": "bob-token-0123456789abcdef",
+    "wall": "wall-token-0123456789abcdef",  # a viewer: reads only
 }
 INTERVAL = 0.1  # seconds between two /events pushes here
 
@@ -97,12 +98,15 @@ async def floor(
     monkeypatch.setenv("ACD_AMI_SECRET", "test-ami-secret")
     monkeypatch.delenv("ACD_ADMIN_TOKEN", raising=False)
     monkeypatch.setenv("ACD_ADMIN_TOKENS", f"bob:{TOKENS['bob']}")
+    monkeypatch.setenv("ACD_VIEWER_TOKENS", f"wall:{TOKENS['wall']}")
     settings = load_settings(tmp_path / "acd.yaml")
     controller = Controller(settings, load_checked_flows(settings))
     await controller.store.register_agents(settings.agents, time.time())
+    supervisors = admin_tokens(settings)
     app = admin_api.build_app(
-        admin_tokens(settings), controller, controller.openapi(), events_interval=INTERVAL
-    )
+        supervisors, controller, controller.openapi(), events_interval=INTERVAL,
+        viewers=viewer_tokens(settings, supervisors),
+    )  # fmt: skip
     decoded = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
     raw = aioredis.Redis.from_url(redis_server.url)
     async with TestServer(app, host="127.0.0.1") as server, TestClient(server) as client:
@@ -225,6 +229,28 @@ async def test_no_change_is_made_without_its_audit_entry(floor: Floor) -> None:
         ("alice", *entry) for _, _, _, entry in CHANGES
     ]
     assert floor.controller.ivr._flows is not flows
+
+
+async def test_a_viewers_token_reads_the_floor_and_changes_nothing(floor: Floor) -> None:
+    """A read-only token (for a wallboard) gets status, metrics, queues and the wallboard with its
+    events; every change, and the callbacks' customer numbers, answer 403 and leave every key
+    as it was."""
+    before = await floor.snapshot()
+    writes = [(m, p, b) for m, p, b, _ in CHANGES] + [(m, p, b) for m, p, b, *_ in REFUSED]
+    for method, path, body in writes:
+        status, reply = await floor.call(method, path, "wall", body)
+        assert (status, reply["error"]["code"]) == (403, "forbidden"), (path, reply)
+    assert await floor.snapshot() == before
+    assert (await floor.call("GET", "/callbacks", "wall"))[0] == 403
+    for path in ("/status", "/queues", "/agents", "/trunks", "/overload", "/menu"):
+        assert (await floor.call("GET", path, "wall"))[0] == 200, path
+    async with floor.client.get(
+        "/metrics", headers={"Authorization": "Bearer " + TOKENS["wall"]}
+    ) as r:
+        assert r.status == 200
+    async with floor.client.get("/wallboard", params={"token": TOKENS["wall"]}) as r:
+        assert r.status == 200
+    assert [a["who"] for a in await floor.audit()] == []
 
 
 async def test_an_agent_gone_from_redis_is_a_404(floor: Floor) -> None:

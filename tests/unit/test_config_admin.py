@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from acd.config import admin_tokens, load_settings
+from acd.config import admin_tokens, load_settings, viewer_tokens
 from acd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -23,6 +23,7 @@ BOB = "bob-token-0123456789abcdef"
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("ACD_ADMIN_TOKEN", raising=False)
     monkeypatch.delenv("ACD_ADMIN_TOKENS", raising=False)
+    monkeypatch.delenv("ACD_VIEWER_TOKENS", raising=False)
 
 
 def _deployment(
@@ -157,4 +158,64 @@ def test_the_failure_delay_of_the_overload_governor(tmp_path: Path) -> None:
     assert load_settings(REPO / "acd.yaml").overload.failure_after == 10
     path = _deployment(tmp_path, lambda c: c["overload"].update(failure_after=-1))
     with pytest.raises(ConfigError, match=r"overload\.failure_after: Input should be greater"):
+        load_settings(path)
+
+
+VIEWER = "viewer-token-0123456789abcdef"
+
+
+def test_viewers_tokens_come_from_the_generated_file_files_and_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The generated viewer token (when its file exists), admin.viewers files and
+    ACD_VIEWER_TOKENS; none of them needed."""
+    _file(tmp_path, "admin.token", ADMIN)
+    settings = load_settings(
+        _deployment(tmp_path, lambda c: c["admin"].update(viewer_token_file="viewer.token"))
+    )
+    assert viewer_tokens(settings, admin_tokens(settings)) == {}
+    _file(tmp_path, "viewer.token", VIEWER)
+    _file(tmp_path, "wall.token", "wall-token-0123456789abcdef")
+    monkeypatch.setenv("ACD_VIEWER_TOKENS", "grafana:grafana-token-0123456789")
+    path = _deployment(
+        tmp_path,
+        lambda c: c["admin"].update(
+            viewer_token_file="viewer.token", viewers={"wall": "wall.token"}
+        ),
+    )
+    settings = load_settings(path)
+    assert viewer_tokens(settings, admin_tokens(settings)) == {
+        VIEWER: "viewer",
+        "wall-token-0123456789abcdef": "wall",
+        "grafana-token-0123456789": "grafana",
+    }
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (f"alice:{VIEWER}", "shares a name or a token with a supervisor"),
+        (f"wall:{ADMIN}", "shares a name or a token with a supervisor"),
+        ("wall:short", "must be at least"),
+        ("wall", "is not USER:TOKEN"),
+    ],
+)
+def test_a_viewer_cannot_be_a_supervisor_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, env: str, message: str
+) -> None:
+    """A read-only token that is a supervisor's, or a viewer named like one, would make the
+    audit log or the roles ambiguous: refused with the reason."""
+    _file(tmp_path, "admin.token", ADMIN)
+    _file(tmp_path, "alice.token", ALICE)
+    monkeypatch.setenv("ACD_VIEWER_TOKENS", env)
+    settings = load_settings(
+        _deployment(tmp_path, lambda c: c["admin"].update(tokens={"alice": "alice.token"}))
+    )
+    with pytest.raises(ConfigError, match=message):
+        viewer_tokens(settings, admin_tokens(settings))
+
+
+def test_a_viewer_named_viewer_is_refused(tmp_path: Path) -> None:
+    path = _deployment(tmp_path, lambda c: c["admin"].update(viewers={"viewer": "v.token"}))
+    with pytest.raises(ConfigError, match="is the user of viewer_token_file"):
         load_settings(path)
