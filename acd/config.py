@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 
+from acd.domain.dialing import DEFAULT_BLOCKED, Allowed, DialPolicy, refusal
 from acd.domain.flow import NUMBER_RE
 from acd.domain.hours import BusinessHours, parse_window
 from acd.errors import ConfigError
@@ -384,6 +385,43 @@ class AlertRuleSettings(_Frozen):
         return self
 
 
+DigitPrefix = Annotated[str, StringConstraints(pattern=r"^[0-9]{0,12}$")]
+
+
+class DialRule(_Frozen):
+    """Numbers starting with `prefix` ('' = any) of `min_length` to `max_length` digits."""
+
+    prefix: DigitPrefix = ""
+    min_length: Annotated[int, Field(ge=2, le=20)] = 5
+    max_length: Annotated[int, Field(ge=2, le=20)] = 16
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.min_length > self.max_length:
+            raise ValueError("min_length is more than max_length")
+        return self
+
+
+class DialPolicySettings(_Frozen):
+    """Which numbers the engine may dial out (callbacks, flow transfers, overflow): one of
+    `allowed`, not international (+ or 00) unless `international`, never a `blocked_prefixes`
+    one (premium rate). Against toll fraud: callers key callback numbers, flows may transfer to
+    what a caller keyed."""
+
+    allowed: Annotated[list[DialRule], Field(min_length=1)] = Field(
+        default_factory=lambda: [DialRule()]
+    )
+    international: bool = False
+    blocked_prefixes: list[DigitPrefix] = Field(default_factory=lambda: list(DEFAULT_BLOCKED))
+
+    def to_domain(self) -> DialPolicy:
+        return DialPolicy(
+            allowed=tuple(Allowed(r.prefix, r.min_length, r.max_length) for r in self.allowed),
+            international=self.international,
+            blocked=tuple(self.blocked_prefixes),
+        )
+
+
 class AlertSettings(_Frozen):
     """Alerts POSTed as JSON to `webhook` when a rule starts firing and when it resolves."""
 
@@ -419,6 +457,7 @@ class Settings(_Frozen):
     breaker: BreakerSettings = BreakerSettings()
     reports: ReportSettings = ReportSettings()
     alerts: AlertSettings = AlertSettings()
+    dial_policy: DialPolicySettings = DialPolicySettings()
     # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
     # not absolute precedence: a regular caller who has waited longer than that is served first.
     tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)
@@ -463,6 +502,14 @@ class Settings(_Frozen):
         for i, rule in enumerate(self.alerts.rules):
             if rule.queue is not None and rule.queue not in known:
                 raise ValueError(f"alerts.rules[{i}].queue: unknown queue {rule.queue!r}")
+        policy = self.dial_policy.to_domain()
+        for skill in self.skills:
+            over = skill.overflow_to
+            if over is not None and (why := refusal(policy, over.number)):
+                raise ValueError(
+                    f"skills.{skill.name}.overflow_to.number: {over.number!r} is outside "
+                    f"the dial policy ({why})"
+                )
         if self.callbacks.hours is not None and self.callbacks.hours not in self.hours:
             raise ValueError(f"callbacks.hours: {self.callbacks.hours!r} is not a key of hours")
         if self.asterisk.node in self.nodes:

@@ -96,3 +96,11 @@ class StoreReplyError(StoreUnavailable):
     cannot serve it falls back here too."""
 
     retriable = False
+
+
+class DialRefused(AcdError):
+    """A number outside the dial policy (acd.domain.dialing): never dialled."""
+
+    def __init__(self, number: str, why: str) -> None:
+        super().__init__(f"number of {len(number)} characters refused by the dial policy: {why}")
+        self.why = why

@@ -24,6 +24,7 @@ from acd.config import Settings
 from acd.domain.agent import AgentEvent
 from acd.domain.call import Call, CallState
 from acd.domain.callback import CallbackPolicy, Done, after_attempt, may_dial
+from acd.domain.dialing import refusal
 from acd.errors import AmiActionFailed, AmiError
 from acd.protocol.ami import AmiMessage
 from acd.runtime.ivr import CALLBACK_NUMBER
@@ -81,6 +82,7 @@ class CallbackAttempts:
         cb = settings.callbacks
         self._policy = CallbackPolicy(cb.attempts, cb.retry_delay, cb.expiry, cb.share)
         self._hours = settings.hours[cb.hours].to_domain() if cb.hours else None
+        self._dial_policy = settings.dial_policy.to_domain()
         self._entry_number = settings.entries[0].number
         self.dialled = 0
 
@@ -120,8 +122,9 @@ class CallbackAttempts:
             uniqueid=claim.uid, callback=callback, queue=claim.skill, agent=claim.agent_id
         )
         with bound:
-            if not CALLBACK_NUMBER.match(number):
-                log.error("dispatch.callback_bad_number")
+            if not CALLBACK_NUMBER.match(number) or refusal(self._dial_policy, number):
+                # Checked when the caller asked; the policy may have changed since.
+                log.error("dispatch.callback_bad_number", reason=refusal(self._dial_policy, number))
                 await self._close_attempt(callback, claim.uid, now, "failed", "")
                 await self._forget(claim.uid)
                 return

@@ -26,6 +26,7 @@ from acd.config import Entry, Settings
 from acd.domain.breaker import failure_status
 from acd.domain.call import CallState
 from acd.domain.callback import OVERFLOW_LEVEL, before_queueing
+from acd.domain.dialing import refusal
 from acd.domain.ewt import escalated_wait, estimated_wait
 from acd.domain.flow import (
     DTMF,
@@ -45,7 +46,7 @@ from acd.domain.flow import (
     Step,
     Transfer,
 )
-from acd.errors import AcdError, AgiHangup
+from acd.errors import AcdError, AgiHangup, DialRefused
 from acd.runtime.load import LoadCache
 from acd.runtime.trunks import NoTrunkFree
 
@@ -147,6 +148,7 @@ class IvrService:
         `claimed` holds them (else None: nobody claimed yet)."""
         self._claim_batch = claim_batch
         self._settings = settings
+        self._dial_policy = settings.dial_policy.to_domain()
         self._load = load if load is not None else LoadCache(store, settings.skill_names())
         self._flows = dict(flows)
         self._entries = {e.number: e for e in settings.entries}
@@ -428,11 +430,16 @@ class IvrService:
         self._on_callback()
         return True
 
+    def may_call_back(self, number: str) -> bool:
+        """A number we can take for a callback: well-formed and inside the dial policy."""
+        return bool(CALLBACK_NUMBER.match(number)) and refusal(self._dial_policy, number) is None
+
     async def confirm_number(self, channel: AgiChannel, caller_id: str) -> str | None:
         """Which number to call back: the caller ID, confirmed with '#', or another one keyed in
         and ended with '#', which is read back and confirmed with '#' in its turn (or replaced by
         yet another). Three rounds; None when no valid number was confirmed."""
-        usable = caller_id if CALLBACK_NUMBER.match(caller_id) else ""
+        policy = self._dial_policy
+        usable = caller_id if self.may_call_back(caller_id) else ""
         for _ in range(3):
             if usable:
                 digit = _dtmf_or_nothing(
@@ -459,6 +466,13 @@ class IvrService:
                 keyed += digit
                 digit = _dtmf_or_nothing(await channel.wait_for_digit(5000))
             if CALLBACK_NUMBER.match(keyed):
+                why = refusal(policy, keyed)
+                if why is not None:
+                    # Outside the dial policy (international, premium rate...): the caller
+                    # hears so and may key another number.
+                    log.info("ivr.callback_number_refused", reason=why, length=len(keyed))
+                    await channel.stream_file("acd/callback-number-refused")
+                    continue
                 usable = keyed  # read back next round, for the caller to confirm
                 continue
             if keyed:
@@ -602,6 +616,9 @@ class IvrService:
         """Send the caller to the standby destination over the best trunk; False when no trunk
         can take the leg (the caller then queues)."""
         channel = call.channel
+        if refusal(self._dial_policy, number) is not None:  # the configuration is checked too
+            log.error("ivr.overflow_refused", queue=step.skill)
+            return False
         trunk = await trunks.choose(channel.uniqueid)
         if trunk is None:
             log.warning("ivr.overflow_no_trunk", queue=step.skill)
@@ -621,6 +638,13 @@ class IvrService:
         flow's fallback node, else the dialplan's static path (static menu, fallback queue)."""
         channel = call.channel
         trunk = step.trunk
+        why = refusal(self._dial_policy, step.number)
+        if why is not None:
+            # A number outside the dial policy (a caller's keyed digits, a lookup's field): the
+            # caller hears so, and the flow goes on at its fallback node.
+            log.warning("ivr.transfer_refused", node=step.node, reason=why)
+            await channel.stream_file("acd/number-refused")
+            raise DialRefused(step.number, why)
         if self._trunks is not None:
             chosen = await self._trunks.choose(channel.uniqueid, prefer=step.trunk)
             if chosen is None:

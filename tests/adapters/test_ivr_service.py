@@ -284,6 +284,30 @@ async def test_a_callback_number_is_confirmed_or_keyed_and_validated(
     )
 
 
+@pytest.mark.parametrize(
+    ("caller", "digits", "refused"),
+    [
+        # an international caller ID is not offered: the caller keys a premium number (refused,
+        # and says so), then a national one, read back and confirmed
+        ("+441234567890", ["1", "1", *"19001234567#", *"13800000009#", "#"], 1),
+        # keyed international (00) then a national number
+        ("anonymous", ["1", "1", *"0044123456789#", *"13800000009#", "#"], 1),
+    ],
+)  # fmt: skip
+async def test_a_callback_number_outside_the_dial_policy_is_refused_and_another_asked(
+    shipped: Harness, caller: str, digits: list[str], refused: int
+) -> None:
+    """The dial policy (acd.yaml's default: national numbers, no premium rate) applies to
+    callback numbers: the caller hears that the number cannot be called back and keys another;
+    the refused number is never recorded."""
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
+    commands = await _call(shipped, digits, "2.5", caller=caller)
+    streamed = [w[2] for w in commands if w[:2] in PROMPTS]
+    assert streamed.count("acd/callback-number-refused") == refused
+    assert streamed.count("acd/callback-number-is") == 1  # only the number it may call
+    assert (await shipped.store.callback("2.5"))["number"] == "13800000009"
+
+
 async def test_no_callback_number_means_the_caller_queues_instead(shipped: Harness) -> None:
     """Accepting the offer but giving no number twice: no callback, the caller queues."""
     await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)

@@ -295,6 +295,37 @@ async def _transfer_call(redis_url: str, board: TrunkBoard, fallback: str, uid: 
         return await _converse(peer, {})
 
 
+async def test_a_flow_transfer_to_a_number_outside_the_dial_policy_is_never_dialled(
+    redis_url: str, pair: Pair
+) -> None:
+    """A flow transfers to a premium-rate number (a lookup's field, a caller's keys or, here, a
+    slip in the flow): the caller hears that it cannot be dialled, no trunk channel is taken, no
+    dial string reaches the dialplan, and the flow goes on at its fallback (a queue)."""
+    catalog = Catalog(skills=frozenset({"presale"}), trunks=frozenset({"p1", "p2", "s"}))
+    text = TRANSFER.format(fallback="q").replace("4008001234", "19001234567") + QUEUE_NODE
+    flow = compile_flow(text, "transfer.yaml", catalog)
+    queued: list[str] = []
+    async with _ivr_on_agi(redis_url, pair.a, {"promo": flow, "promo-lite": flow}, queued) as (
+        _,
+        port,
+    ):
+        peer = await FakeAsterisk.call(port, uniqueid="t-prem", env={"arg_1": "1000"})
+        commands, variables = [], {}
+        while line := (await peer.reader.readline()).decode():
+            words = shlex.split(line)
+            commands.append(words)
+            if words[:2] == ["SET", "VARIABLE"]:
+                variables[words[2]] = words[3]
+            await peer.reply("200 result=1" if words[:2] == ["SET", "VARIABLE"] else "200 result=0")
+        peer.close()
+    assert ["STREAM", "FILE", "acd/number-refused", ""] in commands
+    assert "ACD_TRANSFER_DIAL" not in variables
+    assert (variables["ACD_RESULT"], variables["ACD_QUEUE"]) == ("queued", "presale")
+    assert queued == ["presale"]
+    for name in ("p1", "p2", "s"):
+        assert await pair.store.trunk_legs(name) == {}
+
+
 async def test_a_flow_transfer_prefers_its_trunk_then_the_best_other(
     redis_url: str, pair: Pair
 ) -> None:
