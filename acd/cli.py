@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from acd import logs
-from acd.config import Settings, load_settings, read_secret
+from acd.config import Settings, load_settings, read_secret, redis_url
 from acd.errors import AcdError, ConfigError
 
 DEFAULT_CONFIG = os.environ.get("ACD_CONFIG", "acd.yaml")
@@ -355,7 +355,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
         raise AcdError("--from must be before --to")
 
     async def read() -> list[dict[str, str]]:
-        store = RedisStore(settings.redis.url, settings.redis.prefix)
+        store = RedisStore(redis_url(settings), settings.redis.prefix)
         try:
             # A day before, to recognise repeat callers; calls that end after --to, to know how.
             return await store.journey_range(start - REPEAT_WINDOW, end + 4 * 3600)

@@ -24,7 +24,7 @@ from acd.adapters.leases import LeaseStore
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
-from acd.config import Settings, admin_tokens, read_secret, viewer_tokens
+from acd.config import Settings, admin_tokens, read_secret, redis_url, viewer_tokens
 from acd.dispatch.leases import LeaseKeeper, lease_length
 from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
@@ -90,7 +90,7 @@ class Controller:
         self.settings = settings
         ami = settings.asterisk.ami
         self.store = RedisStore(
-            settings.redis.url,
+            redis_url(settings),
             settings.redis.prefix,
             settings.escalation_rules(),
             node=settings.asterisk.node,

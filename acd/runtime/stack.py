@@ -20,12 +20,12 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import structlog
 import uvloop
 
-from acd.config import Settings, read_secret
+from acd.config import Settings, read_secret, redis_password
 from acd.domain.flow import Flow
 from acd.errors import AcdError, ConfigError
 from acd.runtime import asterisk
@@ -69,17 +69,29 @@ class RedisProcess:
     """The redis-server `acd up` started (or None if one already answered): restarted when it
     dies, from its append-only file, so what the controllers wrote survives."""
 
-    def __init__(self, host: str, port: int, data: Path) -> None:
+    def __init__(self, host: str, port: int, data: Path, password: str | None = None) -> None:
         self.host, self.port, self.data = host, port, data
+        self.password = password
         self.proc: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+
+    def _config(self) -> Path:
+        """The server's configuration: the shipped one, and the password (in a file only its
+        owner reads, not on the command line, where `ps` would show it)."""
+        if self.password is None:
+            return REDIS_CONF
+        conf = self.data / "redis-acd.conf"
+        conf.touch(mode=0o600)
+        conf.chmod(0o600)
+        conf.write_text(f"include {REDIS_CONF}\nrequirepass {self.password}\n", encoding="utf-8")
+        return conf
 
     def start(self) -> None:
         with (self.data / "redis.log").open("ab") as out:
             self.proc = subprocess.Popen(
                 [
                     "redis-server",
-                    str(REDIS_CONF),
+                    str(self._config()),
                     "--port",
                     str(self.port),
                     "--dir",
@@ -109,6 +121,25 @@ class RedisProcess:
             _stop(self.proc, "redis-server")
 
 
+def _check_password(settings: Settings, host: str, port: int) -> None:
+    """A Redis that already answers must take the password the controllers will log in with
+    (else they would fail on every command): a clear error now instead."""
+    password = redis_password(settings)
+    if password is None:
+        return
+    user = unquote(urlparse(settings.redis.url).username or "")
+    words = [b"AUTH", *([user.encode()] if user else []), password.encode()]
+    command = b"*%d\r\n" % len(words) + b"".join(b"$%d\r\n%s\r\n" % (len(w), w) for w in words)
+    with socket.create_connection((host, port), timeout=3) as sock:
+        sock.sendall(command)
+        reply = sock.recv(512).decode(errors="replace").strip()
+    if not reply.startswith("+OK"):
+        raise ConfigError(
+            f"{settings.source}: the Redis on {host}:{port} refuses our password ({reply[:80]}); "
+            "give it `requirepass` from redis.password_file, or the URL its own password"
+        )
+
+
 @contextlib.contextmanager
 def redis_server(settings: Settings) -> Iterator[RedisProcess | None]:
     """Start redis-server on the configured address unless one already answers there."""
@@ -119,13 +150,17 @@ def redis_server(settings: Settings) -> Iterator[RedisProcess | None]:
     host, port = _redis_address(settings)
     if _port_open(host, port):
         log.info("stack.redis_found", host=host, port=port)
+        _check_password(settings, host, port)
         yield None
         return
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise ConfigError(f"{settings.source}: redis.url: nothing answers on {host}:{port}")
     data = state_dir(settings) / "redis"
     data.mkdir(exist_ok=True)
-    redis = RedisProcess(host, port, data)
+    password = redis_password(settings)
+    if password is None:
+        log.warning("stack.redis_without_password", hint="run `make setup` (.state/redis.secret)")
+    redis = RedisProcess(host, port, data, password)
     try:
         redis.start()
         yield redis

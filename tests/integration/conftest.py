@@ -75,7 +75,11 @@ def deployment_config(state: Path) -> dict[str, Any]:
     ast["hold_period"] = 10
     ast["ring_timeout"] = 8
     config["agi"] = {"host": "127.0.0.1", "port": PORTS["agi"]}
-    config["redis"] = {"url": f"redis://127.0.0.1:{PORTS['redis']}/0", "prefix": "acdtest"}
+    config["redis"] = {
+        "url": f"redis://127.0.0.1:{PORTS['redis']}/0",
+        "prefix": "acdtest",
+        "password_file": str(state / "redis.secret"),
+    }
     config["admin"] = {
         "host": "127.0.0.1",
         "port": PORTS["admin"],
@@ -279,13 +283,15 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("state")
     workdir = tmp_path_factory.mktemp("sipp")
-    for name in ("ami.secret", "admin.token", "agent-phones.secret"):
+    for name in ("ami.secret", "admin.token", "agent-phones.secret", "redis.secret"):
         (state / name).write_text(secrets.token_urlsafe(24))
         os.chmod(state / name, 0o600)
     config_path = state / "acd-test.yaml"
     config_path.write_text(yaml.safe_dump(deployment_config(state)))
     settings = load_settings(config_path)
-    client = redis.Redis(port=PORTS["redis"], decode_responses=True)
+    client = redis.Redis(
+        port=PORTS["redis"], password=(state / "redis.secret").read_text(), decode_responses=True
+    )
     orders = OrderService(workdir)
     orders.start()
     st = Stack(

@@ -65,7 +65,11 @@ def node_config(stack: Stack, name: str, state: Path) -> dict[str, Any]:
     ast["ami"] = {**ast["ami"], "port": me["ami"]}
     config["agi"] = {"host": "127.0.0.1", "port": me["agi"]}
     config["admin"] = {**config["admin"], "port": me["admin"]}
-    config["redis"] = {"url": stack.settings.redis.url, "prefix": PREFIX}
+    config["redis"] = {
+        "url": stack.settings.redis.url,
+        "prefix": PREFIX,
+        "password_file": str(stack.settings.redis.password_file),
+    }
     config["agent_contact"] = {"host": "127.0.0.1", "port": AGENTS_PORT}
     config["agents"] = [
         {**agent, "node": HOME[agent["id"]]} for agent in config["agents"] if agent["id"] in HOME

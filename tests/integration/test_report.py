@@ -31,6 +31,7 @@ import pytest
 import yaml
 
 from acd.adapters.store import RedisStore
+from acd.config import redis_url
 from acd.domain.report import LIVE_FIELDS, live_minutes, live_service_level
 from tests.integration import sipp
 from tests.integration.conftest import PORTS, REPO, EventLog, Stack, until
@@ -134,7 +135,7 @@ def _acd(stack: Stack, *args: str, config: Path | None = None) -> subprocess.Com
 @pytest.fixture
 async def store(stack: Stack) -> AsyncIterator[RedisStore]:
     """The stack's Redis, as a controller sees it."""
-    s = RedisStore(stack.settings.redis.url, stack.settings.redis.prefix)
+    s = RedisStore(redis_url(stack.settings), stack.settings.redis.prefix)
     yield s
     await s.close()
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from acd.config import load_settings
+from acd.adapters.redis_link import parse_url
+from acd.config import load_settings, redis_url
 from acd.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -117,3 +118,38 @@ def test_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     """A configuration path that does not exist is reported as such."""
     with pytest.raises(ConfigError, match="cannot read"):
         load_settings(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("url", "file", "env", "expected"),
+    [
+        ("redis://127.0.0.1:6379/0", None, None, "redis://127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:6379/0", "s3cret", None, "redis://:s3cret@127.0.0.1:6379/0"),
+        ("redis://127.0.0.1:6379/0", "s3cret", "p@ss/w", "redis://:p%40ss%2Fw@127.0.0.1:6379/0"),
+        ("redis://:own@127.0.0.1:6379/0", "s3cret", None, "redis://:own@127.0.0.1:6379/0"),
+        ("rediss://acd@[::1]:6380/2", "s3cret", None, "rediss://acd:s3cret@[::1]:6380/2"),
+        ("unix:///run/r.sock?db=1", "s3cret", None, "unix:///run/r.sock?db=1&password=s3cret"),
+    ],
+)
+def test_the_redis_password_joins_the_url_when_it_has_none(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    file: str | None,
+    env: str | None,
+    expected: str,
+) -> None:
+    """Redis's password: the URL's own, else ACD_REDIS_PASSWORD, else the generated file's when
+    it exists; the clients log in with the URL that carries it."""
+    monkeypatch.delenv("ACD_REDIS_PASSWORD", raising=False)
+    if env is not None:
+        monkeypatch.setenv("ACD_REDIS_PASSWORD", env)
+    if file is not None:
+        (tmp_path / "redis.secret").write_text(file + "\n")
+    settings = load_settings(
+        REPO / "acd.yaml",
+        {"redis": {"url": url, "password_file": str(tmp_path / "redis.secret")}},
+    )
+    assert redis_url(settings) == expected
+    address = parse_url(expected)
+    assert address.password == (env or ("own" if ":own@" in url else file) or "")
