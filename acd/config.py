@@ -462,6 +462,9 @@ class Settings(_Frozen):
     reports: ReportSettings = ReportSettings()
     alerts: AlertSettings = AlertSettings()
     dial_policy: DialPolicySettings = DialPolicySettings()
+    # Callers' numbers in the controller's log lines (off: logs outlive the retention rules of
+    # customer data; an operator tracing one caller may turn it on for the time it takes).
+    log_caller_ids: bool = False
     # Seconds of head start in the queue per customer tier (unlisted tiers: none). A head start,
     # not absolute precedence: a regular caller who has waited longer than that is served first.
     tiers: dict[Name, Annotated[float, Field(ge=0, le=3600)]] = Field(default_factory=dict)

@@ -194,7 +194,7 @@ class IvrService:
         with structlog.contextvars.bound_contextvars(flow=flow.name, entry=entry.number):
             log.info(
                 "ivr.call_arrived",
-                caller_id=caller_id,
+                **({"caller_id": caller_id} if self._settings.log_caller_ids else {}),
                 tier=facts.tier,
                 menu_mode=mode,
                 overload_level=facts.overload_level,

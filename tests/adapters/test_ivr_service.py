@@ -381,3 +381,20 @@ async def test_a_caller_whose_enqueue_meets_a_hung_redis_takes_the_static_path_a
         assert "queued" in results  # it had been told, and was told otherwise
         assert silence < 4 * 0.5  # two attempts (the queue, then the fallback's), 0.5 s each
         assert harness.queued == []
+
+
+async def test_no_caller_number_reaches_the_logs(
+    shipped: Harness, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logs outlive the retention rules of customer data: a call whose caller ID, keyed callback
+    numbers (one refused by the dial policy, one accepted) and menu choices all go through the
+    IVR leaves none of those numbers in the controller's log lines (`log_caller_ids` is off by
+    default; the caller ID was logged at arrival before)."""
+    await shipped.store.set_menu_modes({"1000": "normal"}, "fallback", "test", 0.0)
+    digits = ["1", "1", *"19007654321#", *"13912345678#", "#"]
+    await _call(shipped, digits, "2.9", caller="13811112222")
+    assert (await shipped.store.callback("2.9"))["number"] == "13912345678"
+    logged = "".join(capsys.readouterr())
+    assert "ivr.callback_requested" in logged  # the call was logged
+    for number in ("13811112222", "19007654321", "13912345678"):
+        assert number not in logged
