@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -270,8 +271,12 @@ class FastAgiServer:
         port: int = 4573,
         header_timeout: float = 5.0,
         command_timeout: float = 30.0,
+        secret: str | None = None,
     ) -> None:
+        """`secret`: when set, every route is reached only as SECRET/route (the dialplan's
+        ACD_AGI carries it), so a local process that is not Asterisk drives none."""
         self._routes = dict(routes)
+        self._secret = secret
         self._host = host
         self.port = port
         self._header_timeout = header_timeout
@@ -317,10 +322,18 @@ class FastAgiServer:
             env, backlog = received
             script = env.variables.get("network_script") or env.variables.get("request", "")
             route = route_of_script(script)
-            handler = self._routes.get(route)
             uniqueid = env.variables.get("uniqueid", "")
+            if self._secret is not None:
+                given, _, route = route.partition("/")
+                if not hmac.compare_digest(given.encode(), self._secret.encode()):
+                    # Not Asterisk (or not ours): nothing is said of why, nor logged of it.
+                    log.warning("agi.refused", peer=peer, uniqueid=uniqueid[:64])
+                    return
+            handler = self._routes.get(route)
             if handler is None:
-                log.warning("agi.unknown_route", route=route, script=script, uniqueid=uniqueid)
+                # The raw script carries the secret, when there is one: the route only then.
+                shown = {"script": script} if self._secret is None else {}
+                log.warning("agi.unknown_route", route=route[:64], uniqueid=uniqueid, **shown)
                 return
             channel = AgiChannel(
                 reader,

@@ -22,7 +22,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from acd.config import Settings, read_secret
+from acd.config import Settings, agi_secret, read_secret
 from acd.errors import ConfigError
 
 ROOT_MARKER = ".acd-root"
@@ -249,7 +249,9 @@ writetimeout = 1000
 
 def _globals_conf(settings: Settings) -> str:
     a = settings.asterisk
-    return f"""ACD_AGI = agi://{settings.agi.host}:{settings.agi.port}
+    secret = agi_secret(settings)
+    path = f"/{secret}" if secret else ""
+    return f"""ACD_AGI = agi://{settings.agi.host}:{settings.agi.port}{path}
 ACD_NODE = {a.node}
 ACD_HOLD_PERIOD = {a.hold_period}
 ACD_HOLD_LIMIT = {a.hold_limit}

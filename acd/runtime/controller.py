@@ -24,7 +24,14 @@ from acd.adapters.leases import LeaseStore
 from acd.adapters.lookup import LookupClient
 from acd.adapters.openapi import build_spec
 from acd.adapters.store import RedisStore
-from acd.config import Settings, admin_tokens, read_secret, redis_url, viewer_tokens
+from acd.config import (
+    Settings,
+    admin_tokens,
+    agi_secret,
+    read_secret,
+    redis_url,
+    viewer_tokens,
+)
 from acd.dispatch.leases import LeaseKeeper, lease_length
 from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
@@ -156,6 +163,7 @@ class Controller:
             host=settings.agi.host,
             port=settings.agi.port,
             command_timeout=settings.agi.command_timeout,
+            secret=agi_secret(settings),
         )
         self._admin_tokens = admin_tokens(settings)
         self._viewer_tokens = viewer_tokens(settings, self._admin_tokens)

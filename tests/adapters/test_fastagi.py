@@ -266,6 +266,45 @@ async def test_unknown_route_is_logged_and_closed() -> None:
     assert unknown["route"] == "outbound"
 
 
+SECRET = "agi-secret-0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["agent?x=1", "callback", "agi://127.0.0.1:4573/agent", f"{SECRET[:-1]}X/agent",
+     f"/{SECRET}", "", f"{SECRET}agent"],
+)  # fmt: skip
+async def test_with_a_secret_a_route_without_it_is_refused(script: str) -> None:
+    """A local process that is not Asterisk (it does not know the secret the dialplan puts in
+    ACD_AGI) drives no route: its session is closed before any handler runs, and the secret
+    is not logged."""
+    ran: list[str] = []
+
+    async def agent(ch: AgiChannel) -> None:
+        ran.append(ch.uniqueid)
+
+    with capture_logs() as logs:
+        async with serving({"agent": agent, "callback": agent}, secret=SECRET) as (server, _):
+            call = await FakeAsterisk.call(server.port, script, uniqueid="9.1")
+            assert await call.expect_eof() == b""
+    assert ran == []
+    assert events_named(logs, "agi.refused") or events_named(logs, "agi.unknown_route")
+    assert SECRET not in repr(logs)
+
+
+async def test_with_a_secret_the_dialplans_routes_run() -> None:
+    ran: list[str] = []
+
+    async def agent(ch: AgiChannel) -> None:
+        ran.append(ch.env["network_script"].partition("?")[0].rpartition("/")[2])
+
+    async with serving({"agent": agent}, secret=SECRET) as (server, _):
+        for script in (f"{SECRET}/agent", f"agi://127.0.0.1:4573/{SECRET}/agent?a=1"):
+            call = await FakeAsterisk.call(server.port, script)
+            assert await call.expect_eof() == b""
+    assert ran == ["agent", "agent"]
+
+
 async def test_command_timeout_then_next_command_gets_its_own_reply() -> None:
     """Defect no timeouts: an unanswered command raises AgiTimeout; its late reply is discarded."""
     seen: list[Any] = []

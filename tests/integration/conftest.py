@@ -74,7 +74,11 @@ def deployment_config(state: Path) -> dict[str, Any]:
     }
     ast["hold_period"] = 10
     ast["ring_timeout"] = 8
-    config["agi"] = {"host": "127.0.0.1", "port": PORTS["agi"]}
+    config["agi"] = {
+        "host": "127.0.0.1",
+        "port": PORTS["agi"],
+        "secret_file": str(state / "agi.secret"),
+    }
     config["redis"] = {
         "url": f"redis://127.0.0.1:{PORTS['redis']}/0",
         "prefix": "acdtest",
@@ -283,7 +287,7 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("state")
     workdir = tmp_path_factory.mktemp("sipp")
-    for name in ("ami.secret", "admin.token", "agent-phones.secret", "redis.secret"):
+    for name in ("ami.secret", "admin.token", "agent-phones.secret", "redis.secret", "agi.secret"):
         (state / name).write_text(secrets.token_urlsafe(24))
         os.chmod(state / name, 0o600)
     config_path = state / "acd-test.yaml"

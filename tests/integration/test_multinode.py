@@ -63,7 +63,7 @@ def node_config(stack: Stack, name: str, state: Path) -> dict[str, Any]:
     ast["node"] = name
     ast["sip"] = {"host": me["host"], "port": me["sip"]}
     ast["ami"] = {**ast["ami"], "port": me["ami"]}
-    config["agi"] = {"host": "127.0.0.1", "port": me["agi"]}
+    config["agi"] = {**config["agi"], "port": me["agi"]}
     config["admin"] = {**config["admin"], "port": me["admin"]}
     config["redis"] = {
         "url": stack.settings.redis.url,

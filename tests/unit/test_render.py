@@ -204,3 +204,23 @@ def test_the_cli_prints_an_agents_phone_password_for_provisioning(
     password = asterisk.agent_phone_password("deployment-secret", "agent-1002")
     assert capsys.readouterr().out.splitlines() == ["user agent-1002", f"password {password}"]
     assert cli._phone_password(settings, "nobody") == 1
+
+
+def test_the_agi_secret_goes_first_in_every_agi_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the generated AGI secret, the dialplan's ACD_AGI carries it as the first path
+    element (the controller refuses a route without it); without one, the bare address. A
+    secret that would break the URL or the file is refused."""
+    monkeypatch.delenv("ACD_AGI_SECRET", raising=False)
+    secret = tmp_path / "agi.secret"
+    settings = load_settings(REPO / "acd.yaml", {"agi": {"secret_file": str(secret)}})
+    assert "ACD_AGI = agi://127.0.0.1:4573\n" in asterisk._globals_conf(settings)
+    secret.write_text("agi-secret-0123456789abcdef\n")
+    assert "ACD_AGI = agi://127.0.0.1:4573/agi-secret-0123456789abcdef\n" in asterisk._globals_conf(
+        settings
+    )
+    for bad in ("short", "has/a-slash-0123456789", "has;semicolon-0123456789"):
+        secret.write_text(bad)
+        with pytest.raises(ConfigError, match=r"agi\.secret_file"):
+            asterisk._globals_conf(settings)
