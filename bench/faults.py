@@ -1,0 +1,268 @@
+"""Faults under load: the peak bench's call shape at a steady rate, one fault per scenario, and
+what the callers and the agents got.
+
+Each scenario gets a fresh stack (`acd up` on the peak bench's ports, 200 agents that answer at
+once and talk a few seconds, SIPp callers who press 1 and wait up to their patience), the
+callers at `--rate` for `--duration` seconds, and one fault `--fault-at` seconds in:
+
+- `none`: no fault (the baseline of the same run);
+- `controller-kill`: SIGKILL the controller; `acd up` starts another;
+- `controller-stop`: SIGSTOP the controller for `--stop-for` seconds (10), then SIGCONT;
+- `redis-kill`: SIGKILL redis-server; `acd up` restarts it from its append-only file;
+- `ami-kick`: Asterisk kicks the controller's AMI session (`manager kick session`).
+
+It prints per scenario: callers offered, reached an agent, abandoned (waited past their
+patience), sent to the static fallback, lost a digit, SIPp failures, callers bridged twice,
+agents double-booked, then after the drain: agents not `available` (stuck) and calls Redis
+still holds, and the seconds from the fault's end until /readyz answered 200 again. A fault
+loses callers only where the table says so. The call shape has no callbacks: their faults are
+covered by the integration tests (tests/integration/test_callbacks.py).
+
+Loopback only, bounded: each scenario stops by itself. Not part of `make test`; never run it
+beside another bench or the tests. Usage, after `make setup`:
+
+    .venv/bin/python bench/faults.py [--rate 40] [--duration 40] [--fault-at 15]
+                                     [--scenarios none,controller-kill,...] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import redis
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
+    ACD_NODE,
+    ACD_PORTS,
+    Result,
+    _interrupt,
+    acd_stack,
+    agent_ids,
+    check_root,
+    descendants,
+    drive,
+    other_sipp,
+)
+
+from acd import logs  # noqa: E402
+from acd.config import AsteriskSettings, load_settings  # noqa: E402
+from acd.errors import AcdError  # noqa: E402
+from acd.runtime.asterisk import node_paths, run_cli  # noqa: E402
+
+SCENARIOS = ("none", "controller-kill", "controller-stop", "redis-kill", "ami-kick")
+PREFIX = "acdpeak"  # the peak bench's Redis prefix
+
+
+@dataclass
+class Fault:
+    scenario: str
+    at: float | None = None  # monotonic time the fault began
+    ended: float | None = None  # ... and ended (the process back, the signal sent)
+    ready_s: float | None = None  # from its end until /readyz answered 200
+    note: str = ""
+
+
+@dataclass
+class Outcome:
+    scenario: str
+    rate: float
+    result: dict[str, object] = field(default_factory=dict)
+    ready_s: float | None = None
+    agents_stuck: int | None = None
+    calls_left: int | None = None
+    note: str = ""
+
+
+def _supervisor(state: Path) -> int:
+    return int((state / "acd.pid").read_text())
+
+
+def _controller(state: Path) -> int:
+    try:
+        return int((state / "controller.pid").read_text())
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def _redis_pid(state: Path) -> int:
+    for proc in descendants(_supervisor(state)):
+        if proc.cmdline and proc.cmdline[0].endswith("redis-server"):
+            return proc.pid
+    raise AcdError("no redis-server under acd up")
+
+
+def _ready(state: Path) -> bool:
+    token = (state / "admin.token").read_text().strip()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{ACD_PORTS.admin}/readyz", headers={"Authorization": f"Bearer {token}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            return bool(response.status == 200)
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+async def _until_ready(state: Path, since: float, within: float = 60) -> float | None:
+    while time.monotonic() - since < within:
+        if await asyncio.to_thread(_ready, state):
+            return round(time.monotonic() - since, 2)
+        await asyncio.sleep(0.1)
+    return None
+
+
+def _kick_ami(state: Path) -> int:
+    """Asterisk kicks every AMI session of the controller's user; returns how many."""
+    paths = node_paths(load_settings(state / "acd-peak.yaml"))
+    kicked = 0
+    for line in run_cli(paths, "manager show connected").splitlines():
+        fields = line.split()
+        # Username  IP Address  Start  Elapsed  FileDes  HttpCnt  ReadPerms  WritePerms
+        if fields and fields[0] == "acd" and len(fields) >= 5 and fields[4].isdigit():
+            run_cli(paths, f"manager kick session {fields[4]}")
+            kicked += 1
+    return kicked
+
+
+async def inject(fault: Fault, state: Path, after: float, stop_for: float) -> None:
+    await asyncio.sleep(after)
+    fault.at = time.monotonic()
+    if fault.scenario == "none":
+        fault.ended = fault.at
+        return
+    if fault.scenario == "controller-kill":
+        os.kill(_controller(state), signal.SIGKILL)
+    elif fault.scenario == "controller-stop":
+        pid = _controller(state)
+        os.kill(pid, signal.SIGSTOP)
+        await asyncio.sleep(stop_for)
+        os.kill(pid, signal.SIGCONT)
+    elif fault.scenario == "redis-kill":
+        os.kill(_redis_pid(state), signal.SIGKILL)
+    elif fault.scenario == "ami-kick":
+        fault.note = f"{await asyncio.to_thread(_kick_ami, state)} session(s) kicked"
+    fault.ended = time.monotonic()
+    await asyncio.sleep(0.2)  # the process is gone, or its link: not ready any more
+    fault.ready_s = await _until_ready(state, fault.ended)
+
+
+def _after_drain(agents: int) -> tuple[int, int]:
+    """(agents not available, calls Redis still holds) once nothing is left in Asterisk, given
+    up to 10 s to settle (wrap-up is 0)."""
+    client = redis.Redis(port=ACD_PORTS.redis, decode_responses=True, socket_timeout=5)
+    ids = agent_ids(agents)
+    stuck = calls = -1
+    for _ in range(100):
+        states = [client.hget(f"{PREFIX}:agent:{i}", "state") for i in ids]
+        stuck = sum(1 for s in states if s != "available")
+        calls = client.scard(f"{PREFIX}:calls:{ACD_NODE}") + client.zcard(f"{PREFIX}:q:presale")
+        if stuck == 0 and calls == 0:
+            break
+        time.sleep(0.1)
+    return stuck, calls
+
+
+def run_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> Outcome:
+    outcome = Outcome(scenario, args.rate)
+    result = Result("acd", args.rate, args.duration, args.talk, args.patience)
+    base = tmp / scenario
+    state, workdir = base / "state", base / "sipp"
+    state.mkdir(parents=True)
+    workdir.mkdir()
+    fault = Fault(scenario)
+
+    async def run(system: object) -> None:
+        async with asyncio.TaskGroup() as tasks:
+            tasks.create_task(inject(fault, state, args.fault_at, args.stop_for))
+            tasks.create_task(drive(system, result, workdir, args.patience))  # type: ignore[arg-type]
+
+    try:
+        with acd_stack(state, args.agents) as running:
+            asyncio.run(run(running))
+            outcome.agents_stuck, outcome.calls_left = _after_drain(args.agents)
+    except* (AcdError, OSError, subprocess.SubprocessError, redis.RedisError) as errors:
+        outcome.note = "; ".join(str(e) for e in errors.exceptions)[:500]
+    outcome.ready_s = fault.ready_s
+    outcome.note = "; ".join(filter(None, [fault.note, outcome.note, result.error or ""]))
+    keep = ("offered", "reached", "reached_pct", "abandons", "static_fallback", "lost_digit",
+            "sipp_failed", "bridged_twice", "double_booked", "p95_ms")  # fmt: skip
+    outcome.result = {k: v for k, v in asdict(result).items() if k in keep}
+    return outcome
+
+
+def table(outcomes: list[Outcome]) -> str:
+    head = ("scenario", "offered", "reached", "abandoned", "static", "lost digit", "SIPp failed",
+            "bridged 2x", "double-booked", "stuck agents", "calls left", "ready again")  # fmt: skip
+    rows = [head]
+    for o in outcomes:
+        r = o.result
+        rows.append((
+            o.scenario, str(r.get("offered", "-")),
+            f"{r.get('reached', '-')} ({r.get('reached_pct', '-')}%)",
+            str(r.get("abandons", "-")), str(r.get("static_fallback", "-")),
+            str(r.get("lost_digit", "-")), str(r.get("sipp_failed", "-")),
+            str(r.get("bridged_twice", "-")), str(r.get("double_booked", "-")),
+            "-" if o.agents_stuck is None else str(o.agents_stuck),
+            "-" if o.calls_left is None else str(o.calls_left),
+            "-" if o.ready_s is None else f"{o.ready_s:.1f} s",
+        ))  # fmt: skip
+    widths = [max(len(row[i]) for row in rows) for i in range(len(head))]
+    lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |"
+             for row in rows]  # fmt: skip
+    lines.insert(1, "|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rate", type=float, default=40.0, help="calls/s (half the knee)")
+    parser.add_argument("--duration", type=float, default=40.0)
+    parser.add_argument("--fault-at", type=float, default=15.0, help="seconds into the run")
+    parser.add_argument("--stop-for", type=float, default=10.0, help="controller-stop's pause")
+    parser.add_argument("--talk", type=float, default=4.0)
+    parser.add_argument("--patience", type=float, default=30.0)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS))
+    parser.add_argument("--json", type=Path, help="write every figure here too")
+    args = parser.parse_args()
+    scenarios = [s for s in args.scenarios.split(",") if s]
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
+    check_root(AsteriskSettings().root)
+    if other_sipp():
+        parser.error("another SIPp is running: never bench beside another bench or the tests")
+    logs.configure("error")
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: no stack outlives the bench
+    outcomes = []
+    with tempfile.TemporaryDirectory(prefix="acd-faults-") as tmp:
+        for scenario in scenarios:
+            print(f"faults: {scenario} at {args.rate:g}/s ...", file=sys.stderr, flush=True)
+            outcomes.append(run_scenario(scenario, args, Path(tmp)))
+    print(table(outcomes))
+    for o in outcomes:
+        if o.note:
+            print(f"{o.scenario}: {o.note}")
+    if args.json:
+        args.json.write_text(json.dumps([asdict(o) for o in outcomes], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
