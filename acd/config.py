@@ -742,19 +742,23 @@ def admin_tokens(settings: Settings) -> dict[str, str]:
                 f"{where}.tokens.{user}: token file {file} cannot be read ({exc.strerror})"
             ) from exc
         by_user[user] = (token, f"admin.tokens.{user} ({file})")
-    for n, item in enumerate(filter(None, os.environ.get("ACD_ADMIN_TOKENS", "").split(","))):
+    _env_tokens("ACD_ADMIN_TOKENS", by_user)
+    return _token_table(where, by_user)
+
+
+def _env_tokens(name: str, by_user: dict[str, tuple[str, str]]) -> None:
+    """Add the users of the environment variable `name` ("alice:TOKEN,bob:TOKEN") to `by_user`
+    (user -> (token, where it came from)); a malformed entry or a user named twice is a
+    ConfigError."""
+    for n, item in enumerate(filter(None, os.environ.get(name, "").split(","))):
         user, sep, token = item.strip().partition(":")
         if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
             raise ConfigError(
-                f"ACD_ADMIN_TOKENS: entry {n + 1} is not USER:TOKEN (user: 1-64 of A-Z a-z "
-                "0-9 _ . @ -)"
+                f"{name}: entry {n + 1} is not USER:TOKEN (user: 1-64 of A-Z a-z 0-9 _ . @ -)"
             )
         if user in by_user:
-            raise ConfigError(
-                f"ACD_ADMIN_TOKENS: user {user!r} already has a token from {by_user[user][1]}"
-            )
-        by_user[user] = (token, f"ACD_ADMIN_TOKENS entry {n + 1}")
-    return _token_table(where, by_user)
+            raise ConfigError(f"{name}: user {user!r} already has a token from {by_user[user][1]}")
+        by_user[user] = (token, f"{name} entry {n + 1}")
 
 
 def viewer_tokens(settings: Settings, supervisors: Mapping[str, str]) -> dict[str, str]:
@@ -770,18 +774,7 @@ def viewer_tokens(settings: Settings, supervisors: Mapping[str, str]) -> dict[st
     for user, path in settings.admin.viewers.items():
         file = settings.resolve(path)
         by_user[user] = (_read_token(file, where, user), f"admin.viewers.{user} ({file})")
-    for n, item in enumerate(filter(None, os.environ.get("ACD_VIEWER_TOKENS", "").split(","))):
-        user, sep, token = item.strip().partition(":")
-        if not sep or not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", user):
-            raise ConfigError(
-                f"ACD_VIEWER_TOKENS: entry {n + 1} is not USER:TOKEN (user: 1-64 of A-Z a-z "
-                "0-9 _ . @ -)"
-            )
-        if user in by_user:
-            raise ConfigError(
-                f"ACD_VIEWER_TOKENS: user {user!r} already has a token from {by_user[user][1]}"
-            )
-        by_user[user] = (token, f"ACD_VIEWER_TOKENS entry {n + 1}")
+    _env_tokens("ACD_VIEWER_TOKENS", by_user)
     names = set(supervisors.values())
     for user, (token, origin) in by_user.items():
         if user in names or token in supervisors:

@@ -27,6 +27,14 @@ REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.timeout(30)
 
 
+async def _ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
+    await conn.reply(action)
+
+
+async def _no_devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
+    await _empty_list(conn, action, "DeviceStateListComplete")
+
+
 async def _empty_list(conn: FakeAmiConnection, action: AmiMessage, complete: str) -> None:
     aid = action.action_id or ""
     await conn.send(
@@ -48,14 +56,8 @@ async def test_a_refused_resync_is_tried_again_and_ami_is_ready_only_after_one_s
         else:
             await _empty_list(conn, action, "CoreShowChannelsComplete")
 
-    async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await conn.reply(action)
-
-    async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _empty_list(conn, action, "DeviceStateListComplete")
-
     async with FakeAmiServer() as ami:
-        ami.auto.update(Filter=ok, CoreShowChannels=channels, DeviceStateList=devices)
+        ami.auto.update(Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices)
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
@@ -101,14 +103,8 @@ async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
         resyncs.append(time.monotonic())
         await _empty_list(conn, action, "CoreShowChannelsComplete")  # c1 is gone by then
 
-    async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await conn.reply(action)
-
-    async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _empty_list(conn, action, "DeviceStateListComplete")
-
     async with FakeAmiServer() as ami:
-        ami.auto.update(Filter=ok, CoreShowChannels=channels, DeviceStateList=devices)
+        ami.auto.update(Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices)
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
@@ -205,15 +201,9 @@ async def test_a_caller_on_hold_that_redis_does_not_know_is_queued_by_the_resync
         asked.append(action.get("Channel") or "")
         await conn.reply(action, Variable="ACD_QUEUE", Value="presale")
 
-    async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await conn.reply(action)
-
-    async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _empty_list(conn, action, "DeviceStateListComplete")
-
     async with FakeAmiServer() as ami:
         ami.auto.update(
-            Filter=ok, CoreShowChannels=channels, DeviceStateList=devices, Getvar=getvar
+            Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices, Getvar=getvar
         )
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
