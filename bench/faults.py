@@ -51,6 +51,7 @@ from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
     ACD_NODE,
     ACD_PORTS,
     Result,
+    _cmdline,
     _interrupt,
     acd_stack,
     agent_ids,
@@ -102,7 +103,8 @@ def _controller(state: Path) -> int:
 
 def _redis_pid(state: Path) -> int:
     for proc in descendants(_supervisor(state)):
-        if proc.cmdline and proc.cmdline[0].endswith("redis-server"):
+        argv = _cmdline(proc.pid)
+        if argv and argv[0].endswith("redis-server"):
             return proc.pid
     raise AcdError("no redis-server under acd up")
 
@@ -141,6 +143,15 @@ def _kick_ami(state: Path) -> int:
 
 
 async def inject(fault: Fault, state: Path, after: float, stop_for: float) -> None:
+    """The scenario's fault; a fault that could not be injected is said in the note (the run
+    goes on, as a baseline)."""
+    try:
+        await _inject(fault, state, after, stop_for)
+    except (AcdError, OSError, ValueError) as exc:
+        fault.note = f"fault not injected: {exc!r}"
+
+
+async def _inject(fault: Fault, state: Path, after: float, stop_for: float) -> None:
     await asyncio.sleep(after)
     fault.at = time.monotonic()
     if fault.scenario == "none":
@@ -255,6 +266,7 @@ def main() -> int:
         for scenario in scenarios:
             print(f"faults: {scenario} at {args.rate:g}/s ...", file=sys.stderr, flush=True)
             outcomes.append(run_scenario(scenario, args, Path(tmp)))
+            print(f"faults: {json.dumps(asdict(outcomes[-1]))}", file=sys.stderr, flush=True)
     print(table(outcomes))
     for o in outcomes:
         if o.note:
