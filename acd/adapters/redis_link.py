@@ -127,6 +127,12 @@ class _Waiter(NamedTuple):
     read: bool
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a reply nobody awaits as seen (a SCRIPT LOAD sent ahead of its script)."""
+    if not future.cancelled():
+        future.exception()
+
+
 def _fail(waiters: list[_Waiter], error: Exception) -> None:
     """Fail the commands of `waiters` still waiting (and mark the error seen: a caller that gave
     up, a cancelled one, must not leave an unretrieved exception behind)."""
@@ -150,6 +156,8 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self.alive = False
         self.made = self._loop.create_future()
+        # Scripts loaded on this connection (SCRIPT LOAD went ahead of their first EVALSHA).
+        self.scripts: set[str] = set()
 
     # -- asyncio.Protocol --
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -356,6 +364,14 @@ class RedisLink:
             command = hiredis.pack_command(cast(Any, tuple(args)))
         except TypeError as exc:
             raise StoreReplyError(f"redis: cannot send {args[:1]!r}: {exc}") from exc
+        if args[0] == "EVALSHA" and (sha := str(args[1])) not in conn.scripts:
+            # The script's first use on this connection: SCRIPT LOAD goes ahead of it, in the
+            # same write. Were it to meet NOSCRIPT instead, the commands written after it would
+            # run before it (a batch's enqueue after its claim: a caller nobody claims).
+            if (text := self._scripts.get(sha)) is not None:
+                loaded = conn.send(hiredis.pack_command(("SCRIPT", "LOAD", text)), read=False)
+                loaded.add_done_callback(_retrieve)
+                conn.scripts.add(sha)
         return conn.send(command, read=str(args[0]).upper() in READS)
 
     def _live(self) -> _Connection | None:

@@ -139,6 +139,25 @@ async def test_a_script_redis_forgot_is_loaded_again_and_runs_once(link: RedisLi
     assert await link.execute("GET", "runs") == "3"
 
 
+async def test_scripts_new_to_this_redis_run_in_the_order_of_their_batch(link: RedisLink) -> None:
+    """An enqueue and a claim in one batch, the enqueue's script not loaded on this Redis yet
+    (its first caller since Redis started) and the claim's loaded: the claim sees the caller
+    the enqueue queued. (The first EVALSHA used to meet NOSCRIPT, so the second ran first,
+    found an empty queue, and the caller waited unclaimed with agents free.)"""
+    enqueue = Script("redis.call('RPUSH', KEYS[1], ARGV[1]) return 1")
+    claim = Script("return redis.call('LPOP', KEYS[1])")
+    assert await link.run_script(claim, ["q"], []) is None  # the claim is known already
+    first = await link.batch(
+        [link.script_command(enqueue, ["q"], ["caller"]), link.script_command(claim, ["q"], [])]
+    )
+    assert first == [1, "caller"]
+    again = await link.batch(
+        [link.script_command(enqueue, ["q"], ["next"]), link.script_command(claim, ["q"], [])]
+    )
+    assert again == [1, "next"]
+    assert await link.execute("SCRIPT", "EXISTS", enqueue.sha, claim.sha) == [1, 1]
+
+
 async def test_a_write_whose_connection_is_lost_fails_and_a_read_goes_again(peer: Peer) -> None:
     """The peer drops the first connection as soon as it has read a SET and a GET: the SET
     fails (it may have run: never sent twice), the GET is sent again on a new connection."""
