@@ -51,7 +51,6 @@ from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
     ACD_NODE,
     ACD_PORTS,
     Result,
-    _cmdline,
     _interrupt,
     acd_stack,
     agent_ids,
@@ -103,8 +102,7 @@ def _controller(state: Path) -> int:
 
 def _redis_pid(state: Path) -> int:
     for proc in descendants(_supervisor(state)):
-        argv = _cmdline(proc.pid)
-        if argv and argv[0].endswith("redis-server"):
+        if proc.comm == "redis-server":  # its command line is rewritten to its address
             return proc.pid
     raise AcdError("no redis-server under acd up")
 
@@ -129,17 +127,48 @@ async def _until_ready(state: Path, since: float, within: float = 60) -> float |
     return None
 
 
-def _kick_ami(state: Path) -> int:
-    """Asterisk kicks every AMI session of the controller's user; returns how many."""
-    paths = node_paths(load_settings(state / "acd-peak.yaml"))
-    kicked = 0
-    for line in run_cli(paths, "manager show connected").splitlines():
+def _socket_inodes(pid: int) -> dict[int, int]:
+    """A process's sockets: inode -> its fd."""
+    out = {}
+    for fd in (Path("/proc") / str(pid) / "fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            out[int(target[8:-1])] = int(fd.name)
+    return out
+
+
+def _tcp() -> list[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every IPv4 TCP socket."""
+    rows = []
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
         fields = line.split()
-        # Username  IP Address  Start  Elapsed  FileDes  HttpCnt  ReadPerms  WritePerms
-        if fields and fields[0] == "acd" and len(fields) >= 5 and fields[4].isdigit():
-            run_cli(paths, f"manager kick session {fields[4]}")
-            kicked += 1
-    return kicked
+        local, remote, inode = fields[1], fields[2], int(fields[9])
+        rows.append((int(local.split(":")[1], 16), int(remote.split(":")[1], 16), inode))
+    return rows
+
+
+def _kick_ami(state: Path) -> int:
+    """Asterisk kicks the controller's AMI session, not the bench observer's (both log in as
+    the same user): the session whose socket's peer is the controller's. Returns the fd
+    kicked."""
+    ami = ACD_PORTS.ami
+    mine = _socket_inodes(_controller(state))
+    ports = {local for local, remote, inode in _tcp() if inode in mine and remote == ami}
+    asterisk = next((p.pid for p in descendants(_supervisor(state)) if p.comm == "asterisk"), None)
+    if asterisk is None or not ports:
+        raise AcdError("cannot find the controller's AMI connection")
+    theirs = _socket_inodes(asterisk)
+    fds = [theirs[inode] for local, remote, inode in _tcp()
+           if local == ami and remote in ports and inode in theirs]  # fmt: skip
+    if not fds:
+        raise AcdError("cannot find Asterisk's end of the controller's AMI connection")
+    paths = node_paths(load_settings(state / "acd-peak.yaml"))
+    for fd in fds:
+        run_cli(paths, f"manager kick session {fd}")
+    return fds[0]
 
 
 async def inject(fault: Fault, state: Path, after: float, stop_for: float) -> None:
@@ -167,7 +196,7 @@ async def _inject(fault: Fault, state: Path, after: float, stop_for: float) -> N
     elif fault.scenario == "redis-kill":
         os.kill(_redis_pid(state), signal.SIGKILL)
     elif fault.scenario == "ami-kick":
-        fault.note = f"{await asyncio.to_thread(_kick_ami, state)} session(s) kicked"
+        fault.note = f"AMI session fd {await asyncio.to_thread(_kick_ami, state)} kicked"
     fault.ended = time.monotonic()
     await asyncio.sleep(0.2)  # the process is gone, or its link: not ready any more
     fault.ready_s = await _until_ready(state, fault.ended)

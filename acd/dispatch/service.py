@@ -562,7 +562,13 @@ class Dispatcher:
             record = await self._store.call(uid)
             if await self._store.requeue(uid) and record is not None:
                 self._put(SkillWork(record.skill))
-            if agent:
+            if agent and status == "INUSE":
+                # Its phone was busy (the dialplan did not ring it): not missed; released with
+                # the phone's state, it waits in device_busy until the phone is free.
+                await self._agent(
+                    agent, AgentEvent.RELEASE, uid, device=event.get("Device") or "INUSE"
+                )
+            elif agent:
                 if self._settings.agent_policy.pause_on_missed:
                     await self._agent(agent, AgentEvent.MISSED, uid, reason="missed")
                 else:

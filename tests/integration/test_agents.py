@@ -8,6 +8,9 @@ import time
 
 import pytest
 
+from acd.adapters.store import RedisStore
+from acd.config import redis_url
+from acd.domain.agent import AgentEvent
 from acd.runtime import asterisk
 from tests.integration import sipp
 from tests.integration.conftest import (
@@ -310,6 +313,59 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
         if caller is not None:
             caller.stop()
         stack.acd("agent", "resume", "1001")
+
+
+async def test_a_phone_in_use_the_controller_has_not_heard_of_is_not_rung(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """Agent 1001's phone is on a call the controller has not heard of (a call the dialplan's
+    fallback queue put through while the controller was away: here an outside call, and the
+    controller's record of the phone set back to idle). A presale caller is claimed for 1001, the
+    highest level; the dialplan finds the phone in use and does not ring it: the caller goes to
+    1002, and 1001 waits in device_busy until its phone is free (it used to be rung a second
+    time: two callers on one agent)."""
+    assert ami_events.client is not None
+    outside = f"outside-{time.time_ns()}"
+    caller = None
+    store = RedisStore(redis_url(stack.settings), stack.settings.redis.prefix)
+    try:
+        await ami_events.client.send_action(
+            "Originate",
+            {"Channel": "PJSIP/agent-1001", "Application": "Wait", "Data": "10",
+             "ChannelId": outside, "Async": "true"},
+        )  # fmt: skip
+        await _until_state(stack, "1001", "device_busy")
+        await until(
+            lambda: stack.redis.hget(stack.key("agent", "1001"), "device") == "INUSE",
+            "the agent's phone should be reported in use",
+            timeout=10,
+        )
+        # What the controller missed: it believes the phone idle again.
+        applied, _ = await store.agent_event(
+            "1001", AgentEvent.DEVICE_IDLE, time.time(), device="NOT_INUSE"
+        )
+        assert applied
+        assert stack.redis.hget(stack.key("agent", "1001"), "state") == "available"
+        caller = stack.call(Script().at(1.0, "10").wait(30), "5552030")
+        uid = await caller_uid(ami_events, "5552030")
+        (skipped,) = await ami_events.wait_for(
+            lambda e: (
+                e.event == "UserEvent"
+                and e.get("UserEvent") == "AcdDialEnd"
+                and e.get("Uniqueid") == uid
+            ),
+            timeout=20,
+        )
+        assert (skipped.get("Agent"), skipped.get("DialStatus")) == ("1001", "INUSE")
+        assert await _agent_of(ami_events, uid) == "1002"
+        dials = ami_events.matching(lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid)
+        assert [agent_of_channel(d.get("DestChannel") or "") for d in dials] == ["1002"]
+        agent = stack.redis.hgetall(stack.key("agent", "1001"))
+        assert (agent["state"], agent["reason"]) == ("device_busy", "INUSE")
+    finally:
+        await store.close()
+        if caller is not None:
+            caller.stop()
 
 
 def _phone(stack: Stack, code: str, endpoint: str, password: str) -> sipp.SippRun:
