@@ -369,7 +369,8 @@ class RedisLink:
             # same write. Were it to meet NOSCRIPT instead, the commands written after it would
             # run before it (a batch's enqueue after its claim: a caller nobody claims).
             if (text := self._scripts.get(sha)) is not None:
-                loaded = conn.send(hiredis.pack_command(("SCRIPT", "LOAD", text)), read=False)
+                load = cast(Any, ("SCRIPT", "LOAD", text))
+                loaded = conn.send(hiredis.pack_command(load), read=False)
                 loaded.add_done_callback(_retrieve)
                 conn.scripts.add(sha)
         return conn.send(command, read=str(args[0]).upper() in READS)
