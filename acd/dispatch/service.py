@@ -403,8 +403,12 @@ class Dispatcher:
                 await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
                 return
             except AmiError:
-                await self._store.requeue(claim.uid)
-                await self._agent(claim.agent_id, AgentEvent.RELEASE, claim.uid)
+                # No reply is no refusal: Asterisk may have run the Redirect, and the caller be
+                # ringing its agent. Put back now, it would be claimed and redirected again,
+                # out of that call (bridged twice). The call stays offered until a resync
+                # (after the reconnect, or asked for on a timeout) finds where the caller is:
+                # back in the hold context, it is requeued and its agent released.
+                log.warning("dispatch.connect_unsure", uniqueid=claim.uid, agent=claim.agent_id)
                 raise
             self.connects += 1
             self._dialling[claim.uid] = (claim.agent_id, claim.skill)
