@@ -15,21 +15,6 @@ from tests.integration.conftest import PORTS, Stack
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
 
-def _redis_pids() -> list[int]:
-    """The redis-server processes listening on the test stack's port."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"redis-server") and str(PORTS["redis"]).encode() in argv:
-            pids.append(int(entry.name))
-    return pids
-
-
 def test_redis_refuses_a_client_without_the_password(stack: Stack) -> None:
     password = (stack.state / "redis.secret").read_text().strip()
     assert stack.redis.ping() is True  # the stack's own client logs in
@@ -43,7 +28,7 @@ def test_redis_refuses_a_client_without_the_password(stack: Stack) -> None:
         wrong.ping()
     assert stack.redis.exists("acdtest:intruder") == 0
     # The password is in a file only its owner reads, not on the server's command line.
-    (pid,) = _redis_pids()
+    pid = int(stack.redis.info("server")["process_id"])
     argv = (Path("/proc") / str(pid) / "cmdline").read_bytes()
     assert password.encode() not in argv
     conf = stack.state / "redis" / "redis-acd.conf"
