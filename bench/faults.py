@@ -22,15 +22,17 @@ Loopback only, bounded: each scenario stops by itself. Not part of `make test`; 
 beside another bench or the tests. Usage, after `make setup`:
 
     .venv/bin/python bench/faults.py [--rate 40] [--duration 40] [--fault-at 15]
-                                     [--scenarios none,controller-kill,...] [--json FILE]
+                                     [--scenarios none,controller-kill,...] [--json FILE] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,6 +282,9 @@ def main() -> int:
     parser.add_argument("--agents", type=int, default=200)
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=Path, help="write every figure here too")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep each scenario's state, logs and SIPp files"
+    )
     args = parser.parse_args()
     scenarios = [s for s in args.scenarios.split(",") if s]
     unknown = [s for s in scenarios if s not in SCENARIOS]
@@ -291,7 +296,12 @@ def main() -> int:
     logs.configure("error")
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: no stack outlives the bench
     outcomes = []
-    with tempfile.TemporaryDirectory(prefix="acd-faults-") as tmp:
+    with contextlib.ExitStack() as cleanup:
+        tmp = tempfile.mkdtemp(prefix="acd-faults-")
+        if args.keep:
+            print(f"faults: state, logs and SIPp files kept in {tmp}", file=sys.stderr)
+        else:
+            cleanup.callback(shutil.rmtree, tmp, True)
         for scenario in scenarios:
             print(f"faults: {scenario} at {args.rate:g}/s ...", file=sys.stderr, flush=True)
             outcomes.append(run_scenario(scenario, args, Path(tmp)))

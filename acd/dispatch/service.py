@@ -136,6 +136,9 @@ class Dispatcher:
         # Callers this controller redirected to an agent: uid -> (agent, queue), until the dial
         # ends, so that the dial's events need not read the call back from Redis.
         self._dialling: dict[str, tuple[str, str]] = {}
+        # Callers with a connect still to run (claimed, not yet redirected): a resync that finds
+        # one on hold leaves it to that connect rather than putting it back.
+        self._connecting: set[str] = set()
         # Callers of this node seen arriving in the hold context (AcdHeld) and not taken out
         # since, and the connects waiting for that word: see HOLD_SETTLE.
         self._held: set[str] = set()
@@ -161,6 +164,8 @@ class Dispatcher:
         return ("resync", "")
 
     def _put(self, work: Work) -> None:
+        if isinstance(work, ConnectWork):
+            self._connecting.add(work.claim.uid)
         job = partial(self._guarded, work)
         if isinstance(work, ResyncWork):
             self._executor.submit_exclusive(job)
@@ -310,7 +315,10 @@ class Dispatcher:
             if claim is not None:
                 self._put(ConnectWork(claim))
         elif isinstance(work, ConnectWork):
-            await self._connect(work.claim)
+            try:
+                await self._connect(work.claim)
+            finally:
+                self._connecting.discard(work.claim.uid)
         elif isinstance(work, HandoffWork):
             record = await self._store.call(work.uid)
             if record is None or record.state != CallState.OFFERED or not record.agent:
@@ -623,8 +631,14 @@ class Dispatcher:
                 await self._end_call(uid)
                 ended += 1
                 continue
-            if record.state in WITH_AGENT and channel.get("Context") == "acd-hold":
-                # The agent's dial ended while we were not listening: back to the queue.
+            if (
+                record.state in WITH_AGENT
+                and channel.get("Context") == "acd-hold"
+                and uid not in self._connecting
+            ):
+                # The agent's dial ended while we were not listening: back to the queue. (A
+                # caller claimed just now, its connect waiting behind this resync, is that
+                # connect's: put back, it would be claimed again and redirected twice.)
                 agent = record.agent
                 await self._store.requeue(uid)
                 if agent:
