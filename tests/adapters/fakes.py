@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Self
 
@@ -244,3 +244,37 @@ class FakeAsterisk:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.writer.close()
+
+
+async def send_list(
+    conn: FakeAmiConnection,
+    action: AmiMessage,
+    complete: str,
+    rows: Iterable[Mapping[str, str]] = (),
+) -> None:
+    """Answer a list action (CoreShowChannels, DeviceStateList...) with `rows` as its events."""
+    aid = action.action_id or ""
+    items = [{**row, "ActionID": aid} for row in rows]
+    await conn.send(
+        {"Response": "Success", "ActionID": aid, "EventList": "start"},
+        *items,
+        {"Event": complete, "ActionID": aid, "EventList": "Complete", "ListItems": str(len(items))},
+    )
+
+
+@contextlib.asynccontextmanager
+async def controller_running(controller: Any) -> AsyncIterator[None]:
+    """A Controller's AMI client, dispatcher and on-demand resync running beside the test (the
+    rest of `Controller.run` left out); its store closed after."""
+    tasks = [
+        asyncio.create_task(controller.ami.run()),
+        asyncio.create_task(controller.dispatcher.run()),
+        asyncio.create_task(controller.resync_on_demand()),
+    ]
+    try:
+        yield
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await controller.store.close()

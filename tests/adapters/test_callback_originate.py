@@ -21,7 +21,12 @@ from acd.dispatch import callbacks, service
 from acd.protocol.ami import AmiMessage
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
-from tests.adapters.fakes import FakeAmiConnection, FakeAmiServer
+from tests.adapters.fakes import (
+    FakeAmiConnection,
+    FakeAmiServer,
+    controller_running,
+    send_list,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -35,17 +40,6 @@ class Asterisk:
     originates: list[AmiMessage] = field(default_factory=list)
     live: dict[str, dict[str, str]] = field(default_factory=dict)
     run_first: bool = True  # the first Originate starts its leg (before the link drops)
-
-
-async def _list(
-    conn: FakeAmiConnection, action: AmiMessage, complete: str, rows: list[dict[str, str]]
-) -> None:
-    aid = action.action_id or ""
-    await conn.send(
-        {"Response": "Success", "ActionID": aid, "EventList": "start"},
-        *({**row, "ActionID": aid} for row in rows),
-        {"Event": complete, "ActionID": aid, "EventList": "Complete", "ListItems": str(len(rows))},
-    )
 
 
 @dataclass
@@ -92,10 +86,10 @@ async def floor(
         await conn.reply(action, Message="Originate successfully queued")
 
     async def channels(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _list(conn, action, "CoreShowChannelsComplete", list(asterisk.live.values()))
+        await send_list(conn, action, "CoreShowChannelsComplete", list(asterisk.live.values()))
 
     async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _list(conn, action, "DeviceStateListComplete", [])
+        await send_list(conn, action, "DeviceStateListComplete", [])
 
     async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
         await conn.reply(action)
@@ -121,20 +115,10 @@ async def floor(
         )
         controller = Controller(settings, load_checked_flows(settings, check_sounds=False))
         await controller.store.register_agents(settings.agents, time.time())
-        tasks = [
-            asyncio.create_task(controller.ami.run()),
-            asyncio.create_task(controller.dispatcher.run()),
-            asyncio.create_task(controller.resync_on_demand()),
-        ]
         floor = Floor(controller, asterisk, redis_py)
-        try:
+        async with controller_running(controller):
             await floor.resyncs(1)
             yield floor
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await controller.store.close()
 
 
 async def _ask_callback(floor: Floor) -> str:

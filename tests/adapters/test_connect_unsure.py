@@ -19,7 +19,12 @@ from acd.domain.agent import AgentEvent
 from acd.protocol.ami import AmiMessage
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
-from tests.adapters.fakes import FakeAmiConnection, FakeAmiServer
+from tests.adapters.fakes import (
+    FakeAmiConnection,
+    FakeAmiServer,
+    controller_running,
+    send_list,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 CHANNEL = "PJSIP/carrier-in-00000001"
@@ -54,17 +59,6 @@ class Floor:
                 await asyncio.sleep(0.01)
 
 
-async def _list(
-    conn: FakeAmiConnection, action: AmiMessage, complete: str, rows: list[dict[str, str]]
-) -> None:
-    aid = action.action_id or ""
-    await conn.send(
-        {"Response": "Success", "ActionID": aid, "EventList": "start"},
-        *({**row, "ActionID": aid} for row in rows),
-        {"Event": complete, "ActionID": aid, "EventList": "Complete", "ListItems": str(len(rows))},
-    )
-
-
 @pytest.fixture
 async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Floor]:
     monkeypatch.setenv("ACD_AMI_SECRET", "s3cret")
@@ -85,10 +79,10 @@ async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         row = {"Event": "CoreShowChannel", "Uniqueid": uid, "Channel": CHANNEL,
                "Context": asterisk.context}  # fmt: skip
         rows = [row] if asterisk.calling else []
-        await _list(conn, action, "CoreShowChannelsComplete", rows)
+        await send_list(conn, action, "CoreShowChannelsComplete", rows)
 
     async def devices(conn: FakeAmiConnection, action: AmiMessage) -> None:
-        await _list(conn, action, "DeviceStateListComplete", [])
+        await send_list(conn, action, "DeviceStateListComplete", [])
 
     async def ok(conn: FakeAmiConnection, action: AmiMessage) -> None:
         await conn.reply(action)
@@ -109,13 +103,8 @@ async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         store = controller.store
         await store.register_agents(settings.agents, time.time())
         await store.agent_event("1002", AgentEvent.PAUSE, time.time())  # 1001 takes presale
-        tasks = [
-            asyncio.create_task(controller.ami.run()),
-            asyncio.create_task(controller.dispatcher.run()),
-            asyncio.create_task(controller.resync_on_demand()),
-        ]
         floor = Floor(controller, asterisk)
-        try:
+        async with controller_running(controller):
             await floor.until(lambda: controller.resyncs >= 1, "first resync")
             await store.enqueue(
                 uid=uid, skill="presale", score=1.0, node="node-a",
@@ -123,11 +112,6 @@ async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
             )  # fmt: skip
             asterisk.calling = True
             yield floor
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await controller.store.close()
 
 
 async def test_a_redirect_carried_out_without_a_reply_is_not_sent_again(floor: Floor) -> None:
