@@ -200,7 +200,20 @@ def lua_states() -> str:
     lines.append("}")
     states = ", ".join(f"{s.value} = '{s.value}'" for s in CallState)
     lines.append(f"local CALL_STATE = {{{states}}}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + _REQUEUE_FRONT
+
+
+# The REQUEUE transition's effect, shared by the scripts that apply it (requeue.lua,
+# lease_reclaim.lua): the call goes back to the front of its queue, ahead even of a caller with
+# a bigger head start, and is no longer offered to an agent.
+_REQUEUE_FRONT = """local function requeue_front(prefix, ckey, uid, skill, score)
+  local qkey = prefix .. ':q:' .. skill
+  local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
+  if #head > 0 and tonumber(head[2]) <= score then score = tonumber(head[2]) - 0.001 end
+  redis.call('HSET', ckey, 'state', CALL.requeue.to, 'agent', '', 'score', score)
+  redis.call('ZADD', qkey, score, uid)
+end
+"""
 
 
 def lua(name: str) -> Script:

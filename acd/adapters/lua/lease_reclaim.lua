@@ -20,11 +20,7 @@ local c = redis.call('HMGET', ckey, 'state', 'agent', 'skill', 'score', 'node', 
 -- Offered only: a call found connected is talking, whatever its agent's record says.
 if uid == '' or c[2] ~= agent or c[1] ~= CALL_STATE.offered then return {1, ''} end
 if c[6] == 'callback' and (c[7] or '') ~= '' then return {1, ''} end
-local skill, score = c[3], tonumber(c[4]) or 0
-local qkey = prefix .. ':q:' .. skill
-local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
-if #head > 0 and tonumber(head[2]) <= score then score = tonumber(head[2]) - 0.001 end
-redis.call('HSET', ckey, 'state', CALL.requeue.to, 'agent', '', 'score', score)
-redis.call('ZADD', qkey, score, uid)
+local skill = c[3]
+requeue_front(prefix, ckey, uid, skill, tonumber(c[4]) or 0)
 if (c[5] or '') ~= '' then redis.call('LREM', prefix .. ':connect:' .. c[5], 0, uid) end
 return {1, skill}

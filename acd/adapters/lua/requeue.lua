@@ -6,10 +6,6 @@ local ckey = prefix .. ':call:' .. uid
 local state = redis.call('HGET', ckey, 'state')
 if not CALL.requeue.from[state or ''] then return 0 end
 local skill, score = redis.call('HGET', ckey, 'skill'), tonumber(redis.call('HGET', ckey, 'score'))
-local qkey = prefix .. ':q:' .. skill
-local head = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
-if #head > 0 and tonumber(head[2]) <= score then score = tonumber(head[2]) - 0.001 end
-redis.call('HSET', ckey, 'state', CALL.requeue.to, 'agent', '', 'score', score)
+requeue_front(prefix, ckey, uid, skill, score)
 if ARGV[3] then redis.call('HSET', ckey, 'held_at', ARGV[3]) end
-redis.call('ZADD', qkey, score, uid)
 return 1
