@@ -16,6 +16,13 @@ STEP = 2.0  # seconds any single scripted step may take before the test fails
 BANNER = b"Asterisk Call Manager/9.0.0\r\n"
 
 
+def redis_overrides(url: str, prefix: str, **more: object) -> dict[str, object]:
+    """`redis` settings for a test Redis. Those servers have no password, but the repository's
+    acd.yaml names `.state/redis.secret`, which `make setup` generates: the password file is put
+    at a path that cannot exist, so the controller sends no AUTH."""
+    return {"url": url, "prefix": prefix, "password_file": "/dev/null/no-redis.secret", **more}
+
+
 async def result_or_error(awaitable: Awaitable[Any]) -> Any:
     """Await and return the result, or the Exception raised, so a background task that is expected
     to fail does not tear down its TaskGroup."""

@@ -30,13 +30,18 @@ class RedisServer:
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while not self.sock.exists():
-            assert self.proc.poll() is None, "redis-server exited"
-            assert time.monotonic() < deadline, "redis-server did not start"
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError("redis-server did not start")
             time.sleep(0.02)
 
     def stop(self) -> None:
         if self.proc is not None:
             self.proc.terminate()
-            self.proc.wait(5)
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self.proc = None
         self.sock.unlink(missing_ok=True)

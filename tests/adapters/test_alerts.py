@@ -23,6 +23,7 @@ from acd.config import load_settings
 from acd.runtime.alerts import AlertSender
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
+from tests.adapters.fakes import redis_overrides
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -146,7 +147,7 @@ async def test_a_rule_firing_before_a_restart_resolves_after_it(
     monkeypatch.setenv("ACD_AMI_SECRET", "s3cret")
     rule = {"name": "presale-waiting", "figure": "waiting", "queue": "presale", "above": 0}
     overrides = {
-        "redis": {"url": redis_url, "prefix": "al"},
+        "redis": redis_overrides(redis_url, "al"),
         "alerts": {"webhook": "http://127.0.0.1:9/alerts", "rules": [rule]},
     }
     raw = yaml.safe_load((REPO / "acd.yaml").read_text())

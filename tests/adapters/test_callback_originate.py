@@ -25,6 +25,7 @@ from tests.adapters.fakes import (
     FakeAmiConnection,
     FakeAmiServer,
     controller_running,
+    redis_overrides,
     send_list,
 )
 
@@ -108,7 +109,7 @@ async def floor(
             REPO / "acd.yaml",
             {
                 "asterisk": asterisk_cfg,
-                "redis": {"url": redis_url, "prefix": "cbo"},
+                "redis": redis_overrides(redis_url, "cbo"),
                 "agent_policy": {"wrap_up": 0},
                 "trunks": [{"name": "carrier", "address": {"host": "127.0.0.1", "port": 5080}}],
             },

@@ -23,6 +23,7 @@ from tests.adapters.fakes import (
     FakeAmiConnection,
     FakeAmiServer,
     controller_running,
+    redis_overrides,
     send_list,
 )
 
@@ -96,7 +97,7 @@ async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         ast = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
             REPO / "acd.yaml",
-            {"asterisk": ast, "redis": {"url": redis_url, "prefix": "cu"},
+            {"asterisk": ast, "redis": redis_overrides(redis_url, "cu"),
              "agent_policy": {"wrap_up": 0}},
         )  # fmt: skip
         controller = Controller(settings, load_checked_flows(settings, check_sounds=False))

@@ -19,7 +19,7 @@ from acd.domain.agent import AgentEvent
 from acd.protocol.ami import AmiMessage
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
-from tests.adapters.fakes import FakeAmiConnection, FakeAmiServer
+from tests.adapters.fakes import FakeAmiConnection, FakeAmiServer, redis_overrides
 from tests.adapters.servers import RedisServer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ async def test_a_refused_resync_is_tried_again_and_ami_is_ready_only_after_one_s
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
             REPO / "acd.yaml",
-            {"asterisk": asterisk, "redis": {"url": redis_url, "prefix": "rs"}},
+            {"asterisk": asterisk, "redis": redis_overrides(redis_url, "rs")},
         )
         controller = Controller(settings, load_checked_flows(settings, check_sounds=False))
         tasks = [
@@ -111,7 +111,7 @@ async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
             REPO / "acd.yaml",
             {
                 "asterisk": asterisk,
-                "redis": {"url": redis.url, "prefix": "rs", "timeout": 1.0},
+                "redis": redis_overrides(redis.url, "rs", timeout=1.0),
                 "agent_policy": {"wrap_up": 0},
             },
         )
@@ -209,7 +209,7 @@ async def test_a_caller_on_hold_that_redis_does_not_know_is_queued_by_the_resync
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
             REPO / "acd.yaml",
-            {"asterisk": asterisk, "redis": {"url": redis_url, "prefix": "rs"}},
+            {"asterisk": asterisk, "redis": redis_overrides(redis_url, "rs")},
         )
         controller = Controller(settings, load_checked_flows(settings, check_sounds=False))
         await redis_py.hset("rs:tiers", "13800000001", "vip")
