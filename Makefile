@@ -18,7 +18,7 @@ typecheck:
 	$(BIN)/mypy
 
 unit:
-	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters --doctest-modules acd/domain acd/dispatch acd/adapters/redis_link.py acd/adapters/store.py acd/runtime/alerts.py
+	$(BIN)/pytest $(PYTEST_FLAGS) tests/unit tests/adapters --doctest-modules acd/domain acd/dispatch acd/adapters/redis_link.py acd/adapters/store.py acd/runtime/alerts.py acd/runtime/asterisk.py
 
 integration:
 	$(BIN)/pytest $(PYTEST_FLAGS) tests/integration

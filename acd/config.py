@@ -55,13 +55,35 @@ class Address(_Frozen):
     port: Port
 
 
+AmiEventMatch = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z]{1,40}(:[A-Za-z]{1,40}=[A-Za-z0-9_]{1,40})?$")
+]
+
+
 class AmiSettings(_Frozen):
+    """The controller's AMI user: only the classes it needs (events `call` and `user`, actions
+    `call`, `user`, `originate` and `reporting`; never `system`), its events filtered in
+    manager.conf. `monitor_username` is a second, read-only user (every event class but
+    `system`, actions `reporting` only) for tools and tests that watch a node; rendered when
+    its secret (ACD_AMI_MONITOR_SECRET, else `monitor_secret_file`) exists. `monitor_events`
+    narrows what the monitor sees (none given: every event): `Name`, or `Name:Header=Value` for
+    the events of that name whose header has exactly that value."""
+
     host: Host = "127.0.0.1"
     port: Port = 5038
     username: Name = "acd"
     secret_file: Path = Path(".state/ami.secret")
+    monitor_username: Name = "acd-monitor"
+    monitor_secret_file: Path = Path(".state/ami-monitor.secret")
+    monitor_events: tuple[AmiEventMatch, ...] = ()
     ping_interval: Annotated[float, Field(gt=0, le=60)] = 5.0
     ping_timeout: Annotated[float, Field(gt=0, le=60)] = 3.0
+
+    @model_validator(mode="after")
+    def _two_users(self) -> Self:
+        if self.monitor_username == self.username:
+            raise ValueError("monitor_username must differ from username")
+        return self
 
 
 class AsteriskSettings(_Frozen):
@@ -665,6 +687,17 @@ def read_secret(settings: Settings, path: Path, env: str) -> str:
     if not secret:
         raise ConfigError(f"{settings.source}: secret file {file} is empty; run `make setup`")
     return secret
+
+
+def ami_monitor_secret(settings: Settings) -> str | None:
+    """The read-only AMI user's secret (AmiSettings.monitor_username), or None for no such user."""
+    ami = settings.asterisk.ami
+    if (
+        not os.environ.get("ACD_AMI_MONITOR_SECRET")
+        and not settings.resolve(ami.monitor_secret_file).exists()
+    ):
+        return None
+    return read_secret(settings, ami.monitor_secret_file, "ACD_AMI_MONITOR_SECRET")
 
 
 def agi_secret(settings: Settings) -> str | None:

@@ -153,9 +153,8 @@ def _tcp() -> list[tuple[int, int, int]]:
 
 
 def _kick_ami(state: Path) -> int:
-    """Asterisk kicks the controller's AMI session, not the bench observer's (both log in as
-    the same user): the session whose socket's peer is the controller's. Returns the fd
-    kicked."""
+    """Asterisk kicks the controller's AMI session, not the bench observer's (the monitor
+    user's): the session whose socket's peer is the controller's. Returns the fd kicked."""
     ami = ACD_PORTS.ami
     mine = _socket_inodes(_controller(state))
     ports = {local for local, remote, inode in _tcp() if inode in mine and remote == ami}

@@ -101,6 +101,7 @@ def bench_config(state: Path) -> dict[str, Any]:
         "port": PORTS["ami"],
         "username": "acd",
         "secret_file": str(state / "ami.secret"),
+        "monitor_secret_file": str(state / "ami-monitor.secret"),  # the observer's, read-only
     }
     config["agi"] = {"host": "127.0.0.1", "port": PORTS["agi"]}
     config["redis"] = {"url": f"redis://127.0.0.1:{PORTS['redis']}/0", "prefix": "acdbench"}
@@ -281,7 +282,7 @@ async def run_callers(
     )
     # SIPp's -timeout ends the run however the stack behaves: the last call starts at calls/rate.
     budget = math.ceil(calls / rate + script.t + 30)
-    client = AmiClient(host="127.0.0.1", port=PORTS["ami"], username="acd", secret=secret)
+    client = AmiClient(host="127.0.0.1", port=PORTS["ami"], username="acd-monitor", secret=secret)
     client.add_listener(meter)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(client.run())
@@ -359,7 +360,11 @@ def controller_state(state: Path) -> ControllerState:
 
 def _acd(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     # The generated files hold the secrets this run uses: no inherited override.
-    env = {k: v for k, v in os.environ.items() if k not in ("ACD_AMI_SECRET", "ACD_ADMIN_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ACD_AMI_SECRET", "ACD_AMI_MONITOR_SECRET", "ACD_ADMIN_TOKEN")
+    }
     return subprocess.run(
         [sys.executable, "-m", "acd", "--config", str(config), *args],
         capture_output=True,
@@ -421,7 +426,7 @@ def main() -> int:
         state, workdir = tmp / "state", tmp / "sipp"
         state.mkdir()
         workdir.mkdir()
-        for name in ("ami.secret", "admin.token"):
+        for name in ("ami.secret", "ami-monitor.secret", "admin.token"):
             (state / name).write_text(secrets.token_urlsafe(24))
             os.chmod(state / name, 0o600)
         config = bench_config(state)
@@ -440,7 +445,7 @@ def main() -> int:
                 return 2
             uas = sipp.start_agents_uas(PORTS["agents"], AGENTS_MEDIA_PORT, workdir, timeout_s=600)
             meter = TurnMeter(CALLER_ID)
-            secret = (state / "ami.secret").read_text()
+            secret = (state / "ami-monitor.secret").read_text()
             observer_error: Exception | None = None
             try:
                 callers = asyncio.run(

@@ -87,7 +87,7 @@ from acd.adapters.ami import AmiClient
 from acd.config import AsteriskSettings
 from acd.errors import AcdError
 from acd.protocol.ami import AmiMessage
-from acd.runtime.asterisk import NodePaths, asterisk_ids, check_root, launch_command
+from acd.runtime.asterisk import NodePaths, asterisk_ids, check_root, event_filters, launch_command
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
@@ -162,12 +162,13 @@ class Leg:
     ended_at: int | None = None
 
 
-# The events the meter reads; the observer's AMI session gets only these (an AMI filter), so
-# that the bench's own reading costs the Asterisk under test as little as possible.
-EVENT_FILTER = (
-    "Event: (Newchannel|DTMFEnd|DialBegin|DialEnd|Hangup|QueueCallerJoin|UserEvent)"
-    "|Variable: ACD_RESULT"
-)
+# The events the meter reads; the observer's AMI user gets only these (manager.conf event
+# filters, the same on both systems), so that the bench's own reading costs the Asterisk under
+# test as little as possible.
+METER_EVENTS = (
+    "Newchannel", "DTMFEnd", "DialBegin", "DialEnd", "Hangup", "QueueCallerJoin", "UserEvent",
+    "VarSet:Variable=ACD_RESULT",
+)  # fmt: skip
 
 
 @dataclass
@@ -394,6 +395,9 @@ def acd_config(state: Path, agents: int) -> dict[str, Any]:
         "port": p.ami,
         "username": "acd",
         "secret_file": str(state / "ami.secret"),
+        # The meter watches as the read-only monitor user.
+        "monitor_secret_file": str(state / "ami-monitor.secret"),
+        "monitor_events": list(METER_EVENTS),
     }
     config["agi"] = {"host": "127.0.0.1", "port": p.agi}
     config["redis"] = {"url": f"redis://127.0.0.1:{p.redis}/0", "prefix": "acdpeak"}
@@ -416,7 +420,11 @@ def acd_config(state: Path, agents: int) -> dict[str, Any]:
 
 def _acd(config: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     # The generated files hold the secrets this run uses: no inherited override.
-    env = {k: v for k, v in os.environ.items() if k not in ("ACD_AMI_SECRET", "ACD_ADMIN_TOKEN")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("ACD_AMI_SECRET", "ACD_AMI_MONITOR_SECRET", "ACD_ADMIN_TOKEN")
+    }
     return subprocess.run(
         [sys.executable, "-m", "acd", "--config", str(config), *args],
         capture_output=True,
@@ -448,7 +456,7 @@ class System:
 
 @contextmanager
 def acd_stack(state: Path, agents: int) -> Iterator[System]:
-    _secrets(state, "ami.secret", "admin.token")
+    _secrets(state, "ami.secret", "ami-monitor.secret", "admin.token")
     config_path = state / "acd-peak.yaml"
     config_path.write_text(yaml.safe_dump(acd_config(state, agents)))
     log = state / "acd.log"
@@ -465,8 +473,8 @@ def acd_stack(state: Path, agents: int) -> Iterator[System]:
         yield System(
             "acd",
             ACD_PORTS,
-            "acd",
-            (state / "ami.secret").read_text().strip(),
+            "acd-monitor",
+            (state / "ami-monitor.secret").read_text().strip(),
             lambda: acd_usage(supervisor, ACD_PORTS.redis),
             log,
         )
@@ -537,9 +545,10 @@ port = {p.ami}
 secret = {secret}
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/255.0.0.0
-read = system,call,agent,user,dialplan,reporting,dtmf
-write = system,call,reporting
+read = call,agent,user,dialplan,reporting,dtmf
+write = reporting
 writetimeout = 1000
+{event_filters(METER_EVENTS)}
 """
     return {
         "asterisk.conf": (PEAK / "asterisk" / "asterisk.conf").read_text(),
@@ -700,9 +709,6 @@ async def drive(system: System, result: Result, workdir: Path, patience: float) 
     """The observer up, the agents' UAS, the callers at the rate, then the drain."""
     meter = Meter()
 
-    async def install_filter() -> None:
-        await client.send_action("Filter", {"Operation": "Add", "Filter": EVENT_FILTER}, timeout=10)
-
     p = system.ports
     client = AmiClient(
         host="127.0.0.1",
@@ -712,7 +718,6 @@ async def drive(system: System, result: Result, workdir: Path, patience: float) 
         ping_interval=10.0,
         ping_timeout=30.0,  # a loaded Asterisk answers late; a reconnect would lose events
         action_timeout=30.0,
-        on_connected=install_filter,
     )
     client.add_listener(meter)
     calls = max(1, round(result.rate * result.duration))

@@ -55,12 +55,12 @@ if [ "$(cat .venv/.acd-stamp 2>/dev/null)" != "$stamp" ]; then
   echo "$stamp" > .venv/.acd-stamp
 fi
 
-# 4. Generated secrets (never committed): the AMI password, Redis's password, the AGI routes'
-#    secret, the admin API token, the read-only token for wallboards (viewer), and the secret
+# 4. Generated secrets (never committed): the AMI password, the read-only AMI monitor's,
+#    Redis's password, the AGI routes' secret, the admin API token, the read-only token for wallboards (viewer), and the secret
 #    agents' SIP passwords derive from.
 mkdir -p "$STATE/sounds"
 chmod 700 "$STATE"
-for f in ami.secret redis.secret agi.secret admin.token viewer.token agent-phones.secret; do
+for f in ami.secret ami-monitor.secret redis.secret agi.secret admin.token viewer.token agent-phones.secret; do
   if [ ! -s "$STATE/$f" ]; then
     log "generating $STATE/$f"
     (umask 077; .venv/bin/python -c 'import secrets; print(secrets.token_urlsafe(24))' > "$STATE/$f")

@@ -34,6 +34,19 @@ from acd.runtime.trunks import TrunkBoard
 log = structlog.get_logger(__name__)
 
 CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
+
+
+def mark_day(originated_at: float) -> str:
+    """The AstDB key under which the dialplan marks an attempt originated at `originated_at`
+    (acd_callback/DAY/UNIQUEID, DAY in UTC): the controller passes it as ACD_CB_DAY, so both
+    agree even when the whisper runs past midnight.
+
+    >>> mark_day(1796601600.0)
+    '20261207'
+    """
+    return time.strftime("%Y%m%d", time.gmtime(originated_at))
+
+
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
 # How long after an Originate whose reply was lost a resync must wait before it takes "no leg, no
 # AstDB mark" for "never dialled": Asterisk starts the leg of an Originate it took within this.
@@ -155,6 +168,7 @@ class CallbackAttempts:
                 or record.entry
                 or self._entry_number,
                 "ACD_CB_RING": str(self._settings.callbacks.ring_timeout),
+                "ACD_CB_DAY": mark_day(now),
             }
             try:
                 await self._ami.send_action(
@@ -208,7 +222,6 @@ class CallbackAttempts:
         callback = event.get("Callback") or (record.callback if record else "")
         trunk, status = event.get("Trunk") or "", event.get("DialStatus") or ""
         await self._attempt_over(uid, callback, trunk, status)
-        await self._forget_dial_mark(uid)
 
     async def _attempt_over(self, uid: str, callback: str, trunk: str, status: str) -> None:
         """The customer leg of attempt `uid` ended with Dial's `status` ('' = never dialled)."""
@@ -252,22 +265,19 @@ class CallbackAttempts:
                 outcome=outcome,
             )
 
-    async def _dial_mark(self, uid: str) -> str | None:
-        """What the node's AstDB says of attempt `uid` (acd-callback in the dialplan): None, the
-        customer was never dialled; 'dialling'; or 'ended STATUS'."""
+    async def _dial_mark(self, uid: str, originated_at: float) -> str | None:
+        """What the node's AstDB says of attempt `uid` (acd-callback in the dialplan, under the
+        day it was originated: mark_day): None, the customer was never dialled; 'dialling'; or
+        'ended STATUS'. The dialplan drops the marks of days before yesterday by itself: the
+        controller's AMI user may not write AstDB."""
+        key = f"{mark_day(originated_at)}/{uid}"
         try:
             events = await self._ami.send_list_action(
-                "DBGet", {"Family": CALLBACK_DB_FAMILY, "Key": uid}
+                "DBGet", {"Family": CALLBACK_DB_FAMILY, "Key": key}
             )
         except AmiActionFailed:
             return None  # no such entry
         return (events[0].get("Val") or "") if events else None
-
-    async def _forget_dial_mark(self, uid: str) -> None:
-        try:
-            await self._ami.send_action("DBDel", {"Family": CALLBACK_DB_FAMILY, "Key": uid})
-        except AmiActionFailed:
-            pass  # never dialled: nothing was written
 
     async def leg_gone(self, uid: str) -> None:
         """A callback attempt's agent leg is gone. If no AcdCallbackEnd closed the attempt, the
@@ -303,8 +313,8 @@ class CallbackAttempts:
             if record.agent:
                 await self._agent(record.agent, AgentEvent.RELEASE, uid)
             return Resynced.REQUEUED
-        mark = await self._dial_mark(uid)
         originated = float(record.fields.get("originated_at") or 0.0)
+        mark = await self._dial_mark(uid, originated)
         if mark is None and now - originated < ORIGINATE_SETTLE:
             log.info("dispatch.callback_originate_pending", uniqueid=uid, callback=callback)
             return Resynced.UNDECIDED
@@ -316,6 +326,5 @@ class CallbackAttempts:
             await self._close_attempt(callback, uid, now, "unknown", "")
             await self._trunks.cancelled(trunk, uid)
             log.warning("dispatch.callback_outcome_unknown", uniqueid=uid, callback=callback)
-        await self._forget_dial_mark(uid)
         return Resynced.DECIDED
         await self._forget(uid)

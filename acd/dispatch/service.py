@@ -84,7 +84,6 @@ EVENTS = frozenset(
     {"Hangup", "UserEvent", "BridgeEnter", "DialBegin", "OriginateResponse", "DeviceStateChange"}
 )
 WRAP_UP_SLACK = 0.25  # seconds
-CALLBACK_DB_FAMILY = "acd_callback"  # the node's AstDB family of callback attempts (dialplan)
 REFUSED_RETRY = 30.0  # seconds before a callback whose origination Asterisk refused is due again
 ROUTINE_AGENT_EVENTS = frozenset(
     {AgentEvent.RING, AgentEvent.ANSWER, AgentEvent.DEVICE_BUSY, AgentEvent.DEVICE_IDLE}

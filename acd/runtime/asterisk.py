@@ -19,10 +19,12 @@ import hmac
 import os
 import shlex
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from acd.config import Settings, agi_secret, read_secret
+from acd.config import Settings, agi_secret, ami_monitor_secret, read_secret
+from acd.dispatch.service import EVENTS
 from acd.errors import ConfigError
 
 ROOT_MARKER = ".acd-root"
@@ -230,21 +232,72 @@ def _pjsip_conf(settings: Settings, phones_secret: str | None = None) -> str:
     return "\n".join(out)
 
 
+# What each AMI user may do (manager.conf classes). The controller's: the events it acts on
+# (`call`: Hangup, BridgeEnter, DialBegin, OriginateResponse, DeviceStateChange; `user`: the
+# dialplan's UserEvents) and the actions it sends (`call`: Setvar, Redirect, Getvar; `user`:
+# UserEvent; `originate`; `reporting`: CoreShowChannels, DeviceStateList, DBGet). Never `system`
+# (restart, shell commands, AstDB writes, event filters that bypass these). The monitor user
+# sees every event but `system`'s and may only ask (`reporting`).
+CONTROLLER_READ = ("call", "user")
+CONTROLLER_WRITE = ("call", "user", "originate", "reporting")
+MONITOR_READ = ("call", "user", "agent", "dialplan", "reporting", "agi", "dtmf", "cdr")
+MONITOR_WRITE = ("reporting",)
+
+
 def _manager_conf(settings: Settings, secret: str) -> str:
     ami = settings.asterisk.ami
-    if any(c in secret for c in "\r\n;"):
-        raise ConfigError("the AMI secret must not contain newlines or ';'")
-    return f"""bindaddr = {ami.host}
+    monitor = ami_monitor_secret(settings)
+    for value in (secret, monitor or ""):
+        if any(c in value for c in "\r\n;"):
+            raise ConfigError("an AMI secret must not contain newlines or ';'")
+    # Only the events the controller acts on reach its session (hash-based name filters).
+    filters = event_filters(sorted(EVENTS))
+    text = f"""bindaddr = {ami.host}
 port = {ami.port}
 
 [{ami.username}]
 secret = {secret}
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/255.0.0.0
-read = system,call,agent,user,dialplan,reporting,agi,dtmf
-write = system,call,agent,user,originate,reporting
+read = {",".join(CONTROLLER_READ)}
+write = {",".join(CONTROLLER_WRITE)}
 writetimeout = 1000
+{filters}
 """
+    if monitor is not None:
+        text += f"""
+[{ami.monitor_username}]
+secret = {monitor}
+deny = 0.0.0.0/0.0.0.0
+permit = 127.0.0.0/255.0.0.0
+read = {",".join(MONITOR_READ)}
+write = {",".join(MONITOR_WRITE)}
+writetimeout = 1000
+{event_filters(ami.monitor_events)}
+"""
+    return text
+
+
+def event_filters(matches: Iterable[str]) -> str:
+    """manager.conf `eventfilter` lines letting through only the events matched (`Name`, or
+    `Name:Header=Value`, the header's exact value); none: every event.
+
+    >>> print(event_filters(["Hangup", "VarSet:Variable=ACD_RESULT"]))
+    eventfilter(action(include),name(Hangup)) =
+    eventfilter(action(include),name(VarSet),header(Variable),method(exact)) = ACD_RESULT
+    """
+    lines = []
+    for match in matches:
+        name, _, condition = match.partition(":")
+        if condition:
+            header, _, value = condition.partition("=")
+            lines.append(
+                f"eventfilter(action(include),name({name}),header({header}),method(exact)) = "
+                + value
+            )
+        else:
+            lines.append(f"eventfilter(action(include),name({name})) =")
+    return "\n".join(lines)
 
 
 def _globals_conf(settings: Settings) -> str:

@@ -33,7 +33,7 @@ from acd.config import (
     viewer_tokens,
 )
 from acd.dispatch.leases import LeaseKeeper, lease_length
-from acd.dispatch.service import CLAIM_BATCH, EVENTS, Dispatcher
+from acd.dispatch.service import CLAIM_BATCH, Dispatcher
 from acd.domain.agent import AgentEvent, AgentState, IllegalTransition
 from acd.domain.alerts import AlertRule, AlertState
 from acd.domain.alerts import step as alert_step
@@ -47,7 +47,7 @@ from acd.domain.overload import (
     load_of,
     next_state,
 )
-from acd.errors import AmiActionFailed, AmiError, StoreUnavailable, UnknownName
+from acd.errors import AmiError, StoreUnavailable, UnknownName
 from acd.runtime.alerts import AlertSender
 from acd.runtime.flows import load_checked_flows
 from acd.runtime.ivr import IvrService
@@ -196,10 +196,10 @@ class Controller:
     # -- AMI ---------------------------------------------------------------------------------
 
     async def _on_ami_connected(self) -> None:
-        """After every AMI login: filter the session's events, then resync, again and again
-        until a resync succeeds (a refused or timed-out list, or Redis down, is no resync);
-        only then is AMI ready. A lost session cancels this, and the next login starts over."""
-        await self._filter_events()
+        """After every AMI login: resync, again and again until a resync succeeds (a refused or
+        timed-out list, or Redis down, is no resync); only then is AMI ready. A lost session
+        cancels this, and the next login starts over. (The session gets only the events we act
+        on: manager.conf filters them for the controller's user.)"""
         delay = RESYNC_RETRY_FIRST
         while True:
             try:
@@ -235,20 +235,6 @@ class Controller:
                 continue
             self.resyncs += 1
             log.info("controller.resynced_on_demand", resyncs=self.resyncs)
-
-    async def _filter_events(self) -> None:
-        """Ask Asterisk to send this session only the events we act on (hash-based name filters of
-        Asterisk 22), so a busy node does not flood the controller. Per session: redone after every
-        reconnect. Other AMI users (supervisors, tests) still see everything."""
-        for name in sorted(EVENTS):
-            try:
-                await self.ami.send_action(
-                    "Filter",
-                    {"Operation": "Add", "MatchCriteria": f"action(include),name({name})"},
-                )
-            except AmiActionFailed as exc:
-                log.warning("controller.ami_filter_refused", ami_event=name, error=exc.message)
-                return
 
     def _component_ready(self, name: str) -> None:
         self._listening.add(name)

@@ -113,7 +113,9 @@ async def record(secret: str, workdir: Path, entry: str, agent: str) -> Tape:
         remote_hangup=agent == "answers",
         remote_hangup_within_s=CALL_SECONDS,
     )
-    client = AmiClient(host="127.0.0.1", port=ivr_turn.PORTS["ami"], username="acd", secret=secret)
+    client = AmiClient(
+        host="127.0.0.1", port=ivr_turn.PORTS["ami"], username="acd-monitor", secret=secret
+    )
     client.add_listener(tape)
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(client.run())
@@ -157,7 +159,7 @@ def main() -> int:
         state, workdir = tmp / "state", tmp / "sipp"
         state.mkdir()
         workdir.mkdir()
-        for name in ("ami.secret", "admin.token"):
+        for name in ("ami.secret", "ami-monitor.secret", "admin.token"):
             (state / name).write_text(secrets.token_urlsafe(24))
             os.chmod(state / name, 0o600)
         config = ivr_turn.bench_config(state)
@@ -180,7 +182,7 @@ def main() -> int:
             try:
                 tape = asyncio.run(
                     record(
-                        (state / "ami.secret").read_text(),
+                        (state / "ami-monitor.secret").read_text(),
                         workdir,
                         str(config["entries"][0]["number"]),
                         args.agent,

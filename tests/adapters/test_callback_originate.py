@@ -18,6 +18,7 @@ import yaml
 
 from acd.config import load_settings
 from acd.dispatch import callbacks, service
+from acd.dispatch.callbacks import mark_day
 from acd.protocol.ami import AmiMessage
 from acd.runtime.controller import Controller
 from acd.runtime.flows import load_checked_flows
@@ -39,6 +40,8 @@ class Asterisk:
     """What the fake manager plays: the Originates it got, the channels it has."""
 
     originates: list[AmiMessage] = field(default_factory=list)
+    db_gets: list[AmiMessage] = field(default_factory=list)
+    db_writes: list[AmiMessage] = field(default_factory=list)
     live: dict[str, dict[str, str]] = field(default_factory=dict)
     run_first: bool = True  # the first Originate starts its leg (before the link drops)
 
@@ -96,12 +99,17 @@ async def floor(
         await conn.reply(action)
 
     async def no_entry(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        asterisk.db_gets.append(action)
         await conn.reply(action, "Error", Message="Database entry not found")
+
+    async def db_write(conn: FakeAmiConnection, action: AmiMessage) -> None:
+        asterisk.db_writes.append(action)
+        await conn.reply(action, "Error", Message="Permission denied")
 
     async with FakeAmiServer() as ami:
         ami.auto.update(
-            Filter=ok, CoreShowChannels=channels, DeviceStateList=devices, Originate=originate,
-            DBGet=no_entry, DBDel=no_entry,
+            CoreShowChannels=channels, DeviceStateList=devices, Originate=originate,
+            DBGet=no_entry, DBDel=db_write, DBPut=db_write, DBDelTree=db_write,
         )  # fmt: skip
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk_cfg = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
@@ -178,3 +186,11 @@ async def test_an_originate_that_never_started_a_leg_is_put_off_only_after_the_s
     assert (agent["state"], agent["call"]) == ("available", "")
     assert len(floor.asterisk.originates) == 1
     assert await floor.redis.hgetall("cbo:trunk_legs:carrier") == {}
+    # The mark was looked up under the day the Originate named (ACD_CB_DAY), and nothing asked
+    # to write AstDB (the controller's AMI user may not).
+    variables = floor.asterisk.originates[0].get_all("Variable")
+    day = next(v.partition("=")[2] for v in variables if v.startswith("ACD_CB_DAY="))
+    assert day == mark_day(time.time())
+    keys = {(a.get("Family"), a.get("Key")) for a in floor.asterisk.db_gets}
+    assert keys == {("acd_callback", f"{day}/{uid}")}
+    assert floor.asterisk.db_writes == []

@@ -90,7 +90,7 @@ async def floor(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
 
     async with FakeAmiServer() as ami:
         ami.auto.update(
-            Filter=ok, Setvar=ok, Redirect=redirect, CoreShowChannels=channels,
+            Setvar=ok, Redirect=redirect, CoreShowChannels=channels,
             DeviceStateList=devices,
         )  # fmt: skip
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())

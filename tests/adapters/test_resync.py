@@ -57,7 +57,7 @@ async def test_a_refused_resync_is_tried_again_and_ami_is_ready_only_after_one_s
             await _empty_list(conn, action, "CoreShowChannelsComplete")
 
     async with FakeAmiServer() as ami:
-        ami.auto.update(Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices)
+        ami.auto.update(CoreShowChannels=channels, DeviceStateList=_no_devices)
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
@@ -104,7 +104,7 @@ async def test_events_lost_while_redis_was_down_are_made_good_when_it_is_back(
         await _empty_list(conn, action, "CoreShowChannelsComplete")  # c1 is gone by then
 
     async with FakeAmiServer() as ami:
-        ami.auto.update(Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices)
+        ami.auto.update(CoreShowChannels=channels, DeviceStateList=_no_devices)
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(
@@ -202,9 +202,7 @@ async def test_a_caller_on_hold_that_redis_does_not_know_is_queued_by_the_resync
         await conn.reply(action, Variable="ACD_QUEUE", Value="presale")
 
     async with FakeAmiServer() as ami:
-        ami.auto.update(
-            Filter=_ok, CoreShowChannels=channels, DeviceStateList=_no_devices, Getvar=getvar
-        )
+        ami.auto.update(CoreShowChannels=channels, DeviceStateList=_no_devices, Getvar=getvar)
         raw = yaml.safe_load((REPO / "acd.yaml").read_text())
         asterisk = {**raw["asterisk"], "ami": {**raw["asterisk"]["ami"], "port": ami.port}}
         settings = load_settings(

@@ -30,7 +30,6 @@ import yaml
 import redis
 from acd.adapters.ami import AmiClient
 from acd.config import Settings, load_settings
-from acd.errors import AmiActionFailed
 from acd.protocol.ami import AmiMessage
 from acd.runtime.asterisk import node_paths, run_cli
 from tests.integration import sipp
@@ -71,6 +70,7 @@ def deployment_config(state: Path) -> dict[str, Any]:
         "port": PORTS["ami"],
         "username": "acd",
         "secret_file": str(state / "ami.secret"),
+        "monitor_secret_file": str(state / "ami-monitor.secret"),
     }
     ast["hold_period"] = 10
     ast["ring_timeout"] = 8
@@ -191,6 +191,7 @@ class Stack:
     state: Path
     workdir: Path
     ami_secret: str
+    ami_monitor_secret: str
     admin_token: str
     redis: redis.Redis
     orders: OrderService
@@ -287,7 +288,10 @@ class Stack:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     state = tmp_path_factory.mktemp("state")
     workdir = tmp_path_factory.mktemp("sipp")
-    for name in ("ami.secret", "admin.token", "agent-phones.secret", "redis.secret", "agi.secret"):
+    for name in (
+        "ami.secret", "ami-monitor.secret", "admin.token", "agent-phones.secret", "redis.secret",
+        "agi.secret",
+    ):  # fmt: skip
         (state / name).write_text(secrets.token_urlsafe(24))
         os.chmod(state / name, 0o600)
     config_path = state / "acd-test.yaml"
@@ -304,6 +308,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         state,
         workdir,
         (state / "ami.secret").read_text(),
+        (state / "ami-monitor.secret").read_text(),
         (state / "admin.token").read_text(),
         client,
         orders,
@@ -362,15 +367,30 @@ class EventLog:
                 continue
 
 
+async def send_as_controller(stack: Stack, action: str, fields: dict[str, str]) -> AmiMessage:
+    """One action sent as the controller's AMI user, in a session of its own (the observers'
+    monitor user may only ask)."""
+    client = AmiClient(host="127.0.0.1", port=PORTS["ami"], username="acd", secret=stack.ami_secret)
+    task = asyncio.ensure_future(client.run())
+    try:
+        await client.wait_connected(timeout=15)
+        return await client.send_action(action, fields)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
 @pytest.fixture
 async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
-    """An AMI session of our own that records what Asterisk reports during the test."""
+    """An AMI session of our own (the read-only monitor user) that records what Asterisk
+    reports during the test."""
     log = EventLog()
     client = AmiClient(
         host="127.0.0.1",
         port=PORTS["ami"],
-        username="acd",
-        secret=stack.ami_secret,
+        username="acd-monitor",
+        secret=stack.ami_monitor_secret,
         # An observer only: slow answers on a busy machine are no reason to drop the session
         # and miss events.
         ping_interval=5.0,
@@ -391,8 +411,8 @@ async def ami_events(stack: Stack) -> AsyncIterator[EventLog]:
         # reading in time; it reconnects by itself.)
         await client.wait_connected(timeout=15)
         if await client.send_list_action("CoreShowChannels"):
-            with contextlib.suppress(AmiActionFailed):
-                await client.send_action("Hangup", {"Channel": "/^PJSIP\\/.*/"})
+            # The monitor may not hang up (no `call` write): the node's console does.
+            await asyncio.to_thread(stack.asterisk_cli, "channel request hangup all")
             await asyncio.sleep(6)  # the agents' wrap-up
     finally:
         task.cancel()

@@ -21,6 +21,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     played,
+    send_as_controller,
     until,
     user_event,
 )
@@ -274,7 +275,8 @@ async def test_an_agent_whose_phone_is_busy_elsewhere_is_offered_nothing_until_i
     outside = f"outside-{time.time_ns()}"
     caller = None
     try:
-        await ami_events.client.send_action(
+        await send_as_controller(
+            stack,
             "Originate",
             {
                 "Channel": "PJSIP/agent-1002",
@@ -329,7 +331,8 @@ async def test_a_phone_in_use_the_controller_has_not_heard_of_is_not_rung(
     caller = None
     store = RedisStore(redis_url(stack.settings), stack.settings.redis.prefix)
     try:
-        await ami_events.client.send_action(
+        await send_as_controller(
+            stack,
             "Originate",
             {"Channel": "PJSIP/agent-1001", "Application": "Wait", "Data": "10",
              "ChannelId": outside, "Async": "true"},

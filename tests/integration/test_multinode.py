@@ -45,7 +45,7 @@ HOME = {"1001": "mn-a", "1002": "mn-a", "1003": "mn-b", "1004": "mn-b"}
 class Node:
     name: str
     config: Path
-    ami_secret: str
+    ami_monitor_secret: str  # the read-only monitor user's
 
     def acd(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -89,12 +89,12 @@ def nodes(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[di
     try:
         for name in NODES:
             state = tmp_path_factory.mktemp(name)
-            for secret_name in ("ami.secret", "admin.token"):
+            for secret_name in ("ami.secret", "ami-monitor.secret", "admin.token"):
                 (state / secret_name).write_text(secrets.token_urlsafe(24))
                 os.chmod(state / secret_name, 0o600)
             path = state / "acd.yaml"
             path.write_text(yaml.safe_dump(node_config(stack, name, state)))
-            node = Node(name, path, (state / "ami.secret").read_text())
+            node = Node(name, path, (state / "ami-monitor.secret").read_text())
             result = node.acd("up", "--detach")
             log = state / "acd.log"
             assert result.returncode == 0, (
@@ -119,8 +119,8 @@ async def observers(nodes: dict[str, Node]) -> AsyncIterator[dict[str, StampedLo
         for name, node in nodes.items():
             log = StampedLog()
             client = AmiClient(
-                host="127.0.0.1", port=NODES[name]["ami"], username="acd",
-                secret=node.ami_secret, ping_interval=5.0,
+                host="127.0.0.1", port=NODES[name]["ami"], username="acd-monitor",
+                secret=node.ami_monitor_secret, ping_interval=5.0,
             )  # fmt: skip
             client.add_listener(log)
             clients.append(client)

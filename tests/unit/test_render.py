@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from acd.config import load_settings
+from acd.dispatch.service import EVENTS
 from acd.errors import ConfigError
 from acd.runtime import asterisk
 from acd.runtime.controller import endpoint_of
@@ -40,6 +41,64 @@ def test_ami_is_bound_to_loopback_and_refuses_a_secret_that_breaks_the_file() ->
     assert "bindaddr = 127.0.0.1" in asterisk._manager_conf(settings, "s3cret")
     with pytest.raises(ConfigError):
         asterisk._manager_conf(settings, "x\n[admin]")
+
+
+def _users(text: str) -> dict[str, dict[str, list[str]]]:
+    """manager.conf's users: for each, its option lines (name -> values, in order)."""
+    users: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in text.splitlines():
+        if line.startswith("["):
+            current = users.setdefault(line.strip("[]"), {})
+        elif current is not None and "=" in line:
+            name, _, value = line.partition("=")
+            current.setdefault(name.strip(), []).append(value.strip())
+    return users
+
+
+def test_the_controller_ami_user_has_only_the_classes_it_needs_and_never_system(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The controller's AMI user reads `call` and `user` events and sends `call`, `user`,
+    `originate` and `reporting` actions, nothing more: a class added without need fails here.
+    Its session gets only the events the dispatcher acts on. The monitor user, rendered when
+    its secret exists, may read but only ask."""
+    monkeypatch.delenv("ACD_AMI_MONITOR_SECRET", raising=False)
+    (tmp_path / "monitor.secret").write_text("m0nitor-secret")
+    settings = load_settings(
+        REPO / "acd.yaml",
+        {"asterisk": {"ami": {"monitor_secret_file": str(tmp_path / "monitor.secret"),
+                              "monitor_events": ["Hangup", "VarSet:Variable=ACD_RESULT"]}}},
+    )  # fmt: skip
+    users = _users(asterisk._manager_conf(settings, "s3cret"))
+    assert set(users) == {"acd", "acd-monitor"}
+    controller, monitor = users["acd"], users["acd-monitor"]
+    assert controller["read"] == ["call,user"]
+    assert controller["write"] == ["call,user,originate,reporting"]
+    filters = [k for k in controller if k.startswith("eventfilter")]
+    assert filters == [f"eventfilter(action(include),name({n}))" for n in sorted(EVENTS)]
+    assert monitor["write"] == ["reporting"]
+    assert "system" not in monitor["read"][0].split(",")
+    assert monitor["secret"] == ["m0nitor-secret"]
+    assert [k for k in monitor if k.startswith("eventfilter")] == [
+        "eventfilter(action(include),name(Hangup))",
+        "eventfilter(action(include),name(VarSet),header(Variable),method(exact))",
+    ]
+    for user in users.values():
+        assert user["permit"] == ["127.0.0.0/255.0.0.0"]
+
+
+def test_without_its_secret_there_is_no_monitor_user(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ACD_AMI_MONITOR_SECRET", raising=False)
+    settings = load_settings(
+        REPO / "acd.yaml", {"asterisk": {"ami": {"monitor_secret_file": "/dev/null/none"}}}
+    )
+    assert set(_users(asterisk._manager_conf(settings, "s3cret"))) == {"acd"}
+
+
+def test_the_monitor_user_must_be_another_user() -> None:
+    with pytest.raises(ConfigError, match="monitor_username"):
+        load_settings(REPO / "acd.yaml", {"asterisk": {"ami": {"monitor_username": "acd"}}})
 
 
 def test_launch_command_runs_asterisk_as_its_own_user_in_a_private_namespace() -> None:
