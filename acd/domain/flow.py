@@ -12,7 +12,7 @@ Node kinds: menu, play, collect, lookup, condition, set, queue, callback_offer, 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
@@ -31,6 +31,12 @@ _VAR = re.compile(r"^[a-z][a-z0-9_]{0,31}(\.[a-z][a-z0-9_]{0,31})?\Z")
 # code uses it with fullmatch, where a trailing newline cannot pass either.
 NUMBER_RE = re.compile(r"^[0-9]{2,20}$")
 DTMF = frozenset("0123456789*#")
+
+
+def _member(value: Any, names: Collection[str]) -> bool:
+    """`value` is one of `names`: a string, never a list or mapping a hand-edited file put
+    where a name belongs (those are unhashable: `in` would raise instead of refusing)."""
+    return isinstance(value, str) and value in names
 MAX_HOPS = 50  # nodes visited without asking the caller anything before a run is declared looping
 
 
@@ -535,6 +541,9 @@ def _line_index(text: str) -> dict[tuple[str, ...], int]:
     return index
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_*#-]+")
+
+
 class _Checker:
     """Collects problems with their key path; turns them into `file:line: key: what` lines."""
 
@@ -549,7 +558,9 @@ class _Checker:
         while probe not in self.lines and probe:
             probe = probe[:-1]
         line = self.lines.get(probe, 0)
-        key = ".".join(path) if path else "(flow)"
+        # A key that is not a plain name (blank, with spaces or control characters) is quoted,
+        # so the line says which key and cannot be broken by it.
+        key = ".".join(k if _PLAIN_KEY.fullmatch(k) else repr(k) for k in path) or "(flow)"
         self.problems.append((line, f"{self.source}:{line}: {key}: {what}"))
 
     def messages(self) -> list[str]:
@@ -648,7 +659,7 @@ class _Compiler:
     def skill(self, path: tuple[str, ...], value: Any) -> str | None:
         if value is None:
             return None
-        if value not in self.catalog.skills:
+        if not _member(value, self.catalog.skills):
             known = ", ".join(sorted(self.catalog.skills))
             self.c.add(path, f"unknown skill {value!r} (known: {known})")
             return None
@@ -697,7 +708,7 @@ class _Compiler:
             self.c.add(path, "must be a mapping with a kind")
             return None
         kind = spec.get("kind")
-        if kind not in _KINDS:
+        if not _member(kind, _KINDS):
             self.c.add((*path, "kind"), f"unknown node kind {kind!r} (known: {', '.join(_KINDS)})")
             return None
         required, optional = _KINDS[kind]
@@ -773,7 +784,7 @@ class _Compiler:
 
     def _lookup(self, name: str, path: tuple[str, ...], s: dict[str, Any]) -> LookupNode:
         service = s.get("service")
-        if service not in self.catalog.lookups:
+        if not _member(service, self.catalog.lookups):
             known = ", ".join(sorted(self.catalog.lookups)) or "none configured"
             self.c.add((*path, "service"), f"unknown lookup service {service!r} (known: {known})")
         raw_params = s.get("params") or {}
@@ -841,7 +852,7 @@ class _Compiler:
             self.c.add(path, "'equals' and 'in' need a 'var'")
         for key in ("open", "closed"):
             if key in raw:
-                if raw[key] not in self.catalog.hours:
+                if not _member(raw[key], self.catalog.hours):
                     known = ", ".join(sorted(self.catalog.hours)) or "none configured"
                     self.c.add((*path, key), f"unknown business hours {raw[key]!r} ({known})")
                 kw[key] = str(raw[key])
@@ -922,7 +933,7 @@ class _Compiler:
         if not number.startswith("$") and not NUMBER_RE.fullmatch(number):
             self.c.add((*path, "number"), f"{number!r} is not a number of 2 to 20 digits")
         trunk = s.get("trunk")
-        if trunk not in self.catalog.trunks:
+        if not _member(trunk, self.catalog.trunks):
             known = ", ".join(sorted(self.catalog.trunks)) or "none with an address"
             self.c.add((*path, "trunk"), f"unknown outbound trunk {trunk!r} (known: {known})")
         return TransferNode(
@@ -1015,11 +1026,11 @@ def compile_flow(text: str, source: str, catalog: Catalog) -> Flow:
         if node is not None:
             nodes[str(node_name)] = node
     start = raw.get("start")
-    if start not in nodes_raw:
+    if not _member(start, nodes_raw):
         check.add(("start",), f"{start!r} is not a node of this flow")
     fallback = raw.get("fallback")
     if fallback is not None:
-        if fallback not in nodes_raw:
+        if not _member(fallback, nodes_raw):
             check.add(("fallback",), f"{fallback!r} is not a node of this flow")
         elif not isinstance(nodes.get(fallback), QueueNode | HangupNode | TransferNode):
             check.add(("fallback",), "must be a queue, transfer or hangup node (no more prompts)")

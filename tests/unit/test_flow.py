@@ -298,3 +298,27 @@ def test_a_flow_without_fallback_raises_flow_error() -> None:
     flow = compile_flow(CONDITIONS, "conds.yaml", CATALOG)
     with pytest.raises(FlowError):
         FlowRun(flow, _facts()).fall_back()
+
+
+NODES = "nodes:\n  a: {kind: hangup}\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        # Found by tests/unit/test_fuzz.py: a list or mapping where a name belongs raised
+        # TypeError (unhashable) out of the checker instead of a refusal.
+        (f"start: [a]\n{NODES}", "x.yaml:2: start: ['a'] is not a node"),
+        ("start: a\nnodes:\n  a: {kind: [hangup]}\n", "x.yaml:4: nodes.a.kind: unknown node"),
+        ("start: a\nnodes:\n  a: {kind: queue, skill: {x: 1}}\n", "x.yaml:4: nodes.a.skill:"),
+        (f"start: a\nfallback: {{b: 1}}\n{NODES}", "x.yaml:3: fallback:"),
+        # A blank key is quoted, so the line says which key.
+        (f"start: a\n' ': 1\n{NODES}", "x.yaml:3: ' ': unknown key"),
+    ],
+)  # fmt: skip
+def test_a_value_of_the_wrong_type_where_a_name_belongs_is_refused_not_a_crash(
+    text: str, problem: str
+) -> None:
+    with pytest.raises(FlowProblems) as raised:
+        compile_flow("flow: f\n" + text, "x.yaml", CATALOG)
+    assert any(p.startswith(problem) for p in raised.value.problems), raised.value.problems
