@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from acd.domain.agent import AgentState
+
 JSON = "application/json"
 
 
@@ -34,6 +36,12 @@ def _obj(props: dict[str, Any], required: Sequence[str] = ()) -> dict[str, Any]:
     if required:
         out["required"] = list(required)
     return out
+
+
+def _closed(props: dict[str, Any]) -> dict[str, Any]:
+    """An object with exactly these properties, every one present: a field the code adds or
+    drops without the document saying so fails the contract test."""
+    return {**_obj(props, list(props)), "additionalProperties": False}
 
 
 def _path_param(name: str, values: Sequence[str]) -> dict[str, Any]:
@@ -137,6 +145,40 @@ def build_spec(
             "window_failures",
         ],
     )
+    agent_status = _closed(
+        {
+            "state": {"enum": [str(state) for state in AgentState]},
+            "reason": {"type": ["string", "null"]},
+            "call": {"type": ["string", "null"]},
+        }
+    )
+    counter = {"type": "integer", "minimum": 0}
+    flag = {"type": "boolean"}
+    status = _closed(
+        {
+            "node": {"type": "string"},
+            "components": _closed(
+                {
+                    "ami": _closed({"connected": flag, "reconnects": counter, "resyncs": counter}),
+                    "redis": _closed({"ok": flag}),
+                    "agi": _closed({"listening": flag}),
+                    "admin": _closed({"listening": flag}),
+                }
+            ),
+            "queues": _closed({skill: queue for skill in skills}),
+            "agents": {"type": "object", "additionalProperties": agent_status},
+            "overload": overload,
+            "menu_modes": _closed(
+                {entry: {"enum": ["normal", "fallback", "auto"]} for entry in entries}
+            ),
+            "flows": {"type": "array", "items": {"type": "string"}},
+            "connects": counter,
+            "trunks": _closed({name: trunk for name in trunks}),
+            "callbacks": {"type": "object", "additionalProperties": counter},
+            "callbacks_dialled": counter,
+            "ivr_turns": counter,
+        }
+    )
     agent_change = _obj(
         {"agent": {"type": "string"}, "before": {"type": "string"}, "state": {"type": "string"}},
         ["agent", "before", "state"],
@@ -153,7 +195,7 @@ def build_spec(
                 },
             }
         },
-        "/status": {"get": _op("Everything a supervisor sees", _json(anything))},
+        "/status": {"get": _op("Everything a supervisor sees", _json(status))},
         "/openapi.json": {"get": _op("This document", _json(anything))},
         "/metrics": {
             "get": _op(
