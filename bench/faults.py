@@ -9,7 +9,10 @@ callers at `--rate` for `--duration` seconds, and one fault `--fault-at` seconds
 - `controller-kill`: SIGKILL the controller; `acd up` starts another;
 - `controller-stop`: SIGSTOP the controller for `--stop-for` seconds (10), then SIGCONT;
 - `redis-kill`: SIGKILL redis-server; `acd up` restarts it from its append-only file;
-- `ami-kick`: Asterisk kicks the controller's AMI session (`manager kick session`).
+- `ami-kick`: Asterisk kicks the controller's AMI session (`manager kick session`);
+- `asterisk-kill`: SIGKILL Asterisk; `acd up` starts it again. The calls it held die with it
+  (counted as not reached, or as SIPp failures); the fault ends when the new Asterisk answers
+  on AMI, and "ready again" counts from then.
 
 It prints per scenario: callers offered, reached an agent, abandoned (waited past their
 patience), sent to the static fallback, lost a digit, SIPp failures, callers bridged twice,
@@ -34,6 +37,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +71,14 @@ from acd.config import AsteriskSettings, load_settings  # noqa: E402
 from acd.errors import AcdError  # noqa: E402
 from acd.runtime.asterisk import node_paths, run_cli  # noqa: E402
 
-SCENARIOS = ("none", "controller-kill", "controller-stop", "redis-kill", "ami-kick")
+SCENARIOS = (
+    "none",
+    "controller-kill",
+    "controller-stop",
+    "redis-kill",
+    "ami-kick",
+    "asterisk-kill",
+)
 PREFIX = "acdpeak"  # the peak bench's Redis prefix
 
 
@@ -107,6 +118,19 @@ def _redis_pid(state: Path) -> int:
         if proc.comm == "redis-server":  # its command line is rewritten to its address
             return proc.pid
     raise AcdError("no redis-server under acd up")
+
+
+def _asterisk_pid(state: Path) -> int:
+    for proc in descendants(_supervisor(state)):
+        if proc.comm == "asterisk":
+            return proc.pid
+    raise AcdError("no asterisk under acd up")
+
+
+def _ami_open() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", ACD_PORTS.ami), 1):
+        return True
+    return False
 
 
 def _ready(state: Path) -> bool:
@@ -198,6 +222,17 @@ async def _inject(fault: Fault, state: Path, after: float, stop_for: float) -> N
         os.kill(_redis_pid(state), signal.SIGKILL)
     elif fault.scenario == "ami-kick":
         fault.note = f"AMI session fd {await asyncio.to_thread(_kick_ami, state)} kicked"
+    elif fault.scenario == "asterisk-kill":
+        old = _asterisk_pid(state)
+        os.kill(old, signal.SIGKILL)
+        while True:  # until another Asterisk answers on AMI
+            await asyncio.sleep(0.05)
+            with contextlib.suppress(AcdError):
+                if _asterisk_pid(state) != old and await asyncio.to_thread(_ami_open):
+                    break
+            if time.monotonic() - fault.at > 60:
+                raise AcdError("acd up did not start Asterisk again within 60 s")
+        fault.note = f"Asterisk back in {time.monotonic() - fault.at:.1f} s"
     fault.ended = time.monotonic()
     await asyncio.sleep(0.2)  # the process is gone, or its link: not ready any more
     fault.ready_s = await _until_ready(state, fault.ended)

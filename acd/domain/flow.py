@@ -16,7 +16,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import yaml
 
@@ -33,7 +33,7 @@ NUMBER_RE = re.compile(r"^[0-9]{2,20}$")
 DTMF = frozenset("0123456789*#")
 
 
-def _member(value: Any, names: Collection[str]) -> bool:
+def _member(value: Any, names: Collection[str]) -> TypeGuard[str]:
     """`value` is one of `names`: a string, never a list or mapping a hand-edited file put
     where a name belongs (those are unhashable: `in` would raise instead of refusing)."""
     return isinstance(value, str) and value in names

@@ -168,31 +168,67 @@ def redis_server(settings: Settings) -> Iterator[RedisProcess | None]:
         redis.stop()
 
 
+class AsteriskProcess:
+    """The node's Asterisk, restarted when it dies (with the same rendered configuration).
+    Calls up when it died are gone with it; the controller reconnects to the new one and its
+    resync ends what Redis still held of them and frees their agents."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.paths = asterisk.node_paths(settings)
+        self.ami = settings.asterisk.ami
+        self.node = settings.asterisk.node
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        if _port_open(self.ami.host, self.ami.port):
+            raise AcdError(
+                f"something already listens on AMI {self.ami.host}:{self.ami.port}; "
+                "`acd down` first?"
+            )
+        with self.paths.console_log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                asterisk.launch_command(self.paths),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        proc = self.proc
+        _wait_for(
+            lambda: _port_open(self.ami.host, self.ami.port) or proc.poll() is not None,
+            "Asterisk",
+            60,
+        )
+        if proc.poll() is not None:
+            raise AcdError(f"Asterisk exited with {proc.returncode}; see {self.paths.console_log}")
+        log.info("stack.asterisk_started", node=self.node, pid=proc.pid, restarts=self.restarts)
+
+    def keep_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            log.error("stack.asterisk_exited", node=self.node, returncode=self.proc.returncode)
+            self.restarts += 1
+            # Its AMI port may linger a moment after a crash: wait for it to close first.
+            with contextlib.suppress(AcdError):
+                _wait_for(lambda: not _port_open(self.ami.host, self.ami.port), "AMI close", 10)
+            self.start()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            _stop(self.proc, "asterisk")
+
+
 @contextlib.contextmanager
-def asterisk_node(settings: Settings) -> Iterator[subprocess.Popen[bytes]]:
+def asterisk_node(settings: Settings) -> Iterator[AsteriskProcess]:
     paths = asterisk.node_paths(settings)
     asterisk.check_root(paths.root)
     secret = read_secret(settings, settings.asterisk.ami.secret_file, "ACD_AMI_SECRET")
     asterisk.render_instance(settings, paths, secret)
-    ami = settings.asterisk.ami
-    if _port_open(ami.host, ami.port):
-        raise AcdError(f"something already listens on AMI {ami.host}:{ami.port}; `acd down` first?")
-    out = paths.console_log.open("ab")
-    proc = subprocess.Popen(
-        asterisk.launch_command(paths),
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-    )
+    node = AsteriskProcess(settings)
     try:
-        _wait_for(lambda: _port_open(ami.host, ami.port) or proc.poll() is not None, "Asterisk", 60)
-        if proc.poll() is not None:
-            raise AcdError(f"Asterisk exited with {proc.returncode}; see {paths.console_log}")
-        log.info("stack.asterisk_started", node=settings.asterisk.node, pid=proc.pid)
-        yield proc
+        node.start()
+        yield node
     finally:
-        _stop(proc, "asterisk")
-        out.close()
+        node.stop()
 
 
 def _stop(proc: subprocess.Popen[bytes], name: str, timeout: float = 10.0) -> None:
@@ -212,6 +248,7 @@ def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = Tru
 
     The controller runs as a child (`acd run`) and is restarted when it dies: callers keep
     waiting in Asterisk meanwhile, and the restarted controller resyncs from AMI and Redis.
+    Redis and Asterisk are restarted too when they die (see RedisProcess, AsteriskProcess).
     """
     load_checked_flows(settings)  # refuse to start on a broken flow, before starting anything
     pidfile = state_dir(settings) / "acd.pid"
@@ -225,11 +262,14 @@ def up_foreground(settings: Settings, config: Path, *, with_asterisk: bool = Tru
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         with redis_server(settings) as redis, contextlib.ExitStack() as stack:
-            if with_asterisk:
-                stack.enter_context(asterisk_node(settings))
-            _supervise_controller(
-                config, lambda: stopping, redis.keep_alive if redis else lambda: None
-            )
+            node = stack.enter_context(asterisk_node(settings)) if with_asterisk else None
+            processes = [p for p in (redis, node) if p is not None]
+
+            def keep_alive() -> None:
+                for process in processes:
+                    process.keep_alive()
+
+            _supervise_controller(config, lambda: stopping, keep_alive)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
