@@ -37,6 +37,8 @@ def _member(value: Any, names: Collection[str]) -> TypeGuard[str]:
     """`value` is one of `names`: a string, never a list or mapping a hand-edited file put
     where a name belongs (those are unhashable: `in` would raise instead of refusing)."""
     return isinstance(value, str) and value in names
+
+
 MAX_HOPS = 50  # nodes visited without asking the caller anything before a run is declared looping
 
 

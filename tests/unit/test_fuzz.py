@@ -11,13 +11,14 @@ import re
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
+from unittest.mock import patch
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from acd import cli
+from acd import cli, logs
 from acd.config import load_settings
 from acd.domain.flow import Flow, FlowProblems, compile_flow
 from acd.errors import ProtocolError
@@ -225,7 +226,9 @@ def test_acd_flows_check_answers_a_generated_file_with_ok_or_a_clear_refusal(
     path = tmp_path / "generated.yaml"
     path.write_text(text)
     out, err = io.StringIO(), io.StringIO()
-    with redirect_stdout(out), redirect_stderr(err):
+    # The CLI configures logging for the process; left alone, later tests' logs would go to
+    # this test's captured stderr.
+    with redirect_stdout(out), redirect_stderr(err), patch.object(logs, "configure"):
         code = cli.main(["--config", str(REPO / "acd.yaml"), "flows", "check", str(path)])
     if code == 0:
         assert out.getvalue().startswith("ok: flow ")
