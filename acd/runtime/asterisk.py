@@ -310,6 +310,7 @@ ACD_HOLD_PERIOD = {a.hold_period}
 ACD_HOLD_LIMIT = {a.hold_limit}
 ACD_RING_TIMEOUT = {a.ring_timeout}
 ACD_CARRIER_PROGRESS = {settings.breaker.progress_timeout}
+ACD_ALIVE_WINDOW = {settings.agi.alive_window:g}
 """
 
 

@@ -50,6 +50,7 @@ from acd.domain.overload import (
 from acd.errors import AmiError, StoreUnavailable, UnknownName
 from acd.runtime.alerts import AlertSender
 from acd.runtime.flows import load_checked_flows
+from acd.runtime.heartbeat import Heartbeat
 from acd.runtime.ivr import IvrService
 from acd.runtime.journey import Recorder, report_targets
 from acd.runtime.load import LoadCache
@@ -192,6 +193,9 @@ class Controller:
         self.resyncs = 0
         self._listening: set[str] = set()
         self.ready = asyncio.Event()
+        self.heartbeat = Heartbeat(
+            self.ami, settings.agi.heartbeat, settings.agi.alive_window, self.ready.is_set
+        )
 
     # -- AMI ---------------------------------------------------------------------------------
 
@@ -410,7 +414,14 @@ class Controller:
         }
 
     async def is_ready(self) -> bool:
-        return self.ami.connected and await self.store.ping() and "agi" in self._listening
+        """AMI, Redis and FastAGI up, and the node's dialplan told so (a caller arriving now is
+        sent to us, not to the static menu)."""
+        return (
+            self.ami.connected
+            and await self.store.ping()
+            and "agi" in self._listening
+            and self.heartbeat.alive()
+        )
 
     async def menu_modes(self) -> dict[str, str]:
         """Each entry's menu mode: the one a supervisor set, else the entry's configured one."""
@@ -652,6 +663,7 @@ class Controller:
                 tg.create_task(self.resync_on_demand(), name="resync-on-demand")
                 tg.create_task(self._admit_callbacks(), name="callbacks")
                 tg.create_task(self.recorder.watch_loop_lag(), name="loop-lag")
+                tg.create_task(self.heartbeat.run(), name="heartbeat")
                 if self.alert_sender is not None:
                     tg.create_task(self.alert_sender.run(), name="alerts")
                 log.info("controller.started", node=self.settings.asterisk.node)

@@ -17,6 +17,7 @@ from tests.integration.conftest import (
     bridge_partner,
     caller_uid,
     until,
+    user_event,
 )
 from tests.integration.sipp import Script
 
@@ -93,3 +94,54 @@ async def test_asterisk_killed_mid_call_comes_back_and_leaves_no_agent_or_call_s
     finally:
         second.stop()
     assert _asterisk_pid(stack) == new
+
+
+async def test_a_frozen_controller_sends_new_callers_to_the_static_menu_at_once(
+    stack: Stack, ami_events: EventLog
+) -> None:
+    """The controller is stopped (SIGSTOP): its FastAGI port stays open, so a caller sent to it
+    would wait in silence. Once its heartbeat is older than agi.alive_window, a new caller
+    skips the AGI and takes the static menu at once: presses 1 and reaches an agent through the
+    fallback queue. The controller resumes: ready again, and the next caller is its own."""
+    pid = stack.controller_pid()
+    window = stack.settings.agi.alive_window
+    os.kill(pid, signal.SIGSTOP)
+    caller = None
+    try:
+        await asyncio.sleep(window + 0.5)
+        caller = stack.call(Script().at(12.0, "1").until(40), "5550921")
+        uid = await caller_uid(ami_events, "5550921")
+        await user_event(ami_events, "AcdStaticFallback", uid, timeout=10)
+        (joined,) = await ami_events.wait_for(
+            lambda e: e.event == "QueueCallerJoin" and e.get("Uniqueid") == uid, timeout=30
+        )
+        assert joined.get("Queue") == "acd-fallback"
+        await bridge_partner(ami_events, uid, timeout=30)
+        # Never handed to the stopped controller: the dialplan did not run AGI for this caller.
+        assert not ami_events.matching(
+            lambda e: (
+                e.event == "Newexten" and e.get("Uniqueid") == uid and e.get("Application") == "AGI"
+            )
+        )
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if caller is not None:
+            caller.stop()
+    await asyncio.to_thread(stack.wait_ready, 30)
+    assert stack.controller_pid() == pid  # the same process, woken up
+
+    second = stack.call(Script().at(1.0, "10").wait(4), caller_id="5550922")
+    try:
+        uid2 = await caller_uid(ami_events, "5550922")
+        await bridge_partner(ami_events, uid2)
+        assert ami_events.matching(
+            lambda e: (
+                e.event == "Newexten"
+                and e.get("Uniqueid") == uid2
+                and e.get("Application") == "AGI"
+            )
+        )
+        assert stack.redis.hget(stack.key("call", uid2), "skill") == "presale"
+        assert second.wait(40) == 0
+    finally:
+        second.stop()

@@ -13,9 +13,11 @@ import contextlib
 import itertools
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -182,24 +184,7 @@ async def test_two_nodes_serve_every_caller_once_across_the_trunk(
     runs = []
     try:
         for node, caller_id, digits in plan:
-            port = next(stack._ports)
-            scenario = sipp.caller_scenario(
-                stack.workdir / f"mn-{caller_id}.xml",
-                Script().at(1.0, digits).render(stack.workdir, f"mn-{caller_id}"),
-                caller_id,
-                remote_hangup=True,
-                remote_hangup_within_s=90,
-            )
-            runs.append(
-                sipp.start_caller(
-                    scenario,
-                    f"{NODES[node]['host']}:{NODES[node]['sip']}",
-                    "1000",
-                    port,
-                    media_port=40000 + (port - 5300) * 8,
-                    workdir=stack.workdir,
-                )
-            )
+            runs.append(_caller(stack, node, caller_id, digits))
             await asyncio.sleep(0.5)
         uids = {
             caller_id: await caller_uid(observers[node], caller_id) for node, caller_id, _ in plan
@@ -264,3 +249,89 @@ async def test_two_nodes_serve_every_caller_once_across_the_trunk(
             a: stack.redis.hget(f"{PREFIX}:agent:{a}", "state") for a in HOME
         }
         await asyncio.sleep(0.2)
+
+
+def _ready(node: Node) -> bool:
+    """The node's controller answers /readyz with 200."""
+    token = (node.config.parent / "admin.token").read_text()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{NODES[node.name]['admin']}/readyz",
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=2) as response:
+        return bool(response.status == 200)
+    return False
+
+
+def _caller(stack: Stack, node: str, caller_id: str, digits: str) -> sipp.SippRun:
+    """A SIPp customer calling node `node`, pressing `digits`, hung up on by the agent."""
+    port = next(stack._ports)
+    scenario = sipp.caller_scenario(
+        stack.workdir / f"mn-{caller_id}.xml",
+        Script().at(1.0, digits).render(stack.workdir, f"mn-{caller_id}"),
+        caller_id,
+        remote_hangup=True,
+        remote_hangup_within_s=90,
+    )
+    return sipp.start_caller(
+        scenario,
+        f"{NODES[node]['host']}:{NODES[node]['sip']}",
+        "1000",
+        port,
+        media_port=40000 + (port - 5300) * 8,
+        workdir=stack.workdir,
+    )
+
+
+async def test_one_node_controller_down_the_other_serves_its_callers_and_it_comes_back_clean(
+    stack: Stack, nodes: dict[str, Node], observers: dict[str, StampedLog]
+) -> None:
+    """Node A's controller is frozen (SIGSTOP: down, and `acd up` does not replace it) for
+    20 s. Meanwhile a caller on node B for presale, whose agents' phones are on node A, is
+    served by node B across the trunk, once. A's controller resumes: node A is ready again, no
+    agent is left reserved or on a call, and a caller on node A is served."""
+    pid = int((nodes["mn-a"].config.parent / "controller.pid").read_text())
+    run = None
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        stopped = time.monotonic()
+        run = _caller(stack, "mn-b", "5553101", "10")
+        uid = await caller_uid(observers["mn-b"], "5553101")
+        await observers["mn-b"].wait_for(
+            lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid, timeout=30
+        )
+        assert await asyncio.to_thread(run.wait, 60) == 0, run.log.read_text()[-2000:]
+        answered = [
+            e for e in observers["mn-b"].events
+            if e.event == "DialEnd" and e.get("Uniqueid") == uid and e.get("DialStatus") == "ANSWER"
+        ]  # fmt: skip
+        assert len(answered) == 1
+        await asyncio.sleep(max(0.0, 20 - (time.monotonic() - stopped)))
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if run is not None:
+            run.stop()
+    deadline = time.monotonic() + 30
+    while not await asyncio.to_thread(_ready, nodes["mn-a"]):
+        assert time.monotonic() < deadline, (
+            "node A was not ready again after its controller resumed"
+        )
+        await asyncio.sleep(0.2)
+    second = _caller(stack, "mn-a", "5553102", "10")
+    try:
+        uid2 = await caller_uid(observers["mn-a"], "5553102")
+        await observers["mn-a"].wait_for(
+            lambda e: e.event == "BridgeEnter" and e.get("Uniqueid") == uid2, timeout=30
+        )
+        assert await asyncio.to_thread(second.wait, 60) == 0, second.log.read_text()[-2000:]
+    finally:
+        second.stop()
+    deadline = time.monotonic() + 15
+    while states := {a: stack.redis.hget(f"{PREFIX}:agent:{a}", "state") for a in HOME}:
+        if all(s == "available" for s in states.values()):
+            break
+        assert time.monotonic() < deadline, states
+        await asyncio.sleep(0.2)
+    for node in NODES:
+        assert stack.redis.llen(f"{PREFIX}:connect:{node}") == 0
+    assert stack.redis.zcard(f"{PREFIX}:q:presale") == 0

@@ -283,3 +283,10 @@ def test_the_agi_secret_goes_first_in_every_agi_url(
         secret.write_text(bad)
         with pytest.raises(ConfigError, match=r"agi\.secret_file"):
             asterisk._globals_conf(settings)
+
+
+def test_the_dialplan_gets_the_alive_window_and_one_under_two_beats_is_refused() -> None:
+    settings = load_settings(REPO / "acd.yaml", {"agi": {"heartbeat": 0.5, "alive_window": 2}})
+    assert "ACD_ALIVE_WINDOW = 2\n" in asterisk._globals_conf(settings)
+    with pytest.raises(ConfigError, match="alive_window"):
+        load_settings(REPO / "acd.yaml", {"agi": {"heartbeat": 1, "alive_window": 1.5}})
