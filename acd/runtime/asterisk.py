@@ -252,30 +252,30 @@ def _manager_conf(settings: Settings, secret: str) -> str:
             raise ConfigError("an AMI secret must not contain newlines or ';'")
     # Only the events the controller acts on reach its session (hash-based name filters).
     filters = event_filters(sorted(EVENTS))
-    text = f"""bindaddr = {ami.host}
-port = {ami.port}
+    text = f"bindaddr = {ami.host}\nport = {ami.port}\n"
+    text += _manager_user(ami.username, secret, CONTROLLER_READ, CONTROLLER_WRITE, filters)
+    if monitor is not None:
+        monitor_filters = event_filters(ami.monitor_events)
+        text += _manager_user(
+            ami.monitor_username, monitor, MONITOR_READ, MONITOR_WRITE, monitor_filters
+        )
+    return text
 
-[{ami.username}]
+
+def _manager_user(
+    name: str, secret: str, read: Iterable[str], write: Iterable[str], filters: str
+) -> str:
+    """One manager.conf user, loopback only."""
+    return f"""
+[{name}]
 secret = {secret}
 deny = 0.0.0.0/0.0.0.0
 permit = 127.0.0.0/255.0.0.0
-read = {",".join(CONTROLLER_READ)}
-write = {",".join(CONTROLLER_WRITE)}
+read = {",".join(read)}
+write = {",".join(write)}
 writetimeout = 1000
 {filters}
 """
-    if monitor is not None:
-        text += f"""
-[{ami.monitor_username}]
-secret = {monitor}
-deny = 0.0.0.0/0.0.0.0
-permit = 127.0.0.0/255.0.0.0
-read = {",".join(MONITOR_READ)}
-write = {",".join(MONITOR_WRITE)}
-writetimeout = 1000
-{event_filters(ami.monitor_events)}
-"""
-    return text
 
 
 def event_filters(matches: Iterable[str]) -> str:

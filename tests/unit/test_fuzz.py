@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+from collections.abc import Callable
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -64,20 +65,16 @@ def _feed_all(codec: AmiCodec | AgiCodec, chunks: list[bytes]) -> list[object]:
     return out
 
 
+@pytest.mark.parametrize(
+    "codec", [lambda: AmiCodec(max_message_bytes=1024), lambda: AgiCodec(max_line_bytes=512)],
+    ids=["ami", "agi"],
+)  # fmt: skip
 @FUZZ
 @given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 4000), max_size=8))
-def test_random_bytes_on_the_ami_link_decode_or_are_refused_clearly(
-    data: bytes, cuts: list[int]
+def test_random_bytes_on_a_link_decode_or_are_refused_clearly(
+    codec: Callable[[], AmiCodec | AgiCodec], data: bytes, cuts: list[int]
 ) -> None:
-    _feed_all(AmiCodec(max_message_bytes=1024), _chunks(data, cuts))
-
-
-@FUZZ
-@given(data=st.binary(max_size=3000), cuts=st.lists(st.integers(0, 4000), max_size=8))
-def test_random_bytes_on_the_agi_link_decode_or_are_refused_clearly(
-    data: bytes, cuts: list[int]
-) -> None:
-    _feed_all(AgiCodec(max_line_bytes=512), _chunks(data, cuts))
+    _feed_all(codec(), _chunks(data, cuts))
 
 
 @FUZZ
