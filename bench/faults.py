@@ -12,7 +12,12 @@ callers at `--rate` for `--duration` seconds, and one fault `--fault-at` seconds
 - `ami-kick`: Asterisk kicks the controller's AMI session (`manager kick session`);
 - `asterisk-kill`: SIGKILL Asterisk; `acd up` starts it again. The calls it held die with it
   (counted as not reached, or as SIPp failures); the fault ends when the new Asterisk answers
-  on AMI, and "ready again" counts from then.
+  on AMI, and "ready again" counts from then;
+- `carrier-503`: beside the callers, `--transfer-rate` callers a second press 2, which a flow
+  transfer node sends to an outside number over the primary carrier trunk (a SIPp UAS that
+  answers and talks 6 s; a standby trunk the same). At the fault the primary starts answering
+  503: its breaker must open and the transfers go over the standby. It prints the transfers
+  offered, connected (over each trunk), refused with 503, and not connected.
 
 It prints per scenario: callers offered, reached an agent, abandoned (waited past their
 patience), sent to the static fallback, lost a digit, SIPp failures, callers bridged twice,
@@ -56,6 +61,8 @@ if str(REPO) not in sys.path:
 from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
     ACD_NODE,
     ACD_PORTS,
+    ENTRY,
+    PRESS_AT,
     Result,
     _interrupt,
     acd_stack,
@@ -64,12 +71,17 @@ from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
     descendants,
     drive,
     other_sipp,
+    render,
+    sipp_stats,
+    start_sipp,
+    stop,
 )
 
 from acd import logs  # noqa: E402
 from acd.config import AsteriskSettings, load_settings  # noqa: E402
 from acd.errors import AcdError  # noqa: E402
 from acd.runtime.asterisk import node_paths, run_cli  # noqa: E402
+from tests.integration.sipp import write_dtmf_pcap  # noqa: E402
 
 SCENARIOS = (
     "none",
@@ -80,11 +92,100 @@ SCENARIOS = (
     "asterisk-kill",
 )
 PREFIX = "acdpeak"  # the peak bench's Redis prefix
+FAULT_FLOWS = REPO / "bench" / "faults" / "flows"
+UAS_SCENARIOS = REPO / "tests" / "integration" / "scenarios"
+TRANSFER_CALLER_ID = "5550199"  # not the peak callers' ID: the peak meter leaves them out
+TRANSFER_TALK = 6  # seconds the carriers' UAS talks (scenarios/agent_hangs_up.xml)
+CARRIER_PORT, STANDBY_PORT, TRANSFER_PORT = 5480, 5482, 5462
+MEDIA = {"primary": 34200, "standby": 34400, "failing": 34600, "callers": 34800}
+
+
+def _with_carriers(config: dict[str, object]) -> None:
+    """The stack of carrier-503: the fault bench's flow, and two outbound trunks."""
+    config["flows_dir"] = str(FAULT_FLOWS)
+    trunks = list(config["trunks"])  # type: ignore[call-overload]
+    for name, port, role in (("carrier-out", CARRIER_PORT, "primary"),
+                             ("standby-out", STANDBY_PORT, "standby")):  # fmt: skip
+        address = {"host": "127.0.0.1", "port": port}
+        trunks.append({"name": name, "address": address, "role": role, "capacity": 60})
+    config["trunks"] = trunks
+
+
+class Carriers:
+    """The carriers' SIPp UASes of carrier-503 and the callers who press 2."""
+
+    def __init__(self, workdir: Path, budget: float) -> None:
+        self.workdir, self.budget = workdir, budget
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def _uas(self, name: str, scenario: str, port: int) -> None:
+        args = [
+            "-sf", str(UAS_SCENARIOS / f"{scenario}.xml"), "-i", "127.0.0.1", "-p", str(port),
+            "-mp", str(MEDIA[name]), "-timeout", f"{self.budget + 60:.0f}s", "-nostdin",
+            "-trace_stat", "-fd", "1", "-stf", str(self.workdir / f"{name}.csv"),
+            "-trace_err", "-error_file", str(self.workdir / f"{name}.err"),
+        ]  # fmt: skip
+        self.procs[name] = start_sipp(args, self.workdir / f"{name}.log", self.workdir)
+
+    def start(self, rate: float, duration: float, patience: float) -> None:
+        self._uas("primary", "agent_hangs_up", CARRIER_PORT)
+        self._uas("standby", "agent_hangs_up", STANDBY_PORT)
+        time.sleep(0.5)  # listening before the first transfer
+        pcap = write_dtmf_pcap(self.workdir / "dtmf2.pcap", "2", seq=1000, timestamp=16000)
+        caller = render(
+            "caller.xml",
+            self.workdir / "transfer-caller.xml",
+            {
+                "CALLER_ID": TRANSFER_CALLER_ID,
+                "PRESS_MS": str(int(PRESS_AT * 1000)),
+                "DTMF_PCAP": str(pcap),
+                "WAIT_MS": str(int((patience + TRANSFER_TALK + 2) * 1000)),
+            },
+        )
+        calls = max(1, round(rate * duration))
+        args = [
+            f"127.0.0.1:{ACD_PORTS.sip}", "-sf", str(caller), "-s", ENTRY, "-i", "127.0.0.1",
+            "-p", str(TRANSFER_PORT), "-mp", str(MEDIA["callers"]), "-r", f"{rate:g}",
+            "-m", str(calls), "-l", str(calls + 10), "-timeout", f"{self.budget:.0f}s",
+            "-timeout_error", "-nostdin", "-trace_stat", "-fd", "1",
+            "-stf", str(self.workdir / "transfer-callers.csv"),
+            "-trace_err", "-error_file", str(self.workdir / "transfer-callers.err"),
+        ]  # fmt: skip
+        self.procs["callers"] = start_sipp(
+            args, self.workdir / "transfer-callers.log", self.workdir
+        )
+
+    def fail(self) -> None:
+        """The primary carrier answers 503 from now on."""
+        stop(self.procs["primary"])
+        self._uas("failing", "carrier_503", CARRIER_PORT)
+
+    def finish(self) -> dict[str, int]:
+        """Once the callers are done: what each side counted."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.procs["callers"].wait(self.budget)
+        time.sleep(TRANSFER_TALK + 2)  # the last answered transfers end
+        for proc in self.procs.values():
+            stop(proc)
+        answered = {n: sipp_stats(self.workdir / f"{n}.csv") for n in self.procs}
+        offered = answered["callers"].get("TotalCallCreated", 0)
+        primary = answered["primary"].get("SuccessfulCall", 0)
+        standby = answered["standby"].get("SuccessfulCall", 0)
+        return {
+            "offered": offered,
+            "connected": primary + standby,
+            "over_primary": primary,
+            "over_standby": standby,
+            "refused_503": answered.get("failing", {}).get("SuccessfulCall", 0),
+            "not_connected": offered - primary - standby,
+            "callers_sipp_failed": answered["callers"].get("FailedCall", 0),
+        }
 
 
 @dataclass
 class Fault:
     scenario: str
+    carriers: Carriers | None = None
     at: float | None = None  # monotonic time the fault began
     ended: float | None = None  # ... and ended (the process back, the signal sent)
     ready_s: float | None = None  # from its end until /readyz answered 200
@@ -99,6 +200,7 @@ class Outcome:
     ready_s: float | None = None
     agents_stuck: int | None = None
     calls_left: int | None = None
+    transfers: dict[str, int] = field(default_factory=dict)
     note: str = ""
 
 
@@ -233,6 +335,8 @@ async def _inject(fault: Fault, state: Path, after: float, stop_for: float) -> N
             if time.monotonic() - fault.at > 60:
                 raise AcdError("acd up did not start Asterisk again within 60 s")
         fault.note = f"Asterisk back in {time.monotonic() - fault.at:.1f} s"
+    elif fault.scenario == "carrier-503" and fault.carriers is not None:
+        await asyncio.to_thread(fault.carriers.fail)
     fault.ended = time.monotonic()
     await asyncio.sleep(0.2)  # the process is gone, or its link: not ready any more
     fault.ready_s = await _until_ready(state, fault.ended)
@@ -262,6 +366,10 @@ def run_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> Outcome:
     state.mkdir(parents=True)
     workdir.mkdir()
     fault = Fault(scenario)
+    carriers = scenario == "carrier-503"
+    if carriers:
+        budget = args.duration + args.patience + TRANSFER_TALK + 30
+        fault.carriers = Carriers(workdir, budget)
 
     async def run(system: object) -> None:
         async with asyncio.TaskGroup() as tasks:
@@ -269,8 +377,14 @@ def run_scenario(scenario: str, args: argparse.Namespace, tmp: Path) -> Outcome:
             tasks.create_task(drive(system, result, workdir, args.patience))  # type: ignore[arg-type]
 
     try:
-        with acd_stack(state, args.agents) as running:
-            asyncio.run(run(running))
+        with acd_stack(state, args.agents, _with_carriers if carriers else None) as running:
+            try:
+                if fault.carriers is not None:
+                    fault.carriers.start(args.transfer_rate, args.duration, args.patience)
+                asyncio.run(run(running))
+            finally:
+                if fault.carriers is not None:
+                    outcome.transfers = fault.carriers.finish()
             outcome.agents_stuck, outcome.calls_left = _after_drain(args.agents)
     except* (AcdError, OSError, subprocess.SubprocessError, redis.RedisError) as errors:
         outcome.note = "; ".join(str(e) for e in errors.exceptions)[:500]
@@ -314,6 +428,9 @@ def main() -> int:
     parser.add_argument("--talk", type=float, default=4.0)
     parser.add_argument("--patience", type=float, default=30.0)
     parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument(
+        "--transfer-rate", type=float, default=2.0, help="carrier-503's callers who press 2, /s"
+    )
     parser.add_argument("--scenarios", default=",".join(SCENARIOS))
     parser.add_argument("--json", type=Path, help="write every figure here too")
     parser.add_argument(
@@ -342,6 +459,13 @@ def main() -> int:
             print(f"faults: {json.dumps(asdict(outcomes[-1]))}", file=sys.stderr, flush=True)
     print(table(outcomes))
     for o in outcomes:
+        if o.transfers:
+            t = o.transfers
+            print(
+                f"{o.scenario}: transfers offered {t['offered']}, connected {t['connected']} "
+                f"({t['over_primary']} over the primary, {t['over_standby']} over the standby), "
+                f"refused 503 {t['refused_503']}, not connected {t['not_connected']}"
+            )
         if o.note:
             print(f"{o.scenario}: {o.note}")
     if args.json:

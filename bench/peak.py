@@ -186,7 +186,10 @@ class Meter:
         uid = event.get("Uniqueid") or ""
         at = ami_micros(event.get("Timestamp"))
         if name == "Newchannel":
-            if (event.get("Channel") or "").startswith(f"PJSIP/{TRUNK}-"):
+            # The bench's callers only (bench/faults.py adds callers of its own, another ID).
+            if (event.get("Channel") or "").startswith(f"PJSIP/{TRUNK}-") and event.get(
+                "CallerIDNum"
+            ) in (CALLER_ID, None):
                 self.callers[uid] = Caller(new_at=at)
                 self.live += 1
             return
@@ -455,10 +458,17 @@ class System:
 
 
 @contextmanager
-def acd_stack(state: Path, agents: int) -> Iterator[System]:
+def acd_stack(
+    state: Path, agents: int, tweak: Callable[[dict[str, Any]], None] | None = None
+) -> Iterator[System]:
+    """acd on the bench's ports with `agents` agents; `tweak` may change the configuration
+    (bench/faults.py adds trunks and a flow) before the stack starts."""
     _secrets(state, "ami.secret", "ami-monitor.secret", "admin.token")
     config_path = state / "acd-peak.yaml"
-    config_path.write_text(yaml.safe_dump(acd_config(state, agents)))
+    config = acd_config(state, agents)
+    if tweak is not None:
+        tweak(config)
+    config_path.write_text(yaml.safe_dump(config))
     log = state / "acd.log"
     try:
         up = _acd(config_path, "up", "--detach")
