@@ -90,6 +90,7 @@ SCENARIOS = (
     "redis-kill",
     "ami-kick",
     "asterisk-kill",
+    "carrier-503",
 )
 PREFIX = "acdpeak"  # the peak bench's Redis prefix
 FAULT_FLOWS = REPO / "bench" / "faults" / "flows"
