@@ -164,22 +164,26 @@ class Carriers:
     def finish(self) -> dict[str, int]:
         """Once the callers are done: what each side counted."""
         with contextlib.suppress(subprocess.TimeoutExpired):
-            self.procs["callers"].wait(self.budget)
+            self.procs["transfer-callers"].wait(self.budget)
         time.sleep(TRANSFER_TALK + 2)  # the last answered transfers end
         for proc in self.procs.values():
             stop(proc)
-        answered = {n: sipp_stats(self.workdir / f"{n}.csv") for n in self.procs}
-        offered = answered["callers"].get("TotalCallCreated", 0)
-        primary = answered["primary"].get("SuccessfulCall", 0)
-        standby = answered["standby"].get("SuccessfulCall", 0)
+        stats = {n: sipp_stats(self.workdir / f"{n}.csv") for n in self.procs}
+        offered = stats["transfer-callers"].get("TotalCallCreated", 0)
+        # The carriers' UAS answer every INVITE at once: a call the primary took is a transfer
+        # connected over it, even if it was cut when the primary went down (its UAS stopped
+        # mid-call, as a carrier that fails does: not the engine's doing).
+        primary = stats["primary"].get("IncomingCall", 0)
+        cut = primary - stats["primary"].get("SuccessfulCall", 0)
+        standby = stats["standby"].get("SuccessfulCall", 0)
         return {
             "offered": offered,
             "connected": primary + standby,
             "over_primary": primary,
+            "cut_by_the_failure": cut,
             "over_standby": standby,
-            "refused_503": answered.get("failing", {}).get("SuccessfulCall", 0),
+            "refused_503": stats.get("failing", {}).get("SuccessfulCall", 0),
             "not_connected": offered - primary - standby,
-            "callers_sipp_failed": answered["callers"].get("FailedCall", 0),
         }
 
 
@@ -464,7 +468,8 @@ def main() -> int:
             t = o.transfers
             print(
                 f"{o.scenario}: transfers offered {t['offered']}, connected {t['connected']} "
-                f"({t['over_primary']} over the primary, {t['over_standby']} over the standby), "
+                f"({t['over_primary']} over the primary, {t['cut_by_the_failure']} of them cut "
+                f"when it failed; {t['over_standby']} over the standby), "
                 f"refused 503 {t['refused_503']}, not connected {t['not_connected']}"
             )
         if o.note:

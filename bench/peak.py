@@ -180,6 +180,15 @@ class Meter:
     events: int = 0
     live: int = 0  # caller channels not hung up yet
 
+    def channels_gone(self, live: set[str], now_us: int) -> int:
+        """The observer came back after losing its session: agent legs it saw start that are
+        not among Asterisk's `live` channels ended meanwhile unseen (Asterisk restarted: its
+        channels died without a Hangup), so they end now. Returns how many."""
+        gone = [leg for uid, leg in self.legs.items() if leg.ended_at is None and uid not in live]
+        for leg in gone:
+            leg.ended_at = now_us
+        return len(gone)
+
     def __call__(self, event: AmiMessage) -> None:
         self.events += 1
         name = event.event
@@ -719,6 +728,13 @@ async def drive(system: System, result: Result, workdir: Path, patience: float) 
     """The observer up, the agents' UAS, the callers at the rate, then the drain."""
     meter = Meter()
 
+    async def after_login() -> None:
+        if client.reconnects == 0:
+            return
+        channels = await client.send_list_action("CoreShowChannels", timeout=20)
+        live = {c.get("Uniqueid") or c.get("UniqueID") or "" for c in channels}
+        meter.channels_gone(live, time.time_ns() // 1000)
+
     p = system.ports
     client = AmiClient(
         host="127.0.0.1",
@@ -728,6 +744,7 @@ async def drive(system: System, result: Result, workdir: Path, patience: float) 
         ping_interval=10.0,
         ping_timeout=30.0,  # a loaded Asterisk answers late; a reconnect would lose events
         action_timeout=30.0,
+        on_connected=after_login,
     )
     client.add_listener(meter)
     calls = max(1, round(result.rate * result.duration))
