@@ -152,7 +152,7 @@ class Carriers:
             "-stf", str(self.workdir / "transfer-callers.csv"),
             "-trace_err", "-error_file", str(self.workdir / "transfer-callers.err"),
         ]  # fmt: skip
-        self.procs["callers"] = start_sipp(
+        self.procs["transfer-callers"] = start_sipp(
             args, self.workdir / "transfer-callers.log", self.workdir
         )
 
