@@ -163,11 +163,13 @@ class Carriers:
 
     def finish(self) -> dict[str, int]:
         """Once the callers are done: what each side counted."""
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.procs["transfer-callers"].wait(self.budget)
-        time.sleep(TRANSFER_TALK + 2)  # the last answered transfers end
-        for proc in self.procs.values():
-            stop(proc)
+        try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.procs["transfer-callers"].wait(self.budget)
+            time.sleep(TRANSFER_TALK + 2)  # the last answered transfers end
+        finally:
+            for proc in self.procs.values():
+                stop(proc)
         stats = {n: sipp_stats(self.workdir / f"{n}.csv") for n in self.procs}
         offered = stats["transfer-callers"].get("TotalCallCreated", 0)
         # The carriers' UAS answer every INVITE at once: a call the primary took is a transfer
