@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -65,6 +64,7 @@ from peak import (  # noqa: E402 - bench/ is on sys.path when a bench runs
     PRESS_AT,
     Result,
     _interrupt,
+    _port_open,
     acd_stack,
     agent_ids,
     check_root,
@@ -222,24 +222,13 @@ def _controller(state: Path) -> int:
         return 0
 
 
-def _redis_pid(state: Path) -> int:
+def _child_pid(state: Path, comm: str) -> int:
+    """The pid of the process named `comm` under `acd up` (redis-server's command line is
+    rewritten to its address: its name is what identifies it)."""
     for proc in descendants(_supervisor(state)):
-        if proc.comm == "redis-server":  # its command line is rewritten to its address
+        if proc.comm == comm:
             return proc.pid
-    raise AcdError("no redis-server under acd up")
-
-
-def _asterisk_pid(state: Path) -> int:
-    for proc in descendants(_supervisor(state)):
-        if proc.comm == "asterisk":
-            return proc.pid
-    raise AcdError("no asterisk under acd up")
-
-
-def _ami_open() -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", ACD_PORTS.ami), 1):
-        return True
-    return False
+    raise AcdError(f"no {comm} under acd up")
 
 
 def _ready(state: Path) -> bool:
@@ -328,16 +317,18 @@ async def _inject(fault: Fault, state: Path, after: float, stop_for: float) -> N
         await asyncio.sleep(stop_for)
         os.kill(pid, signal.SIGCONT)
     elif fault.scenario == "redis-kill":
-        os.kill(_redis_pid(state), signal.SIGKILL)
+        os.kill(_child_pid(state, "redis-server"), signal.SIGKILL)
     elif fault.scenario == "ami-kick":
         fault.note = f"AMI session fd {await asyncio.to_thread(_kick_ami, state)} kicked"
     elif fault.scenario == "asterisk-kill":
-        old = _asterisk_pid(state)
+        old = _child_pid(state, "asterisk")
         os.kill(old, signal.SIGKILL)
         while True:  # until another Asterisk answers on AMI
             await asyncio.sleep(0.05)
             with contextlib.suppress(AcdError):
-                if _asterisk_pid(state) != old and await asyncio.to_thread(_ami_open):
+                if _child_pid(state, "asterisk") != old and await asyncio.to_thread(
+                    _port_open, ACD_PORTS.ami
+                ):
                     break
             if time.monotonic() - fault.at > 60:
                 raise AcdError("acd up did not start Asterisk again within 60 s")

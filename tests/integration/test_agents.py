@@ -351,14 +351,7 @@ async def test_a_phone_in_use_the_controller_has_not_heard_of_is_not_rung(
         assert stack.redis.hget(stack.key("agent", "1001"), "state") == "available"
         caller = stack.call(Script().at(1.0, "10").wait(30), "5552030")
         uid = await caller_uid(ami_events, "5552030")
-        (skipped,) = await ami_events.wait_for(
-            lambda e: (
-                e.event == "UserEvent"
-                and e.get("UserEvent") == "AcdDialEnd"
-                and e.get("Uniqueid") == uid
-            ),
-            timeout=20,
-        )
+        skipped = await user_event(ami_events, "AcdDialEnd", uid, timeout=20)
         assert (skipped.get("Agent"), skipped.get("DialStatus")) == ("1001", "INUSE")
         assert await _agent_of(ami_events, uid) == "1002"
         dials = ami_events.matching(lambda e: e.event == "DialBegin" and e.get("Uniqueid") == uid)
