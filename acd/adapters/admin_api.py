@@ -439,7 +439,10 @@ def build_app(
         mode, queue = body.get("mode"), body.get("queue")
         if mode not in ("on", "off"):
             raise ApiError(400, "bad_mode", "mode must be on or off")
-        if queue is not None and (not isinstance(queue, str) or queue not in await target.queues()):
+        if "queue" in body and not isinstance(queue, str):
+            # Every queue is asked for by leaving `queue` out; a null is no queue name.
+            raise ApiError(400, "bad_queue", "queue must be a queue name (leave it out for all)")
+        if queue is not None and queue not in await target.queues():
             raise ApiError(404, "unknown_queue", f"no queue {str(queue)[:40]!r}")
         return web.json_response({"modes": await target.set_callback_mode(who, mode, queue)})
 

@@ -157,6 +157,8 @@ async def test_a_batch_change_is_one_audited_step(floor: Floor) -> None:
 
 REFUSED: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("PUT", "/callbacks/mode", {"mode": "off", "queue": "nope"}, {}, 404, "unknown_queue"),
+    # Found by the contract test: a null queue was taken for "every queue".
+    ("PUT", "/callbacks/mode", {"mode": "off", "queue": None}, {}, 400, "bad_queue"),
     ("PUT", "/callbacks/mode", {"mode": "off", "colour": "red"}, {}, 400, "unknown_field"),
     ("PUT", "/callbacks/mode", {"mode": "maybe"}, {}, 400, "bad_mode"),
     ("PUT", "/menu", {"mode": "fallback", "number": "1000"}, {}, 400, "unknown_field"),
